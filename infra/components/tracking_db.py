@@ -1,0 +1,107 @@
+"""Tracking database: RDS PostgreSQL in private subnets, tuned from postgres/postgresql.conf."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+from pulumi import ResourceOptions
+
+from infra.pgconf import rds_parameters
+
+POSTGRES_PORT = 5432
+# The base compose file's migrate step connects as `postgres` (RDS's default master name too).
+MASTER_USERNAME = "postgres"
+
+
+@dataclass
+class TrackingDbArgs:
+    """tags: merged into every resource. environment: 'prod' turns on Multi-AZ, deletion protection
+    and a final snapshot. subnet_ids: private subnets (two AZs). server_security_group_id: the only
+    source allowed on 5432. engine_version: PostgreSQL major (16 or 17), matching the compose image.
+    backup_retention_days: automated backups (forced to at least 7 in prod). No initial database:
+    the compose `migrate` step creates `mlflow` and `mlflow_auth` owned by the `mlflow` role. read_replica: add a
+    replica for MLflow's --read-replica-backend-store-uri. The master password is generated and kept
+    by RDS in Secrets Manager (manage_master_user_password), never by Pulumi."""
+
+    tags: dict[str, str]
+    environment: str
+    vpc_id: pulumi.Input[str]
+    subnet_ids: list
+    server_security_group_id: pulumi.Input[str]
+    engine_version: str = "16"
+    instance_class: str = "db.t4g.small"
+    allocated_storage: int = 20
+    max_allocated_storage: int = 100
+    backup_retention_days: int = 7
+    read_replica: bool = False
+
+    @property
+    def is_prod(self) -> bool:
+        return self.environment == "prod"
+
+
+class TrackingDb(pulumi.ComponentResource):
+    endpoint: pulumi.Output[str]
+    address: pulumi.Output[str]
+    master_secret_arn: pulumi.Output[str]
+    replica_address: pulumi.Output[str] | None
+
+    def __init__(self, name: str, args: TrackingDbArgs, opts: ResourceOptions | None = None):
+        super().__init__("mlflow:infra:TrackingDb", name, {}, opts)
+        major = args.engine_version.split(".")[0]
+        if major not in ("16", "17"):
+            raise ValueError(f"engine_version must be PostgreSQL 16 or 17, got {args.engine_version!r}")
+        child = ResourceOptions(parent=self)
+        tags = {**args.tags, "Name": name}
+
+        sg = aws.ec2.SecurityGroup(f"{name}-sg", vpc_id=args.vpc_id, tags=tags, opts=child,
+                                   description="PostgreSQL: only from the MLflow server")
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-from-server", security_group_id=sg.id, ip_protocol="tcp",
+            from_port=POSTGRES_PORT, to_port=POSTGRES_PORT,
+            referenced_security_group_id=args.server_security_group_id,
+            description="PostgreSQL from the MLflow server", tags=args.tags, opts=child)
+        subnets = aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=args.subnet_ids, tags=tags,
+                                      opts=child)
+        params = aws.rds.ParameterGroup(
+            f"{name}-params", family=f"postgres{major}", tags=tags, opts=child,
+            description="Tuning from postgres/postgresql.conf plus rds.force_ssl",
+            parameters=[aws.rds.ParameterGroupParameterArgs(**p) for p in rds_parameters()])
+
+        backups = max(args.backup_retention_days, 7) if args.is_prod else max(args.backup_retention_days, 1)
+        primary = aws.rds.Instance(
+            name, engine="postgres", engine_version=args.engine_version,
+            instance_class=args.instance_class, allocated_storage=args.allocated_storage,
+            max_allocated_storage=args.max_allocated_storage, storage_type="gp3",
+            storage_encrypted=True, username=MASTER_USERNAME,
+            manage_master_user_password=True, port=POSTGRES_PORT,
+            db_subnet_group_name=subnets.name, vpc_security_group_ids=[sg.id],
+            parameter_group_name=params.name, publicly_accessible=False,
+            backup_retention_period=backups, copy_tags_to_snapshot=True,
+            multi_az=args.is_prod, deletion_protection=args.is_prod,
+            skip_final_snapshot=not args.is_prod,
+            final_snapshot_identifier=f"{name}-final" if args.is_prod else None,
+            auto_minor_version_upgrade=True, iam_database_authentication_enabled=False,
+            performance_insights_enabled=args.is_prod,
+            enabled_cloudwatch_logs_exports=["postgresql"],
+            apply_immediately=not args.is_prod, tags=tags,
+            opts=ResourceOptions(parent=self, protect=args.is_prod))
+
+        self.replica_address = None
+        if args.read_replica:
+            replica = aws.rds.Instance(
+                f"{name}-replica", replicate_source_db=primary.identifier,
+                instance_class=args.instance_class, storage_encrypted=True,
+                publicly_accessible=False, vpc_security_group_ids=[sg.id],
+                parameter_group_name=params.name, skip_final_snapshot=True,
+                deletion_protection=args.is_prod, backup_retention_period=0,
+                auto_minor_version_upgrade=True, tags={**args.tags, "Name": f"{name}-replica"},
+                opts=child)
+            self.replica_address = replica.address
+
+        self.endpoint = primary.endpoint
+        self.address = primary.address
+        self.master_secret_arn = primary.master_user_secrets.apply(lambda s: s[0].secret_arn)
+        self.register_outputs({"endpoint": self.endpoint,
+                               "master_secret_arn": self.master_secret_arn})

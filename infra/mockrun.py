@@ -1,0 +1,153 @@
+"""Run the Pulumi program in-process under Pulumi's mocks (no AWS, no CLI): for tests and `plan`.
+
+Mocks stand in for AWS only: each resource "creates" with its inputs plus plausible computed
+outputs (ids, ARNs, endpoints). Nothing here proves AWS would accept the values.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT, REGION = "123456789012", "us-east-1"
+
+
+def project_name() -> str:
+    return yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())["name"]
+
+
+def stack_config(stack: str, overrides: dict | None = None) -> dict[str, str]:
+    """Pulumi.yaml defaults + Pulumi.<stack>.yaml values (+ overrides), as the CLI would pass them."""
+    project = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())
+    name = project["name"]
+    values: dict = {}
+    for key, spec in project.get("config", {}).items():
+        full = key if ":" in key else f"{name}:{key}"
+        if "default" in spec or "value" in spec:
+            values[full] = spec.get("value", spec.get("default"))
+    stack_file = REPO_ROOT / f"Pulumi.{stack}.yaml"
+    values.update(yaml.safe_load(stack_file.read_text()).get("config", {}))
+    for key, value in (overrides or {}).items():
+        values[key if ":" in key else f"{name}:{key}"] = value
+    # The engine hands every value to the program as a string (JSON for non-strings).
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+@dataclass
+class MockedResource:
+    type: str
+    name: str
+    inputs: dict
+    outputs: dict = field(default_factory=dict)
+
+
+class InfraMocks(pulumi.runtime.Mocks):
+    """Records every resource; answers the few invokes the program makes (and only those)."""
+
+    def __init__(self) -> None:
+        self.resources: list[MockedResource] = []
+        self.secret_values: list[str] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        name, typ = args.name, args.typ
+        outputs = dict(args.inputs)
+        service = typ.split(":")[1].split("/")[0]
+        outputs.setdefault("arn", f"arn:aws:{service}:{REGION}:{ACCOUNT}:{name}")
+        resource_id = f"{name}-id"
+        if typ == "aws:s3/bucket:Bucket":
+            outputs.update(bucket=name, arn=f"arn:aws:s3:::{name}")
+            resource_id = name
+        elif typ == "aws:rds/instance:Instance":
+            address = f"{name}.abc123.{REGION}.rds.amazonaws.com"
+            outputs.update(address=address, endpoint=f"{address}:5432", identifier=name,
+                           masterUserSecrets=[{"secretArn": f"arn:aws:secretsmanager:{REGION}:"
+                                               f"{ACCOUNT}:secret:rds!db-{name}-AbCdEf",
+                                               "kmsKeyId": "aws/secretsmanager",
+                                               "secretStatus": "active"}])
+        elif typ == "aws:secretsmanager/secret:Secret":
+            outputs["arn"] = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-AbCdEf"
+        elif typ == "aws:ecr/repository:Repository":
+            outputs.update(repositoryUrl=f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{name}",
+                           name=name)
+        elif typ == "aws:lb/loadBalancer:LoadBalancer":
+            outputs["dnsName"] = f"{name}-1234.{REGION}.elb.amazonaws.com"
+        elif typ == "aws:iam/role:Role":
+            outputs.update(arn=f"arn:aws:iam::{ACCOUNT}:role/{name}", name=name)
+        elif typ == "random:index/randomPassword:RandomPassword":
+            # Distinct, recognisable values so tests can prove none leaks into outputs or user-data.
+            outputs["result"] = f"MockSecret{len(self.secret_values):02d}x{name.replace('-', '')}"
+            self.secret_values.append(outputs["result"])
+        elif typ in ("aws:ecs/cluster:Cluster", "aws:ecs/service:Service",
+                     "aws:rds/subnetGroup:SubnetGroup", "aws:rds/parameterGroup:ParameterGroup",
+                     "aws:iam/instanceProfile:InstanceProfile",
+                     "aws:cloudwatch/logGroup:LogGroup"):
+            outputs.setdefault("name", name)
+        self.resources.append(MockedResource(typ, name, dict(args.inputs), outputs))
+        return resource_id, outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {"names": [f"{REGION}a", f"{REGION}b", f"{REGION}c"],
+                    "zoneIds": ["use1-az1", "use1-az2", "use1-az4"], "id": REGION}
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {"id": "ami-0123456789abcdef0", "imageId": "ami-0123456789abcdef0",
+                    "architecture": "x86_64", "name": "al2023-ami-2023.6.20250101.0-x86_64"}
+        # A missing invoke mock would otherwise return None silently (PITFALLS).
+        raise NotImplementedError(f"no mock for invoke {args.token}")
+
+
+MOCKS = InfraMocks()
+_configured = False
+
+
+def ensure_mocks() -> InfraMocks:
+    """set_mocks once per process (Pulumi keeps one global runtime)."""
+    global _configured
+    if not _configured:
+        pulumi.runtime.set_mocks(MOCKS, project=project_name(), stack="mock", preview=False)
+        _configured = True
+    return MOCKS
+
+
+@dataclass
+class MockRun:
+    resources: list[MockedResource]
+    outputs: dict  # name -> (value, is_secret)
+    secret_values: list[str]
+
+    def of_type(self, typ: str) -> list[MockedResource]:
+        return [r for r in self.resources if r.type == typ]
+
+    def one(self, typ: str) -> MockedResource:
+        found = self.of_type(typ)
+        assert len(found) == 1, f"expected one {typ}, found {[r.name for r in found]}"
+        return found[0]
+
+
+def run_stack(stack: str, overrides: dict | None = None) -> MockRun:
+    """Build the program for a stack under mocks, drive the loop, return what it registered."""
+    from infra.config import StackConfig
+    from infra.program import build
+
+    mocks = ensure_mocks()
+    mocks.resources.clear()
+    mocks.secret_values.clear()
+    pulumi.runtime.set_all_config(stack_config(stack, overrides))
+    resolved: dict = {}
+
+    @pulumi.runtime.test
+    def program():
+        outputs = build(StackConfig.load())
+
+        async def collect():
+            for key, value in outputs.items():
+                out = pulumi.Output.from_input(value)
+                resolved[key] = (await out.future(), await out.is_secret())
+        return pulumi.Output.from_input(collect())
+
+    program()
+    return MockRun(list(mocks.resources), resolved, list(mocks.secret_values))

@@ -1,0 +1,71 @@
+"""Wire the components together for one stack; returns the stack outputs (no secret among them)."""
+from __future__ import annotations
+
+import pulumi
+
+from infra.components.app_secrets import AppSecrets, AppSecretsArgs
+from infra.components.artifact_store import ArtifactStore, ArtifactStoreArgs
+from infra.components.compute import Compute, ComputeArgs
+from infra.components.network import Network, NetworkArgs
+from infra.components.registry import ImageRegistry, ImageRegistryArgs
+from infra.components.scale_out import ScaleOut, ScaleOutArgs
+from infra.components.server_iam import ServerIam, ServerIamArgs
+from infra.components.tracking_db import TrackingDb, TrackingDbArgs
+from infra.config import StackConfig
+
+
+def build(cfg: StackConfig) -> dict[str, pulumi.Input]:
+    tags, prefix = cfg.tags, f"mlflow-{cfg.environment}"
+    network = Network(prefix, NetworkArgs(tags=tags, vpc_id=cfg.vpc_id, cidr=cfg.vpc_cidr,
+                                          public_subnet_ids=cfg.public_subnet_ids,
+                                          private_subnet_ids=cfg.private_subnet_ids))
+    store = ArtifactStore(f"{prefix}-artifacts", ArtifactStoreArgs(
+        tags=tags, environment=cfg.environment, encryption=cfg.artifact_encryption,
+        noncurrent_version_days=cfg.noncurrent_version_days, force_destroy=not cfg.is_prod))
+    db = TrackingDb(f"{prefix}-db", TrackingDbArgs(
+        tags=tags, environment=cfg.environment, vpc_id=network.vpc_id,
+        subnet_ids=network.private_subnet_ids,
+        server_security_group_id=network.server_security_group_id,
+        engine_version=cfg.db_engine_version, instance_class=cfg.db_instance_class,
+        allocated_storage=cfg.db_allocated_storage,
+        backup_retention_days=cfg.db_backup_retention_days, read_replica=cfg.db_read_replica))
+    secrets = AppSecrets(f"{prefix}-app-secrets", AppSecretsArgs(
+        tags=tags, recovery_window_days=30 if cfg.is_prod else 0))
+    registry = ImageRegistry(f"{prefix}-mlflow", ImageRegistryArgs(tags=tags))
+    secret_arns = [secrets.secret_arn, db.master_secret_arn]
+    if cfg.tls_certificate_secret_arn and cfg.compute_mode == "ec2":
+        secret_arns.append(cfg.tls_certificate_secret_arn)
+    iam = ServerIam(f"{prefix}-server", ServerIamArgs(
+        tags=tags, bucket_arn=store.bucket_arn, secret_arns=secret_arns,
+        kms_key_arn=store.kms_key_arn, repository_arn=registry.repository_arn,
+        service="ec2.amazonaws.com" if cfg.compute_mode == "ec2" else "ecs-tasks.amazonaws.com"))
+    image = pulumi.Output.concat(registry.repository_url, ":", cfg.mlflow_image_tag)
+
+    common = dict(tags=tags, environment=cfg.environment, region=cfg.region,
+                  vpc_id=network.vpc_id, public_subnet_ids=network.public_subnet_ids,
+                  private_subnet_ids=network.private_subnet_ids,
+                  server_security_group_id=network.server_security_group_id,
+                  allowed_cidrs=cfg.allowed_cidrs, public_host=cfg.public_host,
+                  bucket_name=store.bucket_name, app_secret_arn=secrets.secret_arn,
+                  db_secret_arn=db.master_secret_arn, db_address=db.address,
+                  db_replica_address=db.replica_address, mlflow_image=image)
+    if cfg.compute_mode == "ec2":
+        server = Compute(f"{prefix}-server", ComputeArgs(
+            **common, instance_profile_name=iam.instance_profile_name,
+            tls_secret_arn=cfg.tls_certificate_secret_arn, instance_type=cfg.instance_type))
+    else:
+        server = ScaleOut(f"{prefix}-service", ScaleOutArgs(
+            **common, acm_certificate_arn=cfg.acm_certificate_arn, task_role_arn=iam.role_arn,
+            task_role_name=iam.role_name, min_tasks=cfg.ecs_min_tasks, max_tasks=cfg.ecs_max_tasks))
+
+    return {
+        "tracking_url": server.tracking_url,
+        "load_balancer_dns_name": server.load_balancer_dns_name,
+        "artifact_bucket_name": store.bucket_name,
+        "db_instance_endpoint": db.endpoint,
+        "db_master_secret_arn": db.master_secret_arn,
+        "app_secret_arn": secrets.secret_arn,
+        "image_repository_url": registry.repository_url,
+        "server_role_arn": iam.role_arn,
+        "vpc_id": network.vpc_id,
+    }

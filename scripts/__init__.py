@@ -1,0 +1,1 @@
+"""Operator tools of the MLflow deployment bundle (`./mlflowctl --help`)."""

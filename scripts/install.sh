@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install what the native stack and the tests need on Debian 12 (bookworm), as root. Idempotent.
+#   apt: PostgreSQL (server + client), PgBouncer, Nginx, Chromium (UI test), testssl.sh, iproute2
+#   pip: .venv from requirements.lock (every package pinned, hashes of versions via the lock)
+# Distro services are NOT started by the install (policy-rc.d): the bundle runs its own daemons.
+set -eEuo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(postgresql postgresql-client pgbouncer nginx-light chromium testssl.sh iproute2
+              python3 python3-venv curl ca-certificates util-linux)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+[[ $EUID -eq 0 ]] || { echo "install: run as root (apt-get, system users)" >&2; exit 2; }
+command -v apt-get >/dev/null || { echo "install: needs a Debian/Ubuntu machine (apt-get)" >&2; exit 2; }
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    step "apt-get install ${missing[*]}"
+    apt-get update -qq
+    # Keep Debian's own postgresql/nginx/pgbouncer services from starting on our ports.
+    policy=/usr/sbin/policy-rc.d
+    had_policy=0; [[ -e $policy ]] && had_policy=1
+    ((had_policy)) || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"; }
+    trap '((had_policy)) || rm -f /usr/sbin/policy-rc.d' EXIT
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    step "apt packages present"
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    step "creating .venv with $(/usr/bin/python3 --version)"
+    # Debian's interpreter, not a per-user one under /root: the daemons' users must execute it.
+    /usr/bin/python3 -m venv .venv
+fi
+if [[ "${1:-}" == --relock ]]; then
+    step "resolving requirements.txt and writing requirements.lock"
+    .venv/bin/pip install -q --upgrade -r requirements.txt
+    .venv/bin/pip freeze --exclude-editable | grep -v '^pkg_resources' > requirements.lock
+elif ! cmp -s requirements.lock .venv/.installed-lock 2>/dev/null; then
+    step "pip install -r requirements.lock (pinned)"
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
+fi
+.venv/bin/pip check >/dev/null || { .venv/bin/pip check; exit 1; }
+cp requirements.lock .venv/.installed-lock
+step "install done"

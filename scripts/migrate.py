@@ -1,0 +1,60 @@
+"""One-shot database migration (the compose `migrate` service).
+
+Connects DIRECTLY to PostgreSQL (not through PgBouncer in transaction mode), makes sure the
+`mlflow` role and the tracking and auth databases exist (idempotent: also on RDS, where no init
+script runs), then runs `mlflow db upgrade` and the auth DB upgrade once, before the server starts.
+Passwords come from the environment (PGPASSWORD for the tools), never from a command line.
+"""
+import os
+import subprocess
+import sys
+
+import psycopg2
+from psycopg2 import sql
+
+ROLE = "mlflow"
+DATABASES = ("mlflow", "mlflow_auth")
+
+
+def ensure_role_and_databases(host: str, port: str, admin: str, admin_password: str, password: str):
+    conn = psycopg2.connect(host=host, port=port, user=admin, password=admin_password, dbname="postgres")
+    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,))
+        verb = "ALTER" if cur.fetchone() else "CREATE"
+        # Setting the password every run makes a rotated MLFLOW_DB_PASSWORD take effect.
+        cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(ROLE)), (password,))
+        # RDS's master user is no superuser: it may only CREATE DATABASE ... OWNER a role it is in.
+        cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        if not cur.fetchone()[0]:
+            cur.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(ROLE)))
+        for db in DATABASES:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
+            if not cur.fetchone():
+                print(f"migrate: creating database {db}", flush=True)
+                cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(ROLE)))
+    conn.close()
+
+
+def main() -> int:
+    env = os.environ
+    host, port = env["POSTGRES_HOST"], env["POSTGRES_PORT"]
+    ensure_role_and_databases(host, port, env.get("POSTGRES_USER", "postgres"),
+                              env["POSTGRES_PASSWORD"], env["MLFLOW_DB_PASSWORD"])
+    tool_env = {**env, "PGPASSWORD": env["MLFLOW_DB_PASSWORD"]}
+    tool_env.pop("POSTGRES_PASSWORD")
+    # psycopg2 explicitly: SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3 (PITFALLS).
+    uri = f"postgresql+psycopg2://{ROLE}@{host}:{port}/"
+    steps = [
+        ["mlflow", "db", "upgrade", uri + "mlflow"],
+        [sys.executable, "-m", "mlflow.server.auth", "db", "upgrade", "--url", uri + "mlflow_auth"],
+    ]
+    for step in steps:
+        print("migrate: " + " ".join(step), flush=True)
+        subprocess.run(step, env=tool_env, check=True)
+    print("migrate: done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

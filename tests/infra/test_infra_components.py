@@ -1,0 +1,198 @@
+"""Every security-relevant property of the components, for the dev and prod stacks.
+
+Mock boundary: AWS and the Pulumi engine cannot run here, so the program runs under Pulumi's
+mocks (infra/mockrun.py). These tests prove what the program ASKS AWS for, not that AWS accepts it.
+"""
+import json
+
+import pytest
+
+from infra.components.server_iam import (RESOURCE_WILDCARD_ONLY_ACTIONS, SSM_CORE_POLICY_ARN,
+                                         server_policy_document)
+from infra.components.scale_out import max_tasks_for_connections
+from infra.mockrun import run_stack
+from infra.pgconf import rds_parameters
+from infra.policy.rules import REQUIRED_TAGS, TAGGABLE_TYPES
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc._special_sig_key
+
+
+def inputs(run, typ):
+    return run.one(typ).inputs
+
+
+def test_bucket_secure_defaults(stack_run):
+    bucket = inputs(stack_run, "aws:s3/bucket:Bucket")
+    env = bucket["tags"]["environment"]
+    assert bucket.get("forceDestroy", False) is (env == "dev")
+    assert inputs(stack_run, "aws:s3/bucketVersioning:BucketVersioning")["versioningConfiguration"]["status"] == "Enabled"
+    pab = inputs(stack_run, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert all(pab[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
+                                        "restrictPublicBuckets"))
+    own = inputs(stack_run, "aws:s3/bucketOwnershipControls:BucketOwnershipControls")
+    assert own["rule"]["objectOwnership"] == "BucketOwnerEnforced"
+    policy = json.loads(inputs(stack_run, "aws:s3/bucketPolicy:BucketPolicy")["policy"])
+    deny = policy["Statement"][0]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    rule = inputs(stack_run, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")["rules"][0]
+    assert rule["status"] == "Enabled" and rule["noncurrentVersionExpiration"]["noncurrentDays"] > 0
+
+
+def test_bucket_encryption_follows_config(dev_run, prod_run):
+    sse = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+    algo = lambda run: inputs(run, sse)["rules"][0]["applyServerSideEncryptionByDefault"]  # noqa: E731
+    assert algo(dev_run)["sseAlgorithm"] == "AES256" and not dev_run.of_type("aws:kms/key:Key")
+    assert algo(prod_run)["sseAlgorithm"] == "aws:kms" and algo(prod_run)["kmsMasterKeyId"]
+    assert inputs(prod_run, "aws:kms/key:Key")["enableKeyRotation"] is True
+
+
+def test_database(stack_run):
+    db = inputs(stack_run, "aws:rds/instance:Instance")
+    prod = db["tags"]["environment"] == "prod"
+    assert db["engine"] == "postgres" and db["engineVersion"].split(".")[0] in ("16", "17")
+    assert db["publiclyAccessible"] is False and db["storageEncrypted"] is True
+    assert db["manageMasterUserPassword"] is True and "password" not in db
+    assert db["backupRetentionPeriod"] >= (7 if prod else 1)
+    assert db["deletionProtection"] is prod and db["multiAz"] is prod
+    assert db["skipFinalSnapshot"] is (not prod)
+    if prod:
+        assert db["finalSnapshotIdentifier"]
+    subnets = inputs(stack_run, "aws:rds/subnetGroup:SubnetGroup")["subnetIds"]
+    private = {r.name + "-id" for r in stack_run.of_type("aws:ec2/subnet:Subnet") if "private" in r.name}
+    assert set(subnets) == private and len(subnets) >= 2
+
+
+def test_parameter_group_comes_from_postgresql_conf(stack_run):
+    pg = inputs(stack_run, "aws:rds/parameterGroup:ParameterGroup")
+    assert pg["family"] == "postgres16"
+    got = {p["name"]: p["value"] for p in pg["parameters"]}
+    assert got == {p["name"]: p["value"] for p in rds_parameters()}
+    assert got["rds.force_ssl"] == "1"
+
+
+def test_database_reachable_only_from_server_sg(stack_run):
+    db_sg = next(r for r in stack_run.of_type("aws:ec2/securityGroup:SecurityGroup") if r.name.endswith("-db-sg"))
+    server_sg = next(r for r in stack_run.of_type("aws:ec2/securityGroup:SecurityGroup")
+                     if r.name.endswith("-server") and "Compute" not in r.name)
+    rules = [r.inputs for r in stack_run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+             if r.inputs["securityGroupId"] == db_sg.name + "-id"]
+    assert rules == [{**rules[0], "fromPort": 5432, "toPort": 5432,
+                      "referencedSecurityGroupId": server_sg.name + "-id"}]
+    assert "cidrIpv4" not in rules[0]
+
+
+def test_server_policy_document_is_exact():
+    doc = server_policy_document("arn:aws:s3:::b", ["arn:s2", "arn:s1"], "arn:aws:kms:k")
+    allows = {s["Sid"]: s for s in doc["Statement"] if s["Effect"] == "Allow"}
+    assert allows["ListArtifactBucket"]["Action"] == ["s3:ListBucket"]
+    assert allows["ListArtifactBucket"]["Resource"] == ["arn:aws:s3:::b"]
+    assert set(allows["ReadWriteDeleteArtifacts"]["Action"]) == {
+        "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+    assert allows["ReadWriteDeleteArtifacts"]["Resource"] == ["arn:aws:s3:::b/*"]
+    assert allows["ReadOwnSecrets"]["Resource"] == ["arn:s1", "arn:s2"]
+    assert allows["UseArtifactKey"]["Resource"] == ["arn:aws:kms:k"]
+    for st in doc["Statement"]:
+        assert "*" not in st["Resource"] and not any(a.endswith("*") for a in st["Action"])
+    assert "UseArtifactKey" not in {s["Sid"] for s in server_policy_document("arn:aws:s3:::b", [])["Statement"]}
+
+
+def test_role_uses_that_document(stack_run):
+    bucket = stack_run.one("aws:s3/bucket:Bucket").outputs
+    secrets = [stack_run.one("aws:secretsmanager/secret:Secret").outputs["arn"],
+               stack_run.one("aws:rds/instance:Instance").outputs["masterUserSecrets"][0]["secretArn"]]
+    key = stack_run.of_type("aws:kms/key:Key")
+    policies = {r.name: json.loads(r.inputs["policy"]) for r in stack_run.of_type("aws:iam/rolePolicy:RolePolicy")}
+    main = next(v for k, v in policies.items() if k.endswith("artifacts-secrets"))
+    assert main == server_policy_document(bucket["arn"], secrets, key[0].outputs["arn"] if key else None)
+    pull = next(v for k, v in policies.items() if k.endswith("image-pull"))
+    wild = [s for s in pull["Statement"] if s["Resource"] == "*"]
+    assert [set(s["Action"]) for s in wild] == [set(RESOURCE_WILDCARD_ONLY_ACTIONS)]
+    assert [r.inputs["policyArn"] for r in stack_run.of_type(
+        "aws:iam/rolePolicyAttachment:RolePolicyAttachment")] == [SSM_CORE_POLICY_ARN]
+    assert stack_run.one("aws:iam/instanceProfile:InstanceProfile")
+
+
+def test_instance(stack_run):
+    ec2 = inputs(stack_run, "aws:ec2/instance:Instance")
+    assert ec2["metadataOptions"]["httpTokens"] == "required"
+    assert ec2["rootBlockDevice"]["encrypted"] is True
+    assert "keyName" not in ec2 and ec2["associatePublicIpAddress"] is False
+    private = {r.name + "-id" for r in stack_run.of_type("aws:ec2/subnet:Subnet") if "private" in r.name}
+    assert ec2["subnetId"] in private
+
+
+def test_front_door_only_from_configured_cidrs(stack_run):
+    import yaml
+    from infra.mockrun import REPO_ROOT
+    stack = stack_run.one("aws:s3/bucket:Bucket").inputs["tags"]["environment"]
+    cidrs = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]["mlflow-tracking:allowedCidrs"]
+    rules = [r.inputs for r in stack_run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+             if "cidrIpv4" in r.inputs]
+    assert {(r["fromPort"], r["cidrIpv4"]) for r in rules} == {(p, c) for p in (443, 80) for c in cidrs}
+
+
+def test_user_data_has_no_secrets_and_fits(stack_run):
+    user_data = inputs(stack_run, "aws:ec2/instance:Instance")["userData"]
+    assert len(user_data.encode()) <= 16 * 1024
+    assert stack_run.secret_values and not any(s in user_data for s in stack_run.secret_values)
+    assert "secretsmanager get-secret-value" in user_data
+    assert "docker-compose.production.yml -f docker-compose.aws.yml up -d --wait" in user_data
+
+
+def test_secrets_never_exported_in_plain_text(stack_run):
+    for name, (value, secret) in stack_run.outputs.items():
+        assert secret or not any(s in json.dumps(value) for s in stack_run.secret_values), name
+    assert {"tracking_url", "artifact_bucket_name", "db_instance_endpoint"} <= set(stack_run.outputs)
+    version = inputs(stack_run, "aws:secretsmanager/secretVersion:SecretVersion")
+    # The engine receives it wrapped as a secret (Pulumi's secret signature), so state encrypts it.
+    envelope = version["secretString"]
+    assert envelope.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270"
+    assert set(json.loads(envelope["value"])) == {
+        "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+
+
+def test_every_taggable_resource_has_the_tag_dict(stack_run):
+    for r in stack_run.resources:
+        if r.type in TAGGABLE_TYPES:
+            assert all(r.inputs.get("tags", {}).get(t) for t in REQUIRED_TAGS), r.name
+    assert not {r.type for r in stack_run.resources if r.type.startswith("aws:") and "tags" in r.inputs} - TAGGABLE_TYPES
+
+
+def test_existing_vpc_mode_creates_no_network():
+    run = run_stack("dev", {"vpcId": "vpc-123", "publicSubnetIds": ["subnet-p1", "subnet-p2"],
+                            "privateSubnetIds": ["subnet-a", "subnet-b"]})
+    assert not run.of_type("aws:ec2/vpc:Vpc") and not run.of_type("aws:ec2/natGateway:NatGateway")
+    assert inputs(run, "aws:rds/subnetGroup:SubnetGroup")["subnetIds"] == ["subnet-a", "subnet-b"]
+    assert inputs(run, "aws:ec2/instance:Instance")["subnetId"] == "subnet-a"
+
+
+def test_scale_out_mode_is_one_config_value():
+    run = run_stack("prod", {"computeMode": "ecs", "dbReadReplica": True,
+                             "acmCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"})
+    assert not run.of_type("aws:ec2/instance:Instance")
+    svc = inputs(run, "aws:ecs/service:Service")
+    assert svc["launchType"] == "FARGATE" and svc["networkConfiguration"]["assignPublicIp"] is False
+    target = inputs(run, "aws:appautoscaling/target:Target")
+    assert target["maxCapacity"] <= max_tasks_for_connections()
+    https = next(r.inputs for r in run.of_type("aws:lb/listener:Listener") if r.inputs["port"] == 443)
+    assert https["protocol"] == "HTTPS" and https["certificateArn"].startswith("arn:aws:acm")
+    containers = json.loads(inputs(run, "aws:ecs/taskDefinition:TaskDefinition")["containerDefinitions"])
+    mlflow = next(c for c in containers if c["name"] == "mlflow")
+    assert "--read-replica-backend-store-uri" in mlflow["command"]
+    replica = next(r for r in run.of_type("aws:rds/instance:Instance") if "replicateSourceDb" in r.inputs)
+    assert replica.inputs["publiclyAccessible"] is False and replica.inputs["storageEncrypted"] is True
+    env_text = json.dumps(containers)
+    assert not any(s in env_text for s in run.secret_values)
+    assert {s["name"] for s in mlflow["secrets"]} == {"PGPASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                                                      "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+
+
+def test_scale_out_refuses_more_tasks_than_connections():
+    with pytest.raises(Exception, match="max_connections"):
+        run_stack("prod", {"computeMode": "ecs", "ecsMaxTasks": max_tasks_for_connections() + 1,
+                           "acmCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"})
+
+
+def test_config_refuses_missing_cidrs():
+    with pytest.raises(Exception, match="allowedCidrs"):
+        run_stack("dev", {"allowedCidrs": []})
