@@ -4,8 +4,10 @@
   bootstrap   create .env (random secrets, mode 0600) and certs/ (private CA + server cert)
   up          bootstrap, then run the compose stack natively on this machine (no Docker)
   down        stop the native stack (data in var/ is kept; native artifacts live in memory)
+  restart     stop some (or all) native services, then `up` again
   status      show each native service, its pid and its health check
   config      check docker-compose.production.yml with the real Compose binary (both profiles)
+  test        `up`, then the whole test suite (unit, stack, infra); extra args go to pytest
 
 Every command is idempotent. Run `./mlflowctl COMMAND --help` for options.
 """
@@ -65,6 +67,11 @@ def cmd_config(args):
         print(f"compose config ok{' (profile local)' if profile else ''}")
 
 
+def cmd_test(args):
+    cmd_up(args)
+    return subprocess.run([sys.executable, "-m", "pytest", "tests", *args.pytest_args], cwd=native.ROOT).returncode
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="mlflowctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,8 +83,15 @@ def main(argv=None) -> int:
                    description=native.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
                    ).set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the native stack (keeps var/)").set_defaults(func=lambda a: native.down())
+    restart = sub.add_parser("restart", help="stop the named services (default: all), then `up`",
+                             description="Re-renders config and re-runs the one-shot steps, like compose up.")
+    restart.add_argument("services", nargs="*", metavar="SERVICE")
+    restart.set_defaults(func=lambda a: native.down(tuple(a.services)) or cmd_up(a))
     sub.add_parser("status", help="list native services; exit 3 if any is stopped").set_defaults(func=cmd_status)
     sub.add_parser("config", help="validate the compose file with the real Compose binary").set_defaults(func=cmd_config)
+    test = sub.add_parser("test", help="bring the stack up, then run every test suite")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest (e.g. -k e2e -x)")
+    test.set_defaults(func=cmd_test)
     lifecycle.add_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args) or 0

@@ -199,8 +199,7 @@ class Service:
         """Own mount namespace with our /etc/hosts, then drop to the service user."""
         drop = [] if self.user() == "root" else ["setpriv", f"--reuid={self.user()}", f"--regid={self.user()}",
                                                   "--init-groups", "--"]
-        return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
-                'mount --bind "$0" /etc/hosts && exec "$@"', str(VAR / "run" / "hosts"), *drop, *argv]
+        return with_service_hosts(drop + argv)
 
     def limits(self):
         for name, value in (self.svc.get("ulimits") or {}).items():
@@ -371,9 +370,18 @@ def preflight(model: dict, env: dict):
             raise SystemExit(f"native: `{tool}` not found: run `./mlflowctl install` first")
 
 
-def write_hosts():
-    (VAR / "run").mkdir(parents=True, exist_ok=True)
-    (VAR / "run" / "hosts").write_text("127.0.0.1 localhost " + " ".join(SERVICE_NAMES) + "\n::1 localhost\n")
+HOSTS_FILE = VAR / "run" / "hosts"
+
+
+def write_hosts(path: Path = HOSTS_FILE):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("127.0.0.1 localhost " + " ".join(SERVICE_NAMES) + "\n::1 localhost\n")
+
+
+def with_service_hosts(argv: list, hosts: Path = HOSTS_FILE) -> list:
+    """argv in a private mount namespace whose /etc/hosts resolves the compose service names."""
+    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts), *argv]
 
 
 def up(env: dict, deadline_s: float = 300) -> dict:
@@ -404,11 +412,11 @@ def up(env: dict, deadline_s: float = 300) -> dict:
     return svcs
 
 
-def down():
+def down(only: tuple = ()):
     model = compose_model()
     svcs = services(model)
     for name in reversed(start_order(model["services"])):
-        if svcs[name].stop():
+        if (not only or name in only) and svcs[name].stop():
             log(f"{name}: stopped")
 
 

@@ -1,0 +1,245 @@
+"""Team namespaces: users, experiments and permissions from a checked-in YAML file; safe registration."""
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from scripts.lifecycle_common import (MODEL_NAME_RE, PREFIX_RE, TEAM_RE, LifecycleError, auth_client, client,
+                                      current_user, error_code)
+
+PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE")
+DEFAULT_EXPERIMENT_TYPES = ("training", "tuning", "evaluation")
+
+
+@dataclass
+class Team:
+    name: str
+    prefixes: list
+    members: dict = field(default_factory=dict)  # username -> permission
+
+    def experiments(self, types) -> list:
+        return [f"{self.name}/{prefix}/{kind}" for prefix in self.prefixes for kind in types]
+
+    def owns_model(self, model_name: str) -> bool:
+        m = MODEL_NAME_RE.match(model_name)
+        return bool(m) and any(m["project"].startswith(p) for p in self.prefixes)
+
+
+@dataclass
+class TeamsFile:
+    teams: list
+    experiment_types: list
+
+
+def load_teams(path) -> TeamsFile:
+    """Parse and check the YAML: names, permissions, and that no two teams claim the same prefix."""
+    path = Path(path)
+    if not path.exists():
+        raise LifecycleError(f"teams file {path} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    types = list(data.get("experiment_types") or DEFAULT_EXPERIMENT_TYPES)
+    teams = []
+    for raw in data.get("teams") or []:
+        name = str(raw.get("name", ""))
+        if not TEAM_RE.match(name):
+            raise LifecycleError(f"{path}: team name {name!r} must match {TEAM_RE.pattern}")
+        prefixes = [str(p) for p in raw.get("project_prefixes") or []]
+        bad = [p for p in prefixes if not PREFIX_RE.match(p)]
+        if not prefixes or bad:
+            raise LifecycleError(f"{path}: team {name}: project_prefixes must be non-empty and match {PREFIX_RE.pattern}")
+        members = {}
+        for m in raw.get("members") or []:
+            m = {"username": m} if isinstance(m, str) else m
+            perm = str(m.get("permission", "EDIT")).upper()
+            if perm not in PERMISSIONS:
+                raise LifecycleError(f"{path}: team {name}: member {m.get('username')}: permission must be one of {PERMISSIONS}")
+            members[str(m["username"])] = perm
+        teams.append(Team(name, prefixes, members))
+    names = [t.name for t in teams]
+    if len(set(names)) != len(names):
+        raise LifecycleError(f"{path}: duplicate team names")
+    claimed = [(p, t.name) for t in teams for p in t.prefixes]
+    for p, owner in claimed:
+        for q, other in claimed:
+            # "reco" and "recommend" would both own model "recommend-als": ownership must be unique.
+            if owner != other and q.startswith(p):
+                raise LifecycleError(f"{path}: prefix {q!r} of team {other} overlaps prefix {p!r} of team {owner}")
+    return TeamsFile(teams, types)
+
+
+class Changes:
+    def __init__(self, dry_run: bool):
+        self.dry_run, self.items = dry_run, []
+
+    def __call__(self, what: str, apply):
+        self.items.append(what)
+        print(("would " if self.dry_run else "") + what, flush=True)
+        if not self.dry_run:
+            apply()
+
+
+def _ensure_grant(auth, changes, username, resource_type, resource_id, label, permission):
+    current = auth.get_user_permission(username, resource_type, resource_id).permission
+    if current == permission:
+        return
+
+    def apply():
+        try:
+            auth.grant_user_permission(username, resource_type, resource_id, permission)
+        except Exception as exc:  # a different grant exists: the auth API has no update, so replace it
+            if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                raise
+            auth.revoke_user_permission(username, resource_type, resource_id)
+            auth.grant_user_permission(username, resource_type, resource_id, permission)
+    changes(f"grant {username} {permission} on {resource_type} {label} (was {current})", apply)
+
+
+def cmd_teams(args):
+    """Apply a teams YAML file to the server, idempotently (a second run changes nothing).
+
+    For each team: every member exists as a user; the experiments TEAM/PREFIX/TYPE exist (one per
+    project prefix and experiment type, tagged team/project); each member has the team permission
+    (default EDIT) on those experiments and on every registered model named PREFIX...-ALGORITHM.
+    New users get a random password, written to --credentials-out (mode 0600), never printed.
+    Users and grants absent from the file are left alone (revoke by hand: docs/lifecycle.md).
+    Needs an admin user in MLFLOW_TRACKING_USERNAME/PASSWORD.
+    """
+    spec = load_teams(args.file)
+    mlf, auth = client(), auth_client()
+    changes = Changes(args.dry_run)
+
+    new_passwords = {}
+    for username in sorted({u for t in spec.teams for u in t.members}):
+        try:
+            auth.get_user(username)
+        except Exception as exc:
+            if error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            new_passwords[username] = secrets.token_urlsafe(24)
+    if new_passwords and not args.credentials_out and not args.dry_run:
+        raise LifecycleError(f"{len(new_passwords)} new user(s) need a password: pass --credentials-out FILE")
+    if new_passwords and not args.dry_run:  # written first: a user whose password was lost is useless
+        _write_credentials(Path(args.credentials_out), new_passwords)
+    for username, password in new_passwords.items():
+        changes(f"create user {username}", lambda u=username, p=password: auth.create_user(u, p))
+
+    def grant(username, perm, resource_type, resource_id, label):
+        if resource_id is None or (args.dry_run and username in new_passwords):  # dry run: nothing to ask yet
+            changes(f"grant {username} {perm} on {resource_type} {label}", lambda: None)
+        else:
+            _ensure_grant(auth, changes, username, resource_type, resource_id, label, perm)
+
+    models = _all_model_names(mlf)
+    for team in spec.teams:
+        for exp_name in team.experiments(spec.experiment_types):
+            exp = mlf.get_experiment_by_name(exp_name)
+            if exp is None:
+                tags = {"team": team.name, "project": exp_name.split("/")[1]}
+                changes(f"create experiment {exp_name}", lambda n=exp_name, t=tags: mlf.create_experiment(n, tags=t))
+                exp = None if args.dry_run else mlf.get_experiment_by_name(exp_name)
+            elif exp.lifecycle_stage != "active":
+                raise LifecycleError(f"experiment {exp_name} is deleted: restore it (mlflow experiments restore) or purge it")
+            for username, perm in sorted(team.members.items()):
+                grant(username, perm, "experiment", exp and exp.experiment_id, exp_name)
+        for model in sorted(m for m in models if team.owns_model(m)):
+            for username, perm in sorted(team.members.items()):
+                grant(username, perm, "registered_model", model, model)
+
+    verb = "would make" if args.dry_run else "made"
+    print(f"teams: {verb} {len(changes.items)} change(s)" if changes.items else "teams: no changes")
+    return 0
+
+
+def _all_model_names(mlf) -> list:
+    names, token = [], None
+    for _ in range(10_000):  # bounded pagination
+        page = mlf.search_registered_models(max_results=1000, page_token=token)
+        names += [m.name for m in page]
+        token = page.token
+        if not token:
+            return names
+    raise LifecycleError("search_registered_models did not finish paging")
+
+
+def _write_credentials(path: Path, passwords: dict):
+    """Merge new passwords into a 0600 JSON file (created 0600 before any secret is written)."""
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing.update(passwords)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(existing, fh, indent=2)
+    os.chmod(path, 0o600)
+    print(f"passwords of {len(passwords)} new user(s) written to {path} (mode 0600)")
+
+
+def team_for_model(spec: TeamsFile, name: str, username: str, is_admin: bool, team: str = None) -> Team:
+    """The team that may register NAME for USERNAME, or a one-line refusal (the design's register_model_safe)."""
+    m = MODEL_NAME_RE.match(name)
+    if not m:
+        raise LifecycleError(f"model name {name!r} is not PROJECT-ALGORITHM (lowercase, e.g. reco-als)")
+    mine = [t for t in spec.teams if username in t.members]
+    if team:
+        mine = [t for t in (spec.teams if is_admin else mine) if t.name == team]
+        if not mine:
+            raise LifecycleError(f"user {username!r} is not a member of team {team!r}")
+    elif not mine:
+        raise LifecycleError(f"user {username!r} is in no team of the teams file" + (": pass --team" if is_admin else ""))
+    for t in mine:
+        if t.owns_model(name):
+            return t
+    allowed = "; ".join(f"{t.name}: {', '.join(p + '*-ALGORITHM' for p in t.prefixes)}" for t in mine)
+    owner = next((t.name for t in spec.teams if t.owns_model(name)), None)
+    raise LifecycleError(f"model name {name!r} is outside the prefixes of your team(s) ({allowed})"
+                         + (f"; it belongs to team {owner}" if owner else ""))
+
+
+def register_model_safe(model_uri: str, name: str, spec: TeamsFile, team: str = None):
+    """Register MODEL_URI as NAME if NAME is within the user's team prefixes; grant the team on a new model."""
+    import mlflow
+    mlf, auth = client(), auth_client()
+    username = current_user()
+    try:
+        is_admin = auth.get_user(username).is_admin
+    except Exception:  # non-admins may not read user records: treat as non-admin
+        is_admin = False
+    owner = team_for_model(spec, name, username, is_admin, team)
+    project = MODEL_NAME_RE.match(name)["project"]
+    try:  # create first: a non-admin gets 403, not 404, for a model it cannot see
+        mlf.create_registered_model(name, tags={"team": owner.name, "project": project})
+        created = True
+    except Exception as exc:
+        if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+            raise
+        created = False
+    if not created:
+        try:
+            existing = mlf.get_registered_model(name)
+        except Exception as exc:
+            if error_code(exc) != "PERMISSION_DENIED":
+                raise
+            raise LifecycleError(f"registered model {name} exists and {username!r} has no permission on it: "
+                                 f"ask an admin to run `mlflowctl teams`") from exc
+        if existing.tags.get("team", owner.name) != owner.name:
+            raise LifecycleError(f"registered model {name} belongs to team {existing.tags['team']}")
+    version = mlflow.register_model(model_uri, name, tags={"team": owner.name})
+    if created:  # the creator holds MANAGE on a new model; share it with the team as the YAML says
+        for member, perm in owner.members.items():
+            if member != username:
+                auth.grant_user_permission(member, "registered_model", name, perm)
+    return version
+
+
+def cmd_register(args):
+    """Register a logged model as NAME, refusing names outside the user's team prefixes.
+
+    NAME must be PROJECT-ALGORITHM where PROJECT starts with one of the project prefixes of a team
+    the user (MLFLOW_TRACKING_USERNAME) belongs to in the teams file. A new registered model is
+    tagged team/project and shared with the team's members. Prints the new version number.
+    """
+    spec = load_teams(args.file)
+    version = register_model_safe(args.model_uri, args.name, spec, args.team)
+    print(f"registered {args.name} version {version.version}")
+    return 0

@@ -1,0 +1,99 @@
+"""The MLflow web UI through Nginx in headless Chromium (Debian's), after basic auth.
+
+Chromium is driven over the DevTools protocol: basic-auth credentials go in an Authorization
+header (not in a URL or on a command line) and only our server's key is trusted (SPKI pin).
+The screenshot is saved to test-artifacts/ui-experiments.png.
+"""
+import base64
+import hashlib
+import itertools
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import websocket
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tests.conftest import ROOT
+
+CHROMIUM = shutil.which("chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def spki_pin(cert_file: Path) -> str:
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def poll(fn, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"{what} within {timeout}s")
+
+
+class DevTools:
+    def __init__(self, ws_url: str):
+        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
+        self.ids = itertools.count(1)
+
+    def call(self, method: str, **params) -> dict:
+        msg_id = next(self.ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:  # events arrive in between; bounded by the socket timeout
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    if not CHROMIUM:
+        pytest.fail("chromium not installed: run `./mlflowctl install`")
+    profile = tmp_path / "profile"
+    proc = subprocess.Popen([
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1400,900",
+        f"--ignore-certificate-errors-spki-list={spki_pin(ROOT / 'certs' / 'server.crt')}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        port = poll(lambda: port_file.exists() and port_file.read_text().split("\n")[0], 30, "DevTools port")
+        targets = poll(lambda: json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5)),
+                       30, "a page target")
+        page = next(t for t in targets if t["type"] == "page")
+        yield DevTools(page["webSocketDebuggerUrl"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_ui_shows_experiment_after_basic_auth(mlflow_admin, stack, admin_auth, chromium, unique):
+    name = f"ui/{unique}"
+    mlflow_admin.create_experiment(name)
+    token = base64.b64encode(":".join(admin_auth).encode()).decode()
+    chromium.call("Network.enable")
+    chromium.call("Network.setExtraHTTPHeaders", headers={"Authorization": f"Basic {token}"})
+    chromium.call("Page.navigate", url=f"{stack}/#/experiments")
+
+    def page_text():
+        return chromium.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")["result"].get("value", "")
+
+    poll(lambda: name in page_text(), 90, f"experiment {name} on the experiments page")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = chromium.call("Page.captureScreenshot", format="png")
+    (ARTIFACTS / "ui-experiments.png").write_bytes(base64.b64decode(shot["data"]))
+    assert (ARTIFACTS / "ui-experiments.png").stat().st_size > 10_000
+
