@@ -17,7 +17,7 @@ import sys
 import time
 
 from scripts import bootstrap as boot
-from scripts import lifecycle, native
+from scripts import lifecycle, load, native
 
 
 def wait_for_nginx(env: dict, deadline_s: float = 120) -> str:
@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest (e.g. -k e2e -x)")
     test.set_defaults(func=cmd_test)
     lifecycle.add_commands(sub)
+    load.add_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args) or 0
 

@@ -25,6 +25,9 @@ def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise LifecycleError("MLFLOW_TRACKING_URI is not set (e.g. https://localhost; see docs/lifecycle.md)")
+    # Presigned downloads name the server's S3 endpoint (http://s3:8333 on compose's internal
+    # network), which clients cannot reach: download through the server's artifact proxy.
+    os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     if os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
         # requests lets these override the verify= MLflow passes (PITFALLS, "Client side").
         for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):

@@ -16,7 +16,8 @@ ROLE = "mlflow"
 DATABASES = ("mlflow", "mlflow_auth")
 
 
-def ensure_role_and_databases(host: str, port: str, admin: str, admin_password: str, password: str):
+def ensure_role_and_databases(host: str, port: str, admin: str, admin_password: str, password: str,
+                              databases: tuple = DATABASES):
     conn = psycopg2.connect(host=host, port=port, user=admin, password=admin_password, dbname="postgres")
     conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
     with conn.cursor() as cur:
@@ -28,7 +29,7 @@ def ensure_role_and_databases(host: str, port: str, admin: str, admin_password: 
         cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         if not cur.fetchone()[0]:
             cur.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(ROLE)))
-        for db in DATABASES:
+        for db in databases:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
             if not cur.fetchone():
                 print(f"migrate: creating database {db}", flush=True)

@@ -1,0 +1,89 @@
+"""Fixtures for the day-2 operations tests (imported by tests/stack/test_lifecycle*.py).
+
+Every name is unique per test session: the stack is long-lived and shared with other test files.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SESSION = f"{os.getpid() % 100000}x{time.time_ns() % 10**9}"  # lowercase alnum: fits team/prefix names
+BACKEND_STORE_URI = "postgresql+psycopg2://mlflow@127.0.0.1:6432/mlflow"  # PgBouncer, as `mlflow gc` needs
+S3_ENDPOINT = "http://127.0.0.1:8333"  # the native stack's S3 stand-in
+
+
+def client_env(base: dict, stack: str, user: str, password: str, ca_bundle: str) -> dict:
+    env = {k: v for k, v in base.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+    env.update(MLFLOW_TRACKING_URI=stack, MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password,
+               MLFLOW_TRACKING_SERVER_CERT_PATH=ca_bundle, PYTHONWARNINGS="ignore",
+               # Bounded client retries: a failing request must fail the test, not stall it for minutes.
+               MLFLOW_HTTP_REQUEST_MAX_RETRIES="2", MLFLOW_HTTP_REQUEST_TIMEOUT="60",
+               MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD="false")
+    return env
+
+
+def run_cli(env: dict, *args, timeout=180) -> subprocess.CompletedProcess:
+    """`./mlflowctl ARGS` as a user runs it (the same interpreter as mlflowctl's .venv)."""
+    return subprocess.run([sys.executable, "-m", "scripts", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_train(env: dict, *args, timeout=180) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def admin_env(stack, admin_auth, ca_bundle) -> dict:
+    return client_env(os.environ, stack, *admin_auth, ca_bundle)
+
+
+@pytest.fixture(scope="session")
+def teams_setup(admin_env, tmp_path_factory, stack, ca_bundle) -> dict:
+    """Two teams (a, b), each with one CI user, applied once with `mlflowctl teams`."""
+    tmp = tmp_path_factory.mktemp("teams")
+    a, b = f"ta{SESSION}", f"tb{SESSION}"
+    spec = {"experiment_types": ["training"], "teams": [
+        {"name": a, "project_prefixes": [f"pa{SESSION}"], "members": [{"username": f"{a}-ci", "permission": "EDIT"}]},
+        {"name": b, "project_prefixes": [f"pb{SESSION}"], "members": [{"username": f"{b}-ci", "permission": "EDIT"}]},
+    ]}
+    teams_file, creds = tmp / "teams.yaml", tmp / "credentials.json"
+    teams_file.write_text(yaml.safe_dump(spec))
+    out = run_cli(admin_env, "teams", "--file", str(teams_file), "--credentials-out", str(creds))
+    assert out.returncode == 0, out.stderr
+    passwords = json.loads(creds.read_text())
+    assert oct(creds.stat().st_mode & 0o777) == "0o600"
+
+    def env_of(team):
+        user = f"{team}-ci"
+        return client_env(os.environ, stack, user, passwords[user], ca_bundle)
+
+    return {"file": teams_file, "a": a, "b": b, "prefix_a": f"pa{SESSION}", "prefix_b": f"pb{SESSION}",
+            "env_a": env_of(a), "env_b": env_of(b), "experiment_a": f"{a}/pa{SESSION}/training",
+            "experiment_b": f"{b}/pb{SESSION}/training"}
+
+
+@pytest.fixture(scope="session")
+def trained(teams_setup) -> list:
+    """Two runs of the example training script by team a's CI user (different seeds)."""
+    env = teams_setup["env_a"]
+    return [run_train(env, "--experiment", teams_setup["experiment_a"], "--seed", str(seed), "--epochs", "20")
+            for seed in (1, 2)]
+
+
+def poll(predicate, deadline_s: float, what: str, interval=0.2):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
