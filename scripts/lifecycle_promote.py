@@ -38,15 +38,15 @@ def check_gates(mlf, name: str, version: str, alias: str):
     mv = mlf.get_model_version(name, version)
     if mv.status != "READY":
         raise LifecycleError(f"{name} v{version} is {mv.status}, not READY")
-    if alias in ("challenger", "champion") and mv.tags.get("validation_status") != "passed":
-        raise LifecycleError(f"refused: {name} v{version} has validation_status={mv.tags.get('validation_status', 'unset')}; "
-                             f"run `./mlflowctl validate models:/{name}/{version} --min-metric ...` first")
     if alias == "champion":
         challenger = _alias_version(mlf, name, "challenger")
         if challenger != str(version):
             raise LifecycleError(f"refused: {name} v{version} is not the current challenger "
                                  f"(@challenger is {'v' + challenger if challenger else 'unset'}); "
                                  f"promote it with --to challenger first")
+    if alias in ("challenger", "champion") and mv.tags.get("validation_status") != "passed":
+        raise LifecycleError(f"refused: {name} v{version} has validation_status={mv.tags.get('validation_status', 'unset')}; "
+                             f"run `./mlflowctl validate models:/{name}/{version} --min-metric ...` first")
     return _alias_version(mlf, name, alias)
 
 

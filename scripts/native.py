@@ -50,8 +50,10 @@ class Image:
 
 def images() -> dict:
     return {
-        # Loopback only on the host; the container listens on its internal network.
-        "postgres": Image([str(pg_bin())], "postgres", ["-c", "listen_addresses=127.0.0.1"]),
+        # Loopback only on the host (the container listens on its internal network), and TCP only:
+        # the host's /var/run/postgresql belongs to Debian's own cluster.
+        "postgres": Image([str(pg_bin())], "postgres", ["-c", "listen_addresses=127.0.0.1",
+                                                        "-c", "unix_socket_directories="]),
         "edoburu/pgbouncer": Image([], "postgres"),
         # Debian's nginx: explicit prefix and config (its compiled default is /etc/nginx), workers as www-data.
         "nginx": Image([], "root", ["-p", "{root}/etc/nginx/", "-c", "{root}/etc/nginx/nginx.conf"],
