@@ -90,11 +90,14 @@ def main(argv=None) -> int:
     sub.add_parser("status", help="list native services; exit 3 if any is stopped").set_defaults(func=cmd_status)
     sub.add_parser("config", help="validate the compose file with the real Compose binary").set_defaults(func=cmd_config)
     test = sub.add_parser("test", help="bring the stack up, then run every test suite")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest (e.g. -k e2e -x)")
+    test.set_defaults(pytest_args=[])  # unknown arguments go to pytest (e.g. -k e2e -x)
     test.set_defaults(func=cmd_test)
     lifecycle.add_commands(sub)
     load.add_commands(sub)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "test":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.pytest_args = extra
     return args.func(args) or 0
 
 
