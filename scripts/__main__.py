@@ -18,6 +18,7 @@ import time
 
 from scripts import bootstrap as boot
 from scripts import lifecycle, load, native
+from scripts import backup
 
 
 def wait_for_nginx(env: dict, deadline_s: float = 120) -> str:
@@ -93,6 +94,7 @@ def main(argv=None) -> int:
     test.set_defaults(pytest_args=[])  # unknown arguments go to pytest (e.g. -k e2e -x)
     test.set_defaults(func=cmd_test)
     lifecycle.add_commands(sub)
+    backup.add_commands(sub)
     load.add_commands(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "test":

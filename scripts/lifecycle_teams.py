@@ -203,7 +203,9 @@ def register_model_safe(model_uri: str, name: str, spec: TeamsFile, team: str = 
     username = current_user()
     try:
         is_admin = auth.get_user(username).is_admin
-    except Exception:  # non-admins may not read user records: treat as non-admin
+    except Exception as exc:  # non-admins may not read user records
+        if error_code(exc) != "PERMISSION_DENIED":
+            raise
         is_admin = False
     owner = team_for_model(spec, name, username, is_admin, team)
     project = MODEL_NAME_RE.match(name)["project"]

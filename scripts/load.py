@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 MODES = ("per-metric", "per-step", "batch", "async")
+ASYNC_MAX_PENDING_STEPS = 50  # async mode: steps a logger may have in flight before it waits
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,7 +29,7 @@ def _log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
     import mlflow
     from mlflow.entities import Metric
     client = mlflow.MlflowClient()
-    step = 0
+    step, ops = 0, []
     while time.monotonic() < deadline:
         t0 = time.perf_counter()
         try:
@@ -46,9 +47,11 @@ def _log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
                 client.log_batch(run_id, metrics=batch)
                 points, step = len(batch), step + steps - 1
             else:  # async: returns at once; acknowledged when the flush below succeeds
-                mlflow.log_metrics({f"m{k}": float(k + step) for k in range(metrics_per_step)}, step=step,
-                                   run_id=run_id, synchronous=False)
+                ops.append(client.log_batch(run_id, [Metric(f"m{k}", float(k + step), now, step)
+                                                     for k in range(metrics_per_step)], synchronous=False))
                 out["pending"] += metrics_per_step
+                if len(ops) > ASYNC_MAX_PENDING_STEPS:  # backpressure, as a training loop would see
+                    ops.pop(0).wait()
                 step += 1
                 continue
             out["latencies"].append(time.perf_counter() - t0)
@@ -56,7 +59,7 @@ def _log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
             out["requests"] += 1
         except Exception as exc:  # counted and reported, never hidden
             status = getattr(getattr(exc, "response", None), "status_code", None) or getattr(exc, "error_code", "")
-            out["errors"][f"{type(exc).__name__} {status}".strip()] += 1
+            out["errors"][f"{type(exc).__name__} {status}".strip() + f": {str(exc)[:100]}"] += 1
         step += 1
     if mode == "async":
         t0 = time.perf_counter()
@@ -70,6 +73,8 @@ def _log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
 
 def _worker(run_ids, mode, duration, batch_size, metrics_per_step, queue):
     os.environ["MLFLOW_HTTP_POOL_MAXSIZE"] = str(max(10, len(run_ids)))
+    # Without a buffering window MLflow's async queue sends every call as its own request.
+    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
     deadline = time.monotonic() + duration
     results = [{"latencies": [], "acked": 0, "requests": 0, "pending": 0, "errors": Counter()} for _ in run_ids]
     threads = [threading.Thread(target=_log_for, args=(mode, rid, deadline, batch_size, metrics_per_step, res))

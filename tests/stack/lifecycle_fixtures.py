@@ -25,8 +25,9 @@ def client_env(base: dict, stack: str, user: str, password: str, ca_bundle: str)
     env = {k: v for k, v in base.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
     env.update(MLFLOW_TRACKING_URI=stack, MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password,
                MLFLOW_TRACKING_SERVER_CERT_PATH=ca_bundle, PYTHONWARNINGS="ignore",
-               # Bounded client retries: a failing request must fail the test, not stall it for minutes.
-               MLFLOW_HTTP_REQUEST_MAX_RETRIES="2", MLFLOW_HTTP_REQUEST_TIMEOUT="60",
+               # Bounded client retries (~1 min of backoff): enough to ride out a stack restart, not
+               # enough to stall a test for the client's default of several minutes.
+               MLFLOW_HTTP_REQUEST_MAX_RETRIES="5", MLFLOW_HTTP_REQUEST_TIMEOUT="60",
                MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD="false")
     return env
 

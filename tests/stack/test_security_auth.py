@@ -1,0 +1,147 @@
+"""Authentication and authorisation against the running stack, through Nginx over HTTPS.
+
+Already in test_e2e.py (not repeated here): 401 for no credentials / wrong password / unknown user
+with one identical body; a non-admin cannot read a private experiment, create users or grant
+itself a permission. Here: the failed-login rate limit in Nginx, the upstream default password,
+and the rest of what a non-admin must not do.
+
+Requests that are meant to fail authentication come from their own loopback source address
+(127.77.x.y, random per test), so the per-address failure budget that other suites use from
+127.0.0.1 is never spent by these tests, and each run starts from a fresh budget.
+"""
+import os
+import random
+import re
+import time
+
+import pytest
+import requests
+from requests.adapters import HTTPAdapter
+
+from tests.conftest import ROOT
+
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+BURST = 20          # nginx/mlflow.conf.template: limit_req zone=auth_failures burst=20 (then 10 a minute)
+UPSTREAM_DEFAULT_PASSWORD = "password1234"  # MLflow's shipped admin password (CVE-2026-2635)
+
+
+class SourceAddressAdapter(HTTPAdapter):
+    """Connects from a chosen local address: Nginx keys its limit on the client address."""
+
+    def __init__(self, source: str, **kwargs):
+        self.source = source
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+@pytest.fixture
+def client_from(ca_bundle):
+    """A session trusting only our CA, connecting from a fresh loopback address 127.77.x.y."""
+    source = f"127.77.{random.randint(0, 255)}.{random.randint(1, 254)}"
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = ca_bundle
+    session.mount("https://", SourceAddressAdapter(source))
+    session.source = source
+    yield session
+    session.close()
+
+
+def test_failed_logins_rate_limited_valid_user_unaffected(stack, client_from, admin_auth, backend):
+    """A burst of wrong passwords from one address ends in 429; the admin's requests from the same
+    address, interleaved in the same window, all succeed. Bounded: 3 x BURST attempts, 60 s."""
+    statuses, valid = [], []
+    deadline = time.monotonic() + 60
+    while len(statuses) < 3 * BURST and time.monotonic() < deadline:
+        statuses.append(client_from.get(stack + SEARCH, auth=(admin_auth[0], "wrong-" + os.urandom(4).hex()),
+                                        timeout=10).status_code)
+        valid.append(client_from.get(stack + SEARCH, auth=admin_auth, timeout=10).status_code)
+        if statuses[-1] == 429:
+            break
+    assert statuses[-1] == 429, f"no 429 after {len(statuses)} failed logins: {statuses}"
+    # The whole burst is answered 401 first: one bad password is never a lock-out.
+    assert statuses[:BURST + 1] == [401] * (BURST + 1)
+    assert set(valid) == {200}, f"valid requests were limited: {valid}"
+    # 429 still carries HSTS, and the next failure is refused too (the budget refills slowly).
+    r = client_from.get(stack + SEARCH, auth=("no-such-user", "x"), timeout=10)
+    assert r.status_code == 429 and "max-age=" in r.headers.get("Strict-Transport-Security", "")
+    assert client_from.get(stack + SEARCH, auth=admin_auth, timeout=10).status_code == 200
+    if backend == "native":  # the error-log line a fail2ban filter bans on (docs/security.md)
+        log = (ROOT / "var" / "log" / "nginx.log").read_text(errors="replace")
+        assert re.search(r'limiting requests, excess: [\d.]+ by zone "auth_failures".*, client: '
+                         + re.escape(client_from.source) + ",", log)
+
+
+def test_admin_password_is_not_upstream_default(stack, client_from, admin_auth, stack_env):
+    assert stack_env["MLFLOW_ADMIN_PASSWORD"] != UPSTREAM_DEFAULT_PASSWORD
+    assert len(stack_env["MLFLOW_ADMIN_PASSWORD"]) >= 16
+    r = client_from.get(stack + SEARCH, auth=(admin_auth[0], UPSTREAM_DEFAULT_PASSWORD), timeout=10)
+    assert r.status_code == 401
+
+
+@pytest.fixture
+def two_teams(mlflow_admin, stack, unique):
+    """Team A's user owns an experiment with a run; team B's user has no grant on it."""
+    from mlflow.server import get_app_client
+    auth_client = get_app_client("basic-auth", tracking_uri=stack)
+    users = {}
+    for team in ("a", "b"):
+        name, password = f"sec-{team}-{time.time_ns()}", os.urandom(12).hex()
+        auth_client.create_user(name, password)
+        users[team] = (name, password)
+    exp_name = f"sec/team-a/{unique}"
+    exp_id = mlflow_admin.create_experiment(exp_name)
+    run_id = mlflow_admin.create_run(exp_id).info.run_id
+    auth_client.grant_user_permission(users["a"][0], "experiment", exp_id, "MANAGE")
+    yield {"users": users, "exp_id": exp_id, "exp_name": exp_name, "run_id": run_id}
+    for name, _ in users.values():
+        auth_client.delete_user(name)
+
+
+def test_other_team_cannot_read_experiment(stack, http, two_teams):
+    t = two_teams
+    api = f"{stack}/api/2.0/mlflow"
+    reads = [("GET", "experiments/get-by-name", {"params": {"experiment_name": t["exp_name"]}}),
+             ("GET", "runs/get", {"params": {"run_id": t["run_id"]}}),
+             ("GET", "artifacts/list", {"params": {"run_id": t["run_id"]}}),
+             ("GET", "metrics/get-history", {"params": {"run_id": t["run_id"], "metric_key": "loss"}})]
+    for method, path, kwargs in reads:
+        as_a = http.request(method, f"{api}/{path}", auth=t["users"]["a"], timeout=10, **kwargs)
+        as_b = http.request(method, f"{api}/{path}", auth=t["users"]["b"], timeout=10, **kwargs)
+        assert as_a.status_code == 200, (path, as_a.text[:200])
+        assert as_b.status_code == 403, (path, as_b.status_code, as_b.text[:200])
+    # Searches are filtered rather than refused: team B sees neither the experiment nor its run.
+    for path, body, key in (("experiments/search", {"filter": f"name = '{t['exp_name']}'", "max_results": 10},
+                             "experiments"),
+                            ("runs/search", {"experiment_ids": [t["exp_id"]]}, "runs")):
+        as_a = http.post(f"{api}/{path}", json=body, auth=t["users"]["a"], timeout=10)
+        as_b = http.post(f"{api}/{path}", json=body, auth=t["users"]["b"], timeout=10)
+        assert as_a.status_code == 200 and len(as_a.json().get(key, [])) == 1, (path, as_a.text[:200])
+        assert as_b.status_code == 200 and as_b.json().get(key, []) == [], (path, as_b.text[:200])
+
+
+def test_non_admin_cannot_administer_users_or_permissions(stack, http, two_teams, admin_auth):
+    t = two_teams
+    b, a = t["users"]["b"], t["users"]["a"]
+    api2, api3 = f"{stack}/api/2.0/mlflow", f"{stack}/api/3.0/mlflow"
+    attempts = [
+        ("PATCH", f"{api2}/users/update-admin", {"username": b[0], "is_admin": True}),
+        ("PATCH", f"{api2}/users/update-password", {"username": admin_auth[0], "password": "taken-over-123"}),
+        ("PATCH", f"{api2}/users/update-password", {"username": a[0], "password": "taken-over-123"}),
+        ("DELETE", f"{api2}/users/delete", {"username": a[0]}),
+        ("POST", f"{api3}/users/permissions/revoke", {"username": a[0], "resource_type": "experiment",
+                                                      "resource_id": t["exp_id"]}),
+        ("POST", f"{api3}/roles/create", {"name": f"r{time.time_ns()}", "workspace": "default"}),
+    ]
+    for method, url, body in attempts:
+        r = http.request(method, url, json=body, auth=b, timeout=10)
+        assert r.status_code == 403, (method, url, r.status_code, r.text[:200])
+    # Nothing changed: the admin and team A still log in, and team A still reads its experiment.
+    assert http.get(stack + SEARCH, auth=admin_auth, timeout=10).status_code == 200
+    r = http.get(f"{api2}/experiments/get", params={"experiment_id": t["exp_id"]}, auth=a, timeout=10)
+    assert r.status_code == 200
+    r = http.get(f"{api2}/users/get", params={"username": b[0]}, auth=admin_auth, timeout=10)
+    assert r.status_code == 200 and r.json()["user"]["is_admin"] is False
