@@ -5,8 +5,8 @@
   .venv/bin/python examples/train.py --experiment recsys/reco/training --register-as reco-sgd
 
 Practices: tags for team/project/git commit/data version; params; per-step metrics sent with
-`MlflowClient.log_batch` (up to 1000 metrics per request, across steps: `log_metrics` would be one
-request per step); the training data as a dataset input; a signature and input example; the
+`scripts.batching.MetricBatcher` (log_batch, up to 1000 metrics per request across steps:
+`log_metrics` would be one request per step); the training data as a dataset input; a signature and input example; the
 model registered through `mlflowctl register`'s prefix check. Prints one JSON line.
 """
 import argparse
@@ -14,24 +14,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MAX_METRICS_PER_REQUEST = 1000  # MLflow's limit for metrics in one log_batch call
-
-
-def log_metrics_batched(client, run_id: str, metrics: list, batch_size: int = MAX_METRICS_PER_REQUEST) -> int:
-    """Send Metric entities in log_batch requests of at most batch_size. Returns the number of requests."""
-    if not 0 < batch_size <= MAX_METRICS_PER_REQUEST:
-        raise ValueError(f"batch_size must be 1..{MAX_METRICS_PER_REQUEST}")
-    requests = 0
-    for start in range(0, len(metrics), batch_size):
-        client.log_batch(run_id, metrics=metrics[start:start + batch_size], synchronous=True)
-        requests += 1
-    return requests
-
-
 def git_commit() -> str:
     if os.environ.get("GITHUB_SHA"):
         return os.environ["GITHUB_SHA"]
@@ -55,7 +40,6 @@ def make_data(seed: int, rows: int = 600):
 def train(args) -> dict:
     import mlflow
     import numpy as np
-    from mlflow.entities import Metric
     from mlflow.models import infer_signature
     from sklearn.linear_model import SGDClassifier
     from sklearn.metrics import accuracy_score, log_loss, ndcg_score
@@ -79,23 +63,20 @@ def train(args) -> dict:
         mlflow.log_params(params)
         mlflow.log_input(dataset, context="training")
         model = SGDClassifier(loss="log_loss", alpha=args.alpha, random_state=args.seed)
-        metrics = []
-        for step in range(args.epochs):
-            model.partial_fit(X_train, y_train, classes=np.array([0, 1]))
-            now = int(time.time() * 1000)
-            p_val = model.predict_proba(X_val)[:, 1]
-            metrics += [
-                Metric("train_loss", float(log_loss(y_train, model.predict_proba(X_train))), now, step),
-                Metric("val_accuracy", float(accuracy_score(y_val, p_val > 0.5)), now, step),
-                Metric("val_ndcg", float(ndcg_score([y_val.to_numpy()], [p_val])), now, step),
-            ]
-        batch_requests = log_metrics_batched(client, run.info.run_id, metrics)
+        sys.path.insert(0, str(ROOT))
+        from scripts.batching import MetricBatcher
+        with MetricBatcher(client, run.info.run_id) as batcher:  # one request per 1000 points, across steps
+            for step in range(args.epochs):
+                model.partial_fit(X_train, y_train, classes=np.array([0, 1]))
+                p_val = model.predict_proba(X_val)[:, 1]
+                val_ndcg = float(ndcg_score([y_val.to_numpy()], [p_val]))
+                batcher.log({"train_loss": float(log_loss(y_train, model.predict_proba(X_train))),
+                             "val_accuracy": float(accuracy_score(y_val, p_val > 0.5)), "val_ndcg": val_ndcg}, step=step)
         signature = infer_signature(X_val, model.predict(X_val))
         info = mlflow.sklearn.log_model(model, name="model", signature=signature, input_example=X_val.head(3))
     result = {"run_id": run.info.run_id, "model_uri": f"runs:/{run.info.run_id}/model", "model_id": info.model_id,
-              "val_ndcg": metrics[-1].value, "metric_batch_requests": batch_requests}
+              "val_ndcg": val_ndcg, "metric_batch_requests": batcher.requests}
     if args.register_as:
-        sys.path.insert(0, str(ROOT))
         from scripts.lifecycle_teams import load_teams, register_model_safe
         version = register_model_safe(result["model_uri"], args.register_as, load_teams(args.teams_file), args.team)
         result.update(registered_model=args.register_as, version=version.version)

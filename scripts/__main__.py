@@ -17,7 +17,7 @@ import sys
 import time
 
 from scripts import bootstrap as boot
-from scripts import lifecycle, load, native
+from scripts import faults, lifecycle, load, native
 from scripts import backup
 
 
@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     lifecycle.add_commands(sub)
     backup.add_commands(sub)
     load.add_commands(sub)
+    faults.add_commands(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

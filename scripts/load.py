@@ -350,17 +350,22 @@ def chart(reports: list, path: Path):
     fig.savefig(path, dpi=110)
 
 
-def cmd_load(args):
-    from scripts.bootstrap import ROOT as _, parse_env
-    env = parse_env((ROOT / ".env").read_text())
-    target = stack_target(env)
+def sweep(args, uri: str, db: str, label: str, roots=None) -> list:
+    """Every (loggers, mode) combination of the command line against one target."""
     reports = []
     for loggers in args.loggers:
         for mode in args.mode:
-            r = run_load(target["uri"], loggers, args.duration, mode, args.batch_size, args.metrics_per_step,
-                         db_uri=target["db"], label="stack")
+            r = run_load(uri, loggers, args.duration, mode, args.batch_size, args.metrics_per_step,
+                         db_uri=db, roots=roots, label=label)
             print_report(r)
             reports.append(r)
+    return reports
+
+
+def cmd_load(args):
+    from scripts.bootstrap import parse_env
+    target = stack_target(parse_env((ROOT / ".env").read_text()))
+    reports = sweep(args, target["uri"], target["db"], "stack")
     return finish(args, {"reports": reports, "idle_stack_memory_mb": stack_memory_mb()}, reports)
 
 
@@ -371,24 +376,12 @@ def cmd_compare(args):
     env = parse_env((ROOT / ".env").read_text())
     idle = stack_memory_mb()
     print(f"idle stack memory (PSS, MB): {idle} total {sum(idle.values())}", flush=True)
-    reports = []
     with PlainServer(env, Path(tempfile.mkdtemp(prefix="mlflow-plain-"))) as plain:
-        for loggers in args.loggers:
-            for mode in args.mode:
-                r = run_load(plain["uri"], loggers, args.duration, mode, args.batch_size, args.metrics_per_step,
-                             db_uri=plain["db"], roots={**components(), **plain["roots"]},
-                             label="plain")
-                print_report(r)
-                reports.append(r)
+        reports = sweep(args, plain["uri"], plain["db"], "plain", roots={**components(), **plain["roots"]})
     ceiling = insert_ceiling(env)
     print(f"raw PostgreSQL insert ceiling: {ceiling} rows/s", flush=True)
     target = stack_target(env)
-    for loggers in args.loggers:
-        for mode in args.mode:
-            r = run_load(target["uri"], loggers, args.duration, mode, args.batch_size, args.metrics_per_step,
-                         db_uri=target["db"], label="stack")
-            print_report(r)
-            reports.append(r)
+    reports += sweep(args, target["uri"], target["db"], "stack")
     ratios = []
     for r in (x for x in reports if x["label"] == "stack"):
         base = next(x for x in reports if x["label"] == "plain" and x["mode"] == r["mode"] and x["loggers"] == r["loggers"])

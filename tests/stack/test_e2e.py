@@ -6,7 +6,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-import requests
 
 from tests.conftest import ROOT
 

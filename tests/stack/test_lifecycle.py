@@ -10,7 +10,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from scripts.lifecycle_common import LifecycleError
-from scripts.lifecycle_promote import INTENT_TAG, promote, repair
+from scripts.lifecycle_promote import INTENT_TAG, promote
 from tests.stack.lifecycle_fixtures import admin_env, poll, run_cli, teams_setup, trained  # noqa: F401
 
 

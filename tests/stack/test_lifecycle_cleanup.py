@@ -83,7 +83,7 @@ def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, stack_env, s3, un
     done = run_cli(env, *args, "--execute", "--backend-store-uri", BACKEND_STORE_URI, in_process=False)
     assert done.returncode == 0, done.stderr
     freed = sum(before[r][k] for r in old_doomed for k in before[r]) + sum(model_objects.values())
-    assert f"freed" in done.stdout and f"({freed} bytes)" in done.stdout, done.stdout
+    assert "freed" in done.stdout and f"({freed} bytes)" in done.stdout, done.stdout
 
     for run_id in old_doomed:  # purged: metadata and objects
         with pytest.raises(MlflowException) as exc:

@@ -6,7 +6,6 @@ choose with `--stack-backend`.
 import pytest
 
 from scripts import render
-from scripts.bootstrap import parse_env
 
 from tests.conftest import ROOT
 

@@ -1,5 +1,4 @@
 """Day-2 operations without the stack: CLI surface, teams file rules, metric batching, workflows."""
-import importlib.util
 import inspect
 import json
 import subprocess
@@ -17,13 +16,6 @@ from scripts.lifecycle_teams import load_teams, team_for_model
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
-
-
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("example_train", ROOT / "examples" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("command", ["teams", "register", "promote", "validate", "cleanup"])
@@ -119,8 +111,7 @@ class CountingMlflow(BaseHTTPRequestHandler):
 
 def test_per_step_metrics_are_batched_one_request_per_1000(monkeypatch):
     import mlflow
-    from mlflow.entities import Metric
-    train = load_train_module()
+    from scripts.batching import MetricBatcher
     CountingMlflow.batches = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), CountingMlflow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -128,11 +119,12 @@ def test_per_step_metrics_are_batched_one_request_per_1000(monkeypatch):
         for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_ENABLE_ASYNC_LOGGING"):
             monkeypatch.delenv(var, raising=False)
         client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{server.server_address[1]}")
-        metrics = [Metric(name, 0.5, 0, step) for step in range(1250) for name in ("loss", "ndcg")]  # 2500
-        requests = train.log_metrics_batched(client, "0" * 32, metrics)
+        with MetricBatcher(client, "0" * 32) as batcher:
+            for step in range(1250):                           # 2 metrics x 1250 steps = 2500 points
+                batcher.log({"loss": 0.5, "ndcg": 0.5}, step=step)
     finally:
         server.shutdown()
-    assert requests == 3
+    assert batcher.requests == 3
     assert CountingMlflow.batches == [1000, 1000, 500]
 
 
