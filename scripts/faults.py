@@ -32,8 +32,7 @@ def _pid(service: str) -> int:
 
 
 def _restart(env: dict, service: str):
-    native.down((service,))
-    native.up(env)
+    native.restart_one(service)  # what the restart policy / `compose restart` does: this service only
 
 
 def _gunicorn_worker() -> int:
@@ -69,6 +68,7 @@ class Probe(threading.Thread):
         self.session.trust_env = False
         self.url, self.auth, self.ca = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", auth, ca
         self.fault_at = self.last_failure = None
+        self.failures = []  # seconds after the fault at which a probe failed
         self.stop = threading.Event()
 
     def ok(self) -> bool:
@@ -81,6 +81,7 @@ class Probe(threading.Thread):
         while not self.stop.wait(0.2):
             if not self.ok() and self.fault_at:
                 self.last_failure = time.monotonic()
+                self.failures.append(round(self.last_failure - self.fault_at, 1))
 
     def recovery_s(self) -> float:
         """Seconds from the fault to the first success after the last failure (0: never failed)."""
@@ -108,7 +109,7 @@ def run_scenario(name: str, env: dict, loggers: int, duration: float, warmup: fl
     return {"scenario": name, "client_errors": result["error_count"], "errors": result["errors"],
             "recovery_s": probe.recovery_s(), "points_acked": loss["acked"], "points_lost": loss["lost"],
             "duplicates": loss["extra_stored"], "points_per_s": result["points_per_s"],
-            "p99_s": result["latency_s"]["p99"], "max_s": result["latency_s"]["max"]}
+            "p99_s": result["latency_s"]["p99"], "max_s": result["latency_s"]["max"], "probe_failures_at_s": probe.failures}
 
 
 def cmd_faults(args):

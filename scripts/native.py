@@ -414,6 +414,16 @@ def up(env: dict, deadline_s: float = 300) -> dict:
     return svcs
 
 
+def restart_one(name: str, deadline_s: float = 180):
+    """Stop and start one service, like `docker compose restart NAME` (no one-shot steps)."""
+    svc = services(compose_model())[name]
+    svc.stop()
+    svc.prepare()
+    svc.start()
+    svc.wait_healthy(deadline_s)
+    log(f"{name}: restarted (pid {svc.pid()})")
+
+
 def down(only: tuple = ()):
     model = compose_model()
     svcs = services(model)
