@@ -290,7 +290,8 @@ def add_commands(sub):
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("backup", help="dump both databases and copy the artifact bucket (with a manifest)",
                        description=__doc__, formatter_class=fmt)
-    p.add_argument("--out", default=str(ROOT / "backups"), help="directory for the backup (default: %(default)s)")
+    p.add_argument("--out", default=str(ROOT / "var" / "backups"),
+                   help="directory for the backup; var/ is git-ignored (default: %(default)s)")
     _connection_options(p)
     p.set_defaults(func=_command(cmd_backup))
     p = sub.add_parser("restore", help="restore a backup into the databases and the bucket",

@@ -22,9 +22,6 @@ CERT_MUST_BE_OK = ("cert_chain_of_trust", "cert_trust", "cert_expirationStatus",
                    "cert_signatureAlgorithm")
 WEAK_CIPHER_CATEGORIES = ("cipherlist_NULL", "cipherlist_aNULL", "cipherlist_EXPORT", "cipherlist_LOW",
                           "cipherlist_3DES_IDEA", "cipherlist_AVERAGE")
-# HIGH in testssl 3.0 when the server lets the client pick: harmless only while every offered
-# cipher is strong (Mozilla's intermediate profile sets `ssl_prefer_server_ciphers off` on purpose).
-ACCEPTED_IF_ONLY_STRONG_CIPHERS = {"cipher_order"}
 
 
 def handshake(host: str, ca_bundle: str, version=None, ciphers: str = None) -> tuple:
@@ -118,8 +115,7 @@ def test_testssl_protocols_ciphers_vulnerabilities_headers(testssl_findings):
     assert not weak_offered
     assert f["cipherlist_STRONG"][1] == "offered" and f["PFS"][0] == "OK"
     assert f["HSTS_time"][0] == "OK" and f["HSTS_subdomains"][0] == "OK"
-    bad = {i: v for i, v in f.items() if v[0] in ("HIGH", "CRITICAL") and not i.startswith(CERT_FINDING)
-           and i not in ACCEPTED_IF_ONLY_STRONG_CIPHERS}
+    bad = {i: v for i, v in f.items() if v[0] in ("HIGH", "CRITICAL") and not i.startswith(CERT_FINDING)}
     assert not bad, f"testssl HIGH/CRITICAL findings: {bad}"
 
 
