@@ -8,6 +8,9 @@
   status      show each native service, its pid and its health check
   config      check docker-compose.production.yml with the real Compose binary (both profiles)
   test        `up`, then the whole test suite (unit, stack, infra); extra args go to pytest
+  backup, restore                              databases + artifact bucket (docs/security.md)
+  teams, register, promote, validate, cleanup  day-2 model operations (docs/lifecycle.md)
+  load, benchmark, faults                      load, comparison with plain MLflow, fault injection
 
 Every command is idempotent. Run `./mlflowctl COMMAND --help` for options.
 """

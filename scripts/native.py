@@ -7,7 +7,7 @@ whose entries are symlinks to what Compose would mount there, so config files wi
 work unchanged. Each process runs in its own mount namespace where /etc/hosts maps the service
 names (postgres, pgbouncer, mlflow, s3) to 127.0.0.1, so host names in configs work unchanged too.
 What the model cannot say (where an image's binaries are on this host, which user replaces the
-image's user, what binds loopback only) is the explicit table IMAGES below; services with no
+image's user, what binds loopback only) is the explicit table in images() below; services with no
 native form are listed in REPLACED.
 """
 import json
@@ -98,7 +98,7 @@ def image_of(svc: dict) -> Image:
         return table["build"]
     name = svc["image"].rsplit(":", 1)[0]
     if name not in table:
-        raise SystemExit(f"native: no native form for image {svc['image']} (add it to IMAGES or REPLACED)")
+        raise SystemExit(f"native: no native form for image {svc['image']} (add it to images() or REPLACED)")
     return table[name]
 
 
