@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Install what the native stack and the tests need on Debian 12 (bookworm), as root. Idempotent.
-#   apt: PostgreSQL (server + client), PgBouncer, Nginx, Chromium (UI test), testssl.sh, iproute2
+#   apt: PostgreSQL (server + client), PgBouncer, Nginx, Chromium (UI test), testssl.sh, iproute2, procps, git
 #   pip: .venv from requirements.lock (every package pinned, hashes of versions via the lock)
 # Distro services are NOT started by the install (policy-rc.d): the bundle runs its own daemons.
 set -eEuo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql postgresql-client pgbouncer nginx-light chromium testssl.sh iproute2
+APT_PACKAGES=(postgresql postgresql-client pgbouncer nginx-light chromium testssl.sh iproute2 procps git
               python3 python3-venv curl ca-certificates util-linux)
 
 step() { printf '\n==> %s\n' "$*"; }
