@@ -20,8 +20,7 @@ import sys
 import time
 
 from scripts import bootstrap as boot
-from scripts import faults, lifecycle, load, native
-from scripts import backup
+from scripts import backup, faults, lifecycle, load, native
 
 
 def wait_for_nginx(env: dict, deadline_s: float = 120) -> str:

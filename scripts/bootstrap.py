@@ -34,6 +34,10 @@ def parse_env(text: str) -> dict:
     return out
 
 
+def read_env(root: Path = ROOT) -> dict:
+    return parse_env((root / ".env").read_text())
+
+
 def write_private(path: Path, data: bytes):
     """Write with mode 0600 from the first byte (no window where the file is world-readable)."""
     tmp = path.with_name(f".{path.name}.tmp")

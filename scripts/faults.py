@@ -27,35 +27,29 @@ CLIENT_RETRY_ENV = {
 }
 
 
-def _pid(service: str) -> int:
-    return int((native.VAR / "run" / f"{service}.pid").read_text())
-
-
-def _restart(env: dict, service: str):
-    native.restart_one(service)  # what the restart policy / `compose restart` does: this service only
-
-
 def _gunicorn_worker() -> int:
-    master = subprocess.run(["pgrep", "-f", "-P", str(_pid("mlflow")), "gunicorn"], capture_output=True, text=True)
+    master = subprocess.run(["pgrep", "-f", "-P", str(native.main_pid("mlflow")), "gunicorn"], capture_output=True, text=True)
     workers = subprocess.run(["pgrep", "-P", master.stdout.split()[0]], capture_output=True, text=True)
     return int(workers.stdout.split()[0])
 
 
-def _pgbouncer_pause_resume(env):
-    os.kill(_pid("pgbouncer"), signal.SIGHUP)   # RELOAD
-    os.kill(_pid("pgbouncer"), signal.SIGUSR1)  # PAUSE: waits for transactions, then holds clients
-    time.sleep(3)                               # the fault itself: a 3 s pause
-    os.kill(_pid("pgbouncer"), signal.SIGUSR2)  # RESUME
+def _pgbouncer_pause_resume():
+    pid = native.main_pid("pgbouncer")
+    os.kill(pid, signal.SIGHUP)   # RELOAD
+    os.kill(pid, signal.SIGUSR1)  # PAUSE: waits for transactions, then holds clients
+    time.sleep(3)                 # the fault itself: a 3 s pause
+    os.kill(pid, signal.SIGUSR2)  # RESUME
 
 
+# Restarts restart one service, as a restart policy or `compose restart` does (no one-shot steps).
 SCENARIOS = {
-    "postgres-restart": lambda env: _restart(env, "postgres"),     # fast shutdown (SIGINT), start
-    "pgbouncer-restart": lambda env: _restart(env, "pgbouncer"),
+    "postgres-restart": lambda: native.restart_one("postgres"),     # fast shutdown (SIGINT), start
+    "pgbouncer-restart": lambda: native.restart_one("pgbouncer"),
     "pgbouncer-reload-pause-resume": _pgbouncer_pause_resume,
-    "mlflow-worker-sigkill": lambda env: os.kill(_gunicorn_worker(), signal.SIGKILL),
-    "mlflow-restart": lambda env: _restart(env, "mlflow"),
-    "nginx-reload": lambda env: os.kill(_pid("nginx"), signal.SIGHUP),
-    "nginx-restart": lambda env: _restart(env, "nginx"),
+    "mlflow-worker-sigkill": lambda: os.kill(_gunicorn_worker(), signal.SIGKILL),
+    "mlflow-restart": lambda: native.restart_one("mlflow"),
+    "nginx-reload": lambda: os.kill(native.main_pid("nginx"), signal.SIGHUP),
+    "nginx-restart": lambda: native.restart_one("nginx"),
 }
 
 
@@ -100,7 +94,7 @@ def run_scenario(name: str, env: dict, loggers: int, duration: float, warmup: fl
     runner.start()
     time.sleep(warmup)  # the load is running; inject at a known point of it
     probe.fault_at = time.monotonic()
-    SCENARIOS[name](env)
+    SCENARIOS[name]()
     runner.join(duration + 900)
     probe.stop.set()
     if not result:
@@ -113,8 +107,8 @@ def run_scenario(name: str, env: dict, loggers: int, duration: float, warmup: fl
 
 
 def cmd_faults(args):
-    from scripts.bootstrap import parse_env
-    env = parse_env((load.ROOT / ".env").read_text())
+    from scripts.bootstrap import read_env
+    env = read_env()
     rows = []
     for name in args.scenario:
         print(f"faults: {name}: {args.loggers} loggers, fault after {args.warmup:.0f} s of {args.duration:.0f} s",

@@ -118,13 +118,8 @@ def _own_cpu() -> float:
 def components() -> dict:
     """Component name -> main pid of its native service."""
     from scripts import native
-    out = {}
-    for name in ("postgres", "pgbouncer", "mlflow", "nginx"):
-        try:
-            out[name] = int((native.VAR / "run" / f"{name}.pid").read_text())
-        except (OSError, ValueError):
-            pass
-    return out
+    pids = {name: native.main_pid(name) for name in ("postgres", "pgbouncer", "mlflow", "nginx")}
+    return {name: pid for name, pid in pids.items() if pid}
 
 
 def by_component(stats, roots):
@@ -363,17 +358,17 @@ def sweep(args, uri: str, db: str, label: str, roots=None) -> list:
 
 
 def cmd_load(args):
-    from scripts.bootstrap import parse_env
-    target = stack_target(parse_env((ROOT / ".env").read_text()))
+    from scripts.bootstrap import read_env
+    target = stack_target(read_env())
     reports = sweep(args, target["uri"], target["db"], "stack")
     return finish(args, {"reports": reports, "idle_stack_memory_mb": stack_memory_mb()}, reports)
 
 
 def cmd_compare(args):
-    from scripts.bootstrap import parse_env
+    from scripts.bootstrap import read_env
     import platform
     import tempfile
-    env = parse_env((ROOT / ".env").read_text())
+    env = read_env()
     idle = stack_memory_mb()
     print(f"idle stack memory (PSS, MB): {idle} total {sum(idle.values())}", flush=True)
     with PlainServer(env, Path(tempfile.mkdtemp(prefix="mlflow-plain-"))) as plain:

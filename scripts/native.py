@@ -126,12 +126,24 @@ def one_shot(services: dict) -> set:
             if d["condition"] == "service_completed_successfully"}
 
 
+def pidfile(name: str) -> Path:
+    return VAR / "run" / f"{name}.pid"
+
+
+def main_pid(name: str):
+    """The recorded main pid of a native service (None when it was never started)."""
+    try:
+        return int(pidfile(name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 class Service:
     def __init__(self, name: str, svc: dict):
         self.name, self.svc = name, svc
         self.run = VAR / "run" / name
         self.root = self.run / "root"
-        self.pidfile = VAR / "run" / f"{name}.pid"
+        self.pidfile = pidfile(name)
         self.logfile = VAR / "log" / f"{name}.log"
         self.image = None if name in REPLACED else image_of(svc)
 
@@ -219,11 +231,12 @@ class Service:
             self.build_tree()
 
     def pid(self):
+        pid = main_pid(self.name)
         try:
-            pid = int(self.pidfile.read_text())
-            os.kill(pid, 0)
+            if pid:
+                os.kill(pid, 0)
             return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+        except ProcessLookupError:
             return None
 
     def spawn(self, argv: list, logfile) -> subprocess.Popen:
