@@ -1,41 +1,61 @@
-"""Typed stack configuration: every key is declared (with its default) in Pulumi.yaml."""
+"""Typed stack configuration. Pulumi.yaml declares every key once (type, default, description);
+StackConfig reads each key with the getter its declared type calls for."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import pulumi
+import yaml
 
+PULUMI_YAML = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 ENVIRONMENTS = ("dev", "prod")
 COMPUTE_MODES = ("ec2", "ecs")
+# Declared type in Pulumi.yaml -> pulumi.Config getter and the Python type it returns.
+GETTERS = {"string": ("get", str), "integer": ("get_int", int), "boolean": ("get_bool", bool),
+           "array": ("get_object", list)}
+
+
+def config_key(field_name: str) -> str:
+    """snake_case field -> the camelCase key in Pulumi.yaml."""
+    first, *rest = field_name.split("_")
+    return first + "".join(word.title() for word in rest)
+
+
+def declared_config(path: Path = PULUMI_YAML) -> dict[str, dict]:
+    """The project's own config keys (not `aws:...`) with their type and default."""
+    return {k: v for k, v in yaml.safe_load(path.read_text())["config"].items() if ":" not in k}
 
 
 @dataclass(frozen=True)
 class StackConfig:
-    """Everything __main__ needs, read once from `pulumi config` (project namespace)."""
+    """Everything __main__ needs, read once from `pulumi config` (project namespace). No defaults
+    here: they live in Pulumi.yaml only. An empty string means "not set" for optional ARNs/ids."""
 
     environment: str
     region: str
     public_host: str
     allowed_cidrs: list[str]
-    owner: str = "platform"
-    compute_mode: str = "ec2"
-    vpc_id: str | None = None
-    public_subnet_ids: list[str] = field(default_factory=list)
-    private_subnet_ids: list[str] = field(default_factory=list)
-    vpc_cidr: str = "10.20.0.0/16"
-    artifact_encryption: str = "sse-kms"
-    noncurrent_version_days: int = 30
-    db_engine_version: str = "16"
-    db_instance_class: str = "db.t4g.small"
-    db_allocated_storage: int = 20
-    db_backup_retention_days: int = 7
-    db_read_replica: bool = False
-    instance_type: str = "t3.medium"
-    mlflow_image_tag: str = "latest"
-    tls_certificate_secret_arn: str | None = None
-    acm_certificate_arn: str | None = None
-    ecs_min_tasks: int = 1
-    ecs_max_tasks: int = 4
+    owner: str
+    compute_mode: str
+    vpc_id: str
+    public_subnet_ids: list[str]
+    private_subnet_ids: list[str]
+    vpc_cidr: str
+    artifact_encryption: str
+    noncurrent_version_days: int
+    db_engine_version: str
+    db_instance_class: str
+    db_allocated_storage: int
+    db_backup_retention_days: int
+    db_read_replica: bool
+    instance_type: str
+    mlflow_image_tag: str
+    tls_certificate_secret_arn: str
+    acm_certificate_arn: str
+    ecs_min_tasks: int
+    ecs_max_tasks: int
+    alarm_email: str
 
     @property
     def is_prod(self) -> bool:
@@ -56,40 +76,37 @@ class StackConfig:
             raise ValueError("allowedCidrs must list who may reach the server (no default on purpose)")
         if self.compute_mode == "ecs" and not self.acm_certificate_arn:
             raise ValueError("computeMode ecs needs acmCertificateArn for the ALB's HTTPS listener")
+        if self.compute_mode == "ec2" and self.is_prod and not self.tls_certificate_secret_arn:
+            raise ValueError("prod needs tlsCertificateSecretArn: clients must not be taught to "
+                             "accept a self-signed certificate")
         if self.vpc_id and not (self.public_subnet_ids and self.private_subnet_ids):
             raise ValueError("vpcId needs publicSubnetIds and privateSubnetIds")
+        if self.db_read_replica:
+            # The master password is managed by Secrets Manager (manage_master_user_password), and
+            # RDS refuses to create a read replica of such an instance.
+            raise ValueError("dbReadReplica cannot be used: RDS does not create a read replica of an "
+                             "instance whose master password Secrets Manager manages")
+        if not 0 <= self.ecs_min_tasks <= self.ecs_max_tasks:
+            raise ValueError(f"need 0 <= ecsMinTasks <= ecsMaxTasks, got {self.ecs_min_tasks}, "
+                             f"{self.ecs_max_tasks}")
 
     @classmethod
-    def load(cls) -> "StackConfig":
-        c = pulumi.Config()
-        defaults = cls.__dataclass_fields__
-
-        def d(name: str):
-            f = defaults[name]
-            return f.default_factory() if callable(f.default_factory) else f.default
-
-        return cls(
-            environment=c.require("environment"),
-            region=pulumi.Config("aws").require("region"),
-            public_host=c.require("publicHost"),
-            allowed_cidrs=c.require_object("allowedCidrs"),
-            owner=c.get("owner") or d("owner"),
-            compute_mode=c.get("computeMode") or d("compute_mode"),
-            vpc_id=c.get("vpcId"),
-            public_subnet_ids=c.get_object("publicSubnetIds") or [],
-            private_subnet_ids=c.get_object("privateSubnetIds") or [],
-            vpc_cidr=c.get("vpcCidr") or d("vpc_cidr"),
-            artifact_encryption=c.get("artifactEncryption") or d("artifact_encryption"),
-            noncurrent_version_days=c.get_int("noncurrentVersionDays") or d("noncurrent_version_days"),
-            db_engine_version=c.get("dbEngineVersion") or d("db_engine_version"),
-            db_instance_class=c.get("dbInstanceClass") or d("db_instance_class"),
-            db_allocated_storage=c.get_int("dbAllocatedStorage") or d("db_allocated_storage"),
-            db_backup_retention_days=c.get_int("dbBackupRetentionDays") or d("db_backup_retention_days"),
-            db_read_replica=c.get_bool("dbReadReplica") or False,
-            instance_type=c.get("instanceType") or d("instance_type"),
-            mlflow_image_tag=c.get("mlflowImageTag") or d("mlflow_image_tag"),
-            tls_certificate_secret_arn=c.get("tlsCertificateSecretArn"),
-            acm_certificate_arn=c.get("acmCertificateArn"),
-            ecs_min_tasks=c.get_int("ecsMinTasks") or d("ecs_min_tasks"),
-            ecs_max_tasks=c.get_int("ecsMaxTasks") or d("ecs_max_tasks"),
-        )
+    def load(cls, config=None, region: str | None = None) -> "StackConfig":
+        """Read each key with its declared type's getter; a missing key takes its Pulumi.yaml
+        default (a configured 0, false or "" is kept as given)."""
+        c = config or pulumi.Config()
+        declared = declared_config()
+        values: dict = {}
+        for f in fields(cls):
+            if f.name == "region":
+                continue
+            key = config_key(f.name)
+            spec = declared[key]
+            value = getattr(c, GETTERS[spec["type"]][0])(key)
+            if value is None:
+                if "default" not in spec:
+                    raise ValueError(f"config {key} is required (declared in Pulumi.yaml)")
+                value = spec["default"]
+            values[f.name] = value
+        values["region"] = region or pulumi.Config("aws").require("region")
+        return cls(**values)

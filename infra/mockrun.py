@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pulumi
+from pulumi.runtime.mocks import MockMonitor
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT, REGION = "123456789012", "us-east-1"
+DEFAULT_AMI = "ami-0123456789abcdef0"
 
 
 def project_name() -> str:
@@ -37,12 +39,38 @@ def stack_config(stack: str, overrides: dict | None = None) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
+def json_or_str(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 @dataclass
 class MockedResource:
     type: str
     name: str
     inputs: dict
     outputs: dict = field(default_factory=dict)
+    # Resource options as the engine receives them (the mocks' new_resource never sees these).
+    urn: str = ""
+    protect: bool = False
+    ignore_changes: list[str] = field(default_factory=list)
+    dependencies: list[str] = field(default_factory=list)  # urns, explicit and through inputs
+
+
+class RecordingMonitor(MockMonitor):
+    """The mock monitor, plus the options of each registration (protect, ignoreChanges, deps)."""
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        # Registrations may run on several threads: find this one by its (type, name), unique.
+        for r in self.mocks.resources:
+            if (r.type, r.name) == (request.type, request.name):
+                r.urn, r.protect = response.urn, bool(request.protect)
+                r.ignore_changes = list(request.ignoreChanges)
+                r.dependencies = list(request.dependencies)
+        return response
 
 
 class InfraMocks(pulumi.runtime.Mocks):
@@ -51,6 +79,8 @@ class InfraMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.resources: list[MockedResource] = []
         self.secret_values: list[str] = []
+        self.ami_id = DEFAULT_AMI
+        self.pushed_tags: list[str] = []  # image tags in the ECR repository (getImages)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         name, typ = args.name, args.typ
@@ -68,6 +98,11 @@ class InfraMocks(pulumi.runtime.Mocks):
                                                f"{ACCOUNT}:secret:rds!db-{name}-AbCdEf",
                                                "kmsKeyId": "aws/secretsmanager",
                                                "secretStatus": "active"}])
+        elif typ == "aws:ecs/taskDefinition:TaskDefinition":
+            family = f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/{args.inputs['family']}"
+            outputs.update(arn=f"{family}:1", arnWithoutRevision=family, revision=1)
+        elif typ == "aws:ecs/cluster:Cluster":
+            outputs["arn"] = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{name}"
         elif typ == "aws:secretsmanager/secret:Secret":
             outputs["arn"] = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-AbCdEf"
         elif typ == "aws:ecr/repository:Repository":
@@ -81,7 +116,7 @@ class InfraMocks(pulumi.runtime.Mocks):
             # Distinct, recognisable values so tests can prove none leaks into outputs or user-data.
             outputs["result"] = f"MockSecret{len(self.secret_values):02d}x{name.replace('-', '')}"
             self.secret_values.append(outputs["result"])
-        elif typ in ("aws:ecs/cluster:Cluster", "aws:ecs/service:Service",
+        if typ in ("aws:ecs/cluster:Cluster", "aws:ecs/service:Service",
                      "aws:rds/subnetGroup:SubnetGroup", "aws:rds/parameterGroup:ParameterGroup",
                      "aws:iam/instanceProfile:InstanceProfile",
                      "aws:cloudwatch/logGroup:LogGroup"):
@@ -94,8 +129,12 @@ class InfraMocks(pulumi.runtime.Mocks):
             return {"names": [f"{REGION}a", f"{REGION}b", f"{REGION}c"],
                     "zoneIds": ["use1-az1", "use1-az2", "use1-az4"], "id": REGION}
         if args.token == "aws:ec2/getAmi:getAmi":
-            return {"id": "ami-0123456789abcdef0", "imageId": "ami-0123456789abcdef0",
+            return {"id": self.ami_id, "imageId": self.ami_id,
                     "architecture": "x86_64", "name": "al2023-ami-2023.6.20250101.0-x86_64"}
+        if args.token == "aws:ecr/getImages:getImages":
+            return {"id": args.args["repositoryName"], "repositoryName": args.args["repositoryName"],
+                    "imageIds": [{"imageDigest": f"sha256:{i:064x}", "imageTag": tag}
+                                 for i, tag in enumerate(self.pushed_tags)]}
         # A missing invoke mock would otherwise return None silently (PITFALLS).
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
@@ -108,7 +147,8 @@ def ensure_mocks() -> InfraMocks:
     """set_mocks once per process (Pulumi keeps one global runtime)."""
     global _configured
     if not _configured:
-        pulumi.runtime.set_mocks(MOCKS, project=project_name(), stack="mock", preview=False)
+        pulumi.runtime.set_mocks(MOCKS, project=project_name(), stack="mock", preview=False,
+                                 monitor=RecordingMonitor(MOCKS))
         _configured = True
     return MOCKS
 
@@ -128,15 +168,22 @@ class MockRun:
         return found[0]
 
 
-def run_stack(stack: str, overrides: dict | None = None) -> MockRun:
-    """Build the program for a stack under mocks, drive the loop, return what it registered."""
+def run_stack(stack: str, overrides: dict | None = None, *, ami_id: str = DEFAULT_AMI,
+              pushed_tags: list[str] | None = None) -> MockRun:
+    """Build the program for a stack under mocks, drive the loop, return what it registered.
+    ami_id: what the AMI lookup answers. pushed_tags: image tags in ECR (default: the configured
+    mlflowImageTag, i.e. the image was pushed)."""
     from infra.config import StackConfig
     from infra.program import build
 
     mocks = ensure_mocks()
     mocks.resources.clear()
     mocks.secret_values.clear()
-    pulumi.runtime.set_all_config(stack_config(stack, overrides))
+    config = stack_config(stack, overrides)
+    mocks.ami_id = ami_id
+    mocks.pushed_tags = (pushed_tags if pushed_tags is not None
+                         else [json_or_str(config[f"{project_name()}:mlflowImageTag"])])
+    pulumi.runtime.set_all_config(config)
     resolved: dict = {}
 
     @pulumi.runtime.test

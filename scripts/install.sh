@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Install what the native stack and the tests need on Debian 12 (bookworm), as root. Idempotent.
-#   apt: PostgreSQL (server + client), PgBouncer, Nginx, Chromium (UI test), testssl.sh, iproute2, procps, git
-#   pip: .venv from requirements.lock (every package pinned, hashes of versions via the lock)
-# Distro services are NOT started by the install (policy-rc.d): the bundle runs its own daemons.
+# Install what the bundle's tools and tests need on Debian 12 (bookworm), as root. Idempotent.
+#   apt: Chromium (UI test), testssl.sh, nginx-light (Nginx template tests), iproute2, procps, git,
+#        curl, Python venv. Debian's nginx service is NOT started (policy-rc.d): 443/80 are the stack's.
+#   pip: .venv from requirements.lock (every package pinned), including the Compose binary
+# The container engine is Docker where one runs; otherwise `./mlflowctl up` installs podman.
 set -eEuo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql postgresql-client pgbouncer nginx-light chromium testssl.sh iproute2 procps git
-              python3 python3-venv curl ca-certificates util-linux)
+APT_PACKAGES=(chromium testssl.sh nginx-light iproute2 procps git python3 python3-venv curl ca-certificates util-linux)
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -21,7 +21,6 @@ done
 if ((${#missing[@]})); then
     step "apt-get install ${missing[*]}"
     apt-get update -qq
-    # Keep Debian's own postgresql/nginx/pgbouncer services from starting on our ports.
     policy=/usr/sbin/policy-rc.d
     had_policy=0; [[ -e $policy ]] && had_policy=1
     ((had_policy)) || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"; }
@@ -33,7 +32,6 @@ fi
 
 if [[ ! -x .venv/bin/python ]]; then
     step "creating .venv with $(/usr/bin/python3 --version)"
-    # Debian's interpreter, not a per-user one under /root: the daemons' users must execute it.
     /usr/bin/python3 -m venv .venv
 fi
 if [[ "${1:-}" == --relock ]]; then
@@ -43,6 +41,10 @@ if [[ "${1:-}" == --relock ]]; then
 elif ! cmp -s requirements.lock .venv/.installed-lock 2>/dev/null; then
     step "pip install -r requirements.lock (pinned)"
     .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
+fi
+if ! .venv/bin/pip show -q mlflow-bundle-store 2>/dev/null; then
+    step "pip install -e store/ (the server's store plugin, for the tests)"
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps -e ./store
 fi
 .venv/bin/pip check >/dev/null || { .venv/bin/pip check; exit 1; }
 cp requirements.lock .venv/.installed-lock

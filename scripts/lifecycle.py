@@ -74,6 +74,6 @@ def add_commands(sub):
     p.add_argument("--lower-is-better", action="store_true", help="rank ascending (losses)")
     p.add_argument("--execute", action="store_true", help="really delete (default: dry run, changes nothing)")
     p.add_argument("--backend-store-uri", default=os.environ.get("MLFLOW_BACKEND_STORE_URI"),
-                   help="tracking DB for the purge step, e.g. postgresql+psycopg2://mlflow@127.0.0.1:6432/mlflow "
-                        "(password from PGPASSWORD); default $MLFLOW_BACKEND_STORE_URI")
+                   help="tracking DB for the purge step, e.g. postgresql+psycopg2://mlflow@pgbouncer:6432/mlflow "
+                        "from inside the engine's network (password from PGPASSWORD); default $MLFLOW_BACKEND_STORE_URI")
     p.set_defaults(func=_command(cleanup.cmd_cleanup))

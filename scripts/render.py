@@ -1,7 +1,6 @@
 """Render the bundle's config templates (`*.template`) from environment variables.
 
-The one renderer of per-deployment config: Compose runs it as the one-shot `render-config`
-service and the native runner runs that same service, so both stacks get identical files.
+The one renderer of per-deployment config: Compose runs it as the one-shot `render-config` service.
 Placeholders are `{{NAME}}` (Nginx and PgBouncer use `$` themselves); a missing variable is an
 error, never an empty string.
 """

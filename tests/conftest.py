@@ -18,11 +18,6 @@ sys.path.insert(0, str(ROOT))
 from scripts.bootstrap import parse_env  # noqa: E402
 
 
-def pytest_addoption(parser):
-    parser.addoption("--stack-backend", default="native", choices=("native", "docker"),
-                     help="where the stack runs: native (./mlflowctl up) or docker (compose containers)")
-
-
 @pytest.fixture(scope="session")
 def stack_env() -> dict:
     env_file = ROOT / ".env"

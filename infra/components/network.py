@@ -13,9 +13,11 @@ from pulumi import ResourceOptions
 class NetworkArgs:
     """tags: merged into every resource. vpc_id: use an existing VPC instead of creating one
     (then public_subnet_ids and private_subnet_ids are required). cidr: the new VPC's range.
-    az_count: availability zones to spread subnets over (RDS needs at least two)."""
+    az_count: availability zones to spread subnets over (RDS needs at least two). region: for the
+    S3 gateway endpoint's service name."""
 
     tags: dict[str, str]
+    region: str
     vpc_id: str | None = None
     public_subnet_ids: list[str] = field(default_factory=list)
     private_subnet_ids: list[str] = field(default_factory=list)
@@ -75,6 +77,10 @@ class Network(pulumi.ComponentResource):
         for i, priv in enumerate(private):
             aws.ec2.RouteTableAssociation(f"{name}-private-{i}", subnet_id=priv.id,
                                           route_table_id=private_rt.id, opts=child)
+        # Artifact traffic to S3 through a gateway endpoint: free, where the NAT bills per GB.
+        aws.ec2.VpcEndpoint(f"{name}-s3", vpc_id=vpc.id, vpc_endpoint_type="Gateway",
+                            service_name=f"com.amazonaws.{args.region}.s3",
+                            route_table_ids=[private_rt.id], tags=tags("s3"), opts=child)
 
         self.vpc_id = vpc.id
         self.public_subnet_ids = [s.id for s in public]

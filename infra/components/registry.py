@@ -10,21 +10,25 @@ from pulumi import ResourceOptions
 
 @dataclass
 class ImageRegistryArgs:
-    """tags: merged into every resource. keep_images: untagged/old images beyond this are expired."""
+    """tags: merged into every resource. keep_images: untagged/old images beyond this are expired.
+    force_delete: let `pulumi destroy` delete the repository with its images (dev only)."""
 
     tags: dict[str, str]
     keep_images: int = 20
+    force_delete: bool = False
 
 
 class ImageRegistry(pulumi.ComponentResource):
     repository_url: pulumi.Output[str]
     repository_arn: pulumi.Output[str]
+    repository_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: ImageRegistryArgs, opts: ResourceOptions | None = None):
         super().__init__("mlflow:infra:ImageRegistry", name, {}, opts)
         child = ResourceOptions(parent=self)
         repo = aws.ecr.Repository(
-            name, image_tag_mutability="IMMUTABLE", tags={**args.tags, "Name": name}, opts=child,
+            name, image_tag_mutability="IMMUTABLE", force_delete=args.force_delete,
+            tags={**args.tags, "Name": name}, opts=child,
             image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(scan_on_push=True),
             encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="KMS")])
         aws.ecr.LifecyclePolicy(
@@ -34,4 +38,13 @@ class ImageRegistry(pulumi.ComponentResource):
                     f'"countNumber":{args.keep_images}}},"action":{{"type":"expire"}}}}]}}'))
         self.repository_url = repo.repository_url
         self.repository_arn = repo.arn
+        self.repository_name = repo.name
         self.register_outputs({"repository_url": self.repository_url})
+
+
+def image_present(repository_name: pulumi.Input[str], tag: str) -> pulumi.Output[bool]:
+    """Whether `tag` has been pushed. On the first `pulumi up` the repository is new and empty:
+    the server then waits (no tasks, no stack start) until the image is pushed and `pulumi up`
+    runs again."""
+    images = aws.ecr.get_images_output(repository_name=repository_name)
+    return images.image_ids.apply(lambda ids: any(i.image_tag == tag for i in ids or []))

@@ -1,45 +1,96 @@
-"""Compute (scale-out): the same MLflow image on ECS Fargate behind an ALB, with autoscaling."""
+"""Compute (scale-out): the same MLflow image on ECS Fargate behind an ALB, with autoscaling.
+The container definitions are derived from the resolved compose model (the `mlflow` and `migrate`
+services), never restated. Migrations run once per deploy, as their own one-shot task."""
 from __future__ import annotations
 
 import json
-import re
+import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
 from pulumi import ResourceOptions
 
-from infra.bundle import REPO_ROOT
 from infra.components.compute import front_door_rules
-from infra.pgconf import POSTGRESQL_CONF, parse_postgresql_conf
+from infra.compose_model import (REPO_ROOT, SECRET_ENV, arg_after, aws_env, bind_mounts,
+                                 connections_per_task, derive_container, on_rds, placeholder_model,
+                                 resolve)
 
-MLFLOW_PORT = 5000
-# Per task: gunicorn workers x SQLAlchemy pool; no PgBouncer here, so this hits RDS directly.
-WORKERS, POOL_SIZE, MAX_OVERFLOW = 2, 3, 2
-RESERVED_CONNECTIONS = 15  # migrate step, admin sessions, RDS's own
-
-
-def max_tasks_for_connections(max_connections: int | None = None) -> int:
-    """How many tasks fit under PostgreSQL's max_connections (from postgres/postgresql.conf)."""
-    if max_connections is None:
-        max_connections = int(parse_postgresql_conf(POSTGRESQL_CONF.read_text())["max_connections"])
-    # Each worker also opens the auth app's engine (same pool settings).
-    per_task = WORKERS * 2 * (POOL_SIZE + MAX_OVERFLOW)
-    return (max_connections - RESERVED_CONNECTIONS) // per_task
+RESERVED_CONNECTIONS = 15  # the migrate task, admin sessions, RDS's own
+# A rolling deploy starts the new tasks before it stops the old ones: up to twice the tasks.
+DEPLOY_MAX_PERCENT = 200
+MIGRATE_RUNNER = Path(__file__).resolve().parent.parent / "migrate_runner.py"
+# The init container writes the mlflow service's bind-mounted files (ECS has no bind mounts).
+WRITE_FILES = ("import json, os\n"
+               "for path, text in json.loads(os.environ['CONFIG_FILES']).items():\n"
+               "    open(path, 'w').write(text)\n")
 
 
-def auth_ini_for(db_host: str) -> str:
-    """docker/basic_auth.ini with the auth database reached directly on RDS (no PgBouncer)."""
-    text = (REPO_ROOT / "docker" / "basic_auth.ini").read_text()
-    uri = f"postgresql+psycopg2://mlflow@{db_host}:5432/mlflow_auth?sslmode=require"
-    return re.sub(r"(?m)^database_uri = .*$", f"database_uri = {uri}", text)
+def connections_needed(max_tasks: int, model: dict | None = None) -> int:
+    """PostgreSQL connections ECS can open at once: every task at max scale, doubled while a
+    rolling deploy runs old and new tasks side by side (no PgBouncer in ECS mode)."""
+    service = (model or placeholder_model())["services"]["mlflow"]
+    return max_tasks * DEPLOY_MAX_PERCENT // 100 * connections_per_task(service) + RESERVED_CONNECTIONS
+
+
+def config_volumes(service: dict) -> dict[str, str]:
+    """Task volume name -> directory, for each directory that receives a bind-mounted file."""
+    dirs = sorted({posixpath.dirname(target) for _, target in bind_mounts(service)})
+    return {f"config{i}": d for i, d in enumerate(dirs)}
+
+
+def task_definitions(model: dict, *, image: str, db_host: str, secrets: dict[str, str],
+                     log: dict, region: str) -> dict[str, list[dict]]:
+    """{"service": [config init, mlflow], "migrate": [migrate]} from the resolved compose model."""
+    names = set(model["services"])
+    logging = lambda prefix: {"logDriver": "awslogs", "options": {  # noqa: E731
+        **log, "awslogs-region": region, "awslogs-stream-prefix": prefix}}
+    mlflow_service = model["services"]["mlflow"]
+    volumes = config_volumes(mlflow_service)
+    files = {}
+    for source, target in bind_mounts(mlflow_service):
+        if not (REPO_ROOT / source).is_file():
+            raise ValueError(f"mlflow mounts the directory {source}: ECS can only carry files")
+        files[target] = on_rds((REPO_ROOT / source).read_text(), db_host, names)
+    mounts = [{"sourceVolume": v, "containerPath": d} for v, d in volumes.items()]
+    init = {"name": "config", "image": image, "essential": False, "user": "0",
+            "command": ["python", "-c", WRITE_FILES],
+            "environment": [{"name": "CONFIG_FILES", "value": json.dumps(files)}],
+            "mountPoints": mounts, "logConfiguration": logging("config")}
+    mlflow = derive_container(model, "mlflow", image=image, secrets=secrets, db_host=db_host)
+    port = int(arg_after(mlflow["command"], "--port", 5000))
+    mlflow.update(portMappings=[{"containerPort": port, "protocol": "tcp"}],
+                  mountPoints=[{**m, "readOnly": True} for m in mounts],
+                  dependsOn=[{"containerName": "config", "condition": "SUCCESS"}],
+                  logConfiguration=logging("mlflow"))
+    migrate = derive_container(model, "migrate", image=image, secrets=secrets, db_host=db_host)
+    migrate.update(logConfiguration=logging("migrate"))
+    return {"service": [init, mlflow], "migrate": [migrate]}
+
+
+def lambda_runner_policy(migrate_family_arn: str, cluster_arn: str, role_arn: str,
+                         log_group_arn: str) -> dict:
+    """Run the migrate task definition (any revision), watch its tasks, pass it its role, log."""
+    family = migrate_family_arn
+    tasks = cluster_arn.replace(":cluster/", ":task/", 1) + "/*"
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "RunMigrate", "Effect": "Allow", "Action": ["ecs:RunTask"],
+         "Resource": [f"{family}:*"]},
+        {"Sid": "WatchMigrate", "Effect": "Allow", "Action": ["ecs:DescribeTasks"],
+         "Resource": [tasks]},
+        {"Sid": "PassTaskRole", "Effect": "Allow", "Action": ["iam:PassRole"], "Resource": [role_arn]},
+        {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+         "Resource": [f"{log_group_arn}:*"]}]}
 
 
 @dataclass
 class ScaleOutArgs:
-    """tags: merged into every resource. min_tasks/max_tasks: autoscaling bounds (max is checked
-    against max_connections). acm_certificate_arn: the ALB's certificate for public_host.
-    task_role_arn: the ServerIam role (also the execution role: it may read the same secrets)."""
+    """tags: merged into every resource. min_tasks/max_tasks: autoscaling bounds (the database's
+    max_connections is sized for max_tasks, see connections_needed). acm_certificate_arn: the
+    ALB's certificate for public_host (ACM renews it). task_role_arn: the ServerIam role (also
+    the execution role: it may read the same secrets). image_present: the image is in ECR (else
+    no task runs yet). alarm_topic_arn: where alarms notify."""
 
     tags: dict[str, str]
     environment: str
@@ -58,7 +109,8 @@ class ScaleOutArgs:
     db_secret_arn: pulumi.Input[str]
     db_address: pulumi.Input[str]
     mlflow_image: pulumi.Input[str]
-    db_replica_address: pulumi.Input[str] | None = None
+    image_present: pulumi.Input[bool]
+    alarm_topic_arn: pulumi.Input[str]
     min_tasks: int = 1
     max_tasks: int = 4
 
@@ -66,14 +118,16 @@ class ScaleOutArgs:
 class ScaleOut(pulumi.ComponentResource):
     tracking_url: pulumi.Output[str]
     load_balancer_dns_name: pulumi.Output[str]
+    cluster_name: pulumi.Output[str]
+    service_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: ScaleOutArgs, opts: ResourceOptions | None = None):
         super().__init__("mlflow:infra:ScaleOut", name, {}, opts)
-        limit = max_tasks_for_connections()
-        if args.max_tasks > limit:
-            raise ValueError(f"max_tasks {args.max_tasks} would exceed max_connections (at most {limit})")
         child = ResourceOptions(parent=self)
         tags = {**args.tags, "Name": name}
+        present = pulumi.Output.from_input(args.image_present)
+        mlflow_service = placeholder_model()["services"]["mlflow"]
+        port = int(arg_after(mlflow_service["command"], "--port", 5000))
 
         logs = aws.cloudwatch.LogGroup(f"{name}-logs", retention_in_days=30, tags=tags, opts=child)
         aws.iam.RolePolicy(f"{name}-logs", role=args.task_role_name, opts=child,
@@ -88,12 +142,12 @@ class ScaleOut(pulumi.ComponentResource):
                                       description="ALB: HTTPS (and HTTP redirect) from allowed CIDRs")
         front_door_rules(f"{name}-alb", lb_sg.id, args.allowed_cidrs, args.tags, self)
         aws.vpc.SecurityGroupEgressRule(f"{name}-alb-egress", security_group_id=lb_sg.id,
-                                        ip_protocol="tcp", from_port=MLFLOW_PORT, to_port=MLFLOW_PORT,
+                                        ip_protocol="tcp", from_port=port, to_port=port,
                                         referenced_security_group_id=args.server_security_group_id,
                                         tags=args.tags, opts=child)
         aws.vpc.SecurityGroupIngressRule(f"{name}-tasks-from-alb",
                                          security_group_id=args.server_security_group_id,
-                                         ip_protocol="tcp", from_port=MLFLOW_PORT, to_port=MLFLOW_PORT,
+                                         ip_protocol="tcp", from_port=port, to_port=port,
                                          referenced_security_group_id=lb_sg.id, tags=args.tags,
                                          description="MLflow from the ALB", opts=child)
         alb = aws.lb.LoadBalancer(f"{name}-alb", load_balancer_type="application", internal=False,
@@ -101,44 +155,66 @@ class ScaleOut(pulumi.ComponentResource):
                                   drop_invalid_header_fields=True,
                                   enable_deletion_protection=args.environment == "prod",
                                   tags=tags, opts=child)
-        tg = aws.lb.TargetGroup(f"{name}-mlflow", port=MLFLOW_PORT, protocol="HTTP", target_type="ip",
+        tg = aws.lb.TargetGroup(f"{name}-tg", port=port, protocol="HTTP", target_type="ip",
                                 vpc_id=args.vpc_id, tags=tags, opts=child,
                                 health_check=aws.lb.TargetGroupHealthCheckArgs(path="/health", matcher="200"))
-        aws.lb.Listener(f"{name}-https", load_balancer_arn=alb.arn, port=443, protocol="HTTPS",
-                        ssl_policy="ELBSecurityPolicy-TLS13-1-2-2021-06",
-                        certificate_arn=args.acm_certificate_arn, tags=tags, opts=child,
-                        default_actions=[aws.lb.ListenerDefaultActionArgs(type="forward",
-                                                                          target_group_arn=tg.arn)])
-        aws.lb.Listener(f"{name}-http", load_balancer_arn=alb.arn, port=80, protocol="HTTP",
-                        tags=tags, opts=child, default_actions=[aws.lb.ListenerDefaultActionArgs(
-                            type="redirect", redirect=aws.lb.ListenerDefaultActionRedirectArgs(
-                                port="443", protocol="HTTPS", status_code="HTTP_301"))])
+        https = aws.lb.Listener(
+            f"{name}-https", load_balancer_arn=alb.arn, port=443, protocol="HTTPS",
+            ssl_policy="ELBSecurityPolicy-TLS13-1-2-2021-06",
+            certificate_arn=args.acm_certificate_arn, tags=tags, opts=child,
+            default_actions=[aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=tg.arn)])
+        http = aws.lb.Listener(
+            f"{name}-http", load_balancer_arn=alb.arn, port=80, protocol="HTTP", tags=tags, opts=child,
+            default_actions=[aws.lb.ListenerDefaultActionArgs(
+                type="redirect", redirect=aws.lb.ListenerDefaultActionRedirectArgs(
+                    port="443", protocol="HTTPS", status_code="HTTP_301"))])
 
-        containers = pulumi.Output.all(
-            args.mlflow_image, args.db_address, args.bucket_name, args.app_secret_arn,
-            args.db_secret_arn, logs.name, args.db_replica_address or "").apply(
-                lambda a: json.dumps(self._containers(args, *a)))
+        def definitions(a) -> str:
+            image, db_host, bucket, app_secret, db_secret, log_group = a
+            secrets = {key: f"{app_secret if where == 'app' else db_secret}:{json_key}::"
+                       for key, (where, json_key) in SECRET_ENV.items()}  # one JSON key of a secret
+            model = resolve(aws_env(public_host=args.public_host, bucket=bucket, region=args.region,
+                                    db_host=db_host, image=image))
+            return json.dumps(task_definitions(model, image=image, db_host=db_host, secrets=secrets,
+                                               log={"awslogs-group": log_group}, region=args.region))
+
+        defs = pulumi.Output.all(args.mlflow_image, args.db_address, args.bucket_name,
+                                 args.app_secret_arn, args.db_secret_arn, logs.name).apply(definitions)
+        fargate = dict(cpu="1024", memory="2048", network_mode="awsvpc", requires_compatibilities=["FARGATE"],
+                       task_role_arn=args.task_role_arn, execution_role_arn=args.task_role_arn,
+                       runtime_platform=aws.ecs.TaskDefinitionRuntimePlatformArgs(
+                           operating_system_family="LINUX", cpu_architecture="X86_64"),
+                       tags=tags, opts=child)
         task = aws.ecs.TaskDefinition(
-            name, family=name, cpu="1024", memory="2048", network_mode="awsvpc",
-            requires_compatibilities=["FARGATE"], task_role_arn=args.task_role_arn,
-            execution_role_arn=args.task_role_arn, container_definitions=containers,
-            runtime_platform=aws.ecs.TaskDefinitionRuntimePlatformArgs(
-                operating_system_family="LINUX", cpu_architecture="X86_64"),
-            tags=tags, opts=child)
+            name, family=name, container_definitions=defs.apply(lambda d: json.dumps(json.loads(d)["service"])),
+            volumes=[aws.ecs.TaskDefinitionVolumeArgs(name=v) for v in config_volumes(mlflow_service)],
+            **fargate)
+        migrate_task = aws.ecs.TaskDefinition(
+            f"{name}-migrate", family=f"{name}-migrate",
+            container_definitions=defs.apply(lambda d: json.dumps(json.loads(d)["migrate"])), **fargate)
+        migration = self._run_once(name, args, tags, cluster, migrate_task, present)
+
         service = aws.ecs.Service(
-            name, cluster=cluster.arn, task_definition=task.arn, desired_count=args.min_tasks,
+            name, cluster=cluster.arn, task_definition=task.arn,
+            desired_count=present.apply(lambda p: args.min_tasks if p else 0),
+            deployment_maximum_percent=DEPLOY_MAX_PERCENT, deployment_minimum_healthy_percent=100,
             launch_type="FARGATE", health_check_grace_period_seconds=120, propagate_tags="SERVICE",
             network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
                 subnets=args.private_subnet_ids, security_groups=[args.server_security_group_id],
                 assign_public_ip=False),
             load_balancers=[aws.ecs.ServiceLoadBalancerArgs(
-                target_group_arn=tg.arn, container_name="mlflow", container_port=MLFLOW_PORT)],
+                target_group_arn=tg.arn, container_name="mlflow", container_port=port)],
             deployment_circuit_breaker=aws.ecs.ServiceDeploymentCircuitBreakerArgs(enable=True, rollback=True),
-            tags=tags, opts=ResourceOptions(parent=self, ignore_changes=["desiredCount"]))
+            tags=tags,
+            # The target group takes traffic only once a listener forwards to it; the schema must
+            # be migrated before a new revision starts; autoscaling owns the desired count.
+            opts=ResourceOptions(parent=self, ignore_changes=["desiredCount"],
+                                 depends_on=[https, http, migration]))
         target = aws.appautoscaling.Target(
             f"{name}-scaling", service_namespace="ecs", scalable_dimension="ecs:service:DesiredCount",
             resource_id=pulumi.Output.concat("service/", cluster.name, "/", service.name),
-            min_capacity=args.min_tasks, max_capacity=args.max_tasks, tags=tags, opts=child)
+            min_capacity=present.apply(lambda p: args.min_tasks if p else 0),
+            max_capacity=present.apply(lambda p: args.max_tasks if p else 0), tags=tags, opts=child)
         aws.appautoscaling.Policy(
             f"{name}-cpu", policy_type="TargetTrackingScaling", resource_id=target.resource_id,
             scalable_dimension=target.scalable_dimension, service_namespace=target.service_namespace,
@@ -146,55 +222,51 @@ class ScaleOut(pulumi.ComponentResource):
                 target_value=60, predefined_metric_specification=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgs(
                     predefined_metric_type="ECSServiceAverageCPUUtilization")), opts=child)
 
+        for metric, threshold, what in (("UnHealthyHostCount", 0, "MLflow tasks failing health checks"),
+                                        ("HTTPCode_Target_5XX_Count", 10, "MLflow answering 5xx")):
+            aws.cloudwatch.MetricAlarm(
+                f"{name}-{metric.lower().replace('_', '-')}", namespace="AWS/ApplicationELB",
+                metric_name=metric, statistic="Maximum" if metric.startswith("Un") else "Sum",
+                dimensions={"LoadBalancer": alb.arn_suffix, "TargetGroup": tg.arn_suffix},
+                period=60, evaluation_periods=3, threshold=threshold,
+                comparison_operator="GreaterThanThreshold", treat_missing_data="notBreaching",
+                alarm_description=what, alarm_actions=[args.alarm_topic_arn],
+                ok_actions=[args.alarm_topic_arn], tags=tags, opts=child)
+
         self.tracking_url = pulumi.Output.from_input(f"https://{args.public_host}")
         self.load_balancer_dns_name = alb.dns_name
+        self.cluster_name = cluster.name
+        self.service_name = service.name
         self.register_outputs({"tracking_url": self.tracking_url})
 
-    @staticmethod
-    def _containers(args: ScaleOutArgs, image, db_host, bucket, app_secret, db_secret, log_group,
-                    replica_host) -> list[dict]:
-        """Container definitions: a one-shot `migrate` (as in compose), then the MLflow server."""
-        log = lambda prefix: {"logDriver": "awslogs", "options": {  # noqa: E731
-            "awslogs-group": log_group, "awslogs-region": args.region, "awslogs-stream-prefix": prefix}}
-        app = lambda key: f"{app_secret}:{key}::"  # noqa: E731 (ECS reads one JSON key of a secret)
-        uri = f"postgresql+psycopg2://mlflow@{db_host}:5432/mlflow?sslmode=require"
-        command = ["mlflow", "server", "--app-name", "basic-auth", "--host", "0.0.0.0",
-                   "--port", str(MLFLOW_PORT), "--workers", str(WORKERS)]
-        if replica_host:
-            command += ["--read-replica-backend-store-uri",
-                        f"postgresql+psycopg2://mlflow@{replica_host}:5432/mlflow?sslmode=require"]
-        # ECS has no bind mounts: the auth INI (no secret in it) travels as an env var.
-        shell = 'printf "%s" "$MLFLOW_AUTH_INI" > /tmp/basic_auth.ini && exec "$@"'
-        return [
-            {"name": "migrate", "image": image, "essential": False,
-             "command": ["python", "-m", "scripts.migrate"], "logConfiguration": log("migrate"),
-             "environment": [{"name": "POSTGRES_HOST", "value": db_host},
-                             {"name": "POSTGRES_PORT", "value": "5432"},
-                             {"name": "POSTGRES_USER", "value": "postgres"},
-                             {"name": "PGSSLMODE", "value": "require"}],
-             "secrets": [{"name": "POSTGRES_PASSWORD", "valueFrom": f"{db_secret}:password::"},
-                         {"name": "MLFLOW_DB_PASSWORD", "valueFrom": app("MLFLOW_DB_PASSWORD")}]},
-            {"name": "mlflow", "image": image, "essential": True,
-             "dependsOn": [{"containerName": "migrate", "condition": "SUCCESS"}],
-             "entryPoint": ["sh", "-c", shell, "sh"], "command": command,
-             "portMappings": [{"containerPort": MLFLOW_PORT, "protocol": "tcp"}],
-             "logConfiguration": log("mlflow"), "readonlyRootFilesystem": False,
-             "environment": [
-                 {"name": "MLFLOW_BACKEND_STORE_URI", "value": uri},
-                 {"name": "MLFLOW_AUTH_INI", "value": auth_ini_for(db_host)},
-                 {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": "/tmp/basic_auth.ini"},
-                 {"name": "MLFLOW_AUTH_ADMIN_USERNAME", "value": "admin"},
-                 {"name": "MLFLOW_SERVER_ALLOWED_HOSTS", "value": args.public_host},
-                 {"name": "MLFLOW_ARTIFACTS_DESTINATION", "value": f"s3://{bucket}"},
-                 {"name": "AWS_DEFAULT_REGION", "value": args.region},
-                 {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "false"},
-                 {"name": "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "value": str(POOL_SIZE)},
-                 {"name": "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "value": str(MAX_OVERFLOW)},
-                 {"name": "MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE", "value": "1800"},
-                 {"name": "MLFLOW_GUNICORN_OPTS",
-                  "value": "--worker-class gthread --threads 2 --timeout 600 --no-control-socket"}],
-             "secrets": [{"name": "PGPASSWORD", "valueFrom": app("MLFLOW_DB_PASSWORD")},
-                         {"name": "MLFLOW_AUTH_ADMIN_PASSWORD", "valueFrom": app("MLFLOW_ADMIN_PASSWORD")},
-                         {"name": "MLFLOW_FLASK_SERVER_SECRET_KEY",
-                          "valueFrom": app("MLFLOW_FLASK_SERVER_SECRET_KEY")}]},
-        ]
+    def _run_once(self, name, args: ScaleOutArgs, tags, cluster, migrate_task, present):
+        """A Lambda that runs the migrate task and waits for it, invoked by Pulumi whenever the
+        migrate task definition (image, settings) changes: once per deploy."""
+        child = ResourceOptions(parent=self)
+        role = aws.iam.Role(
+            f"{name}-migrate-runner", tags=tags, opts=child,
+            description="Runs the one-shot migrate task once per deploy",
+            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "sts:AssumeRole",
+                "Principal": {"Service": "lambda.amazonaws.com"}}]}))
+        fn = aws.lambda_.Function(
+            f"{name}-migrate", runtime="python3.12", handler="index.handler", role=role.arn,
+            timeout=900, memory_size=128, tags=tags, opts=child,
+            code=pulumi.AssetArchive({"index.py": pulumi.StringAsset(MIGRATE_RUNNER.read_text())}))
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-migrate-runner", name=fn.name.apply(lambda n: f"/aws/lambda/{n}"),
+            retention_in_days=30, tags=tags, opts=child)
+        policy = aws.iam.RolePolicy(
+            f"{name}-migrate-runner", role=role.id, opts=child,
+            policy=pulumi.Output.all(migrate_task.arn_without_revision, cluster.arn, args.task_role_arn,
+                                     log_group.arn).apply(
+                lambda a: json.dumps(lambda_runner_policy(*a))))
+        event = pulumi.Output.all(cluster.arn, migrate_task.arn, present,
+                                  pulumi.Output.all(*args.private_subnet_ids),
+                                  args.server_security_group_id).apply(lambda a: json.dumps({
+                                      "cluster": a[0], "taskDefinition": a[1], "imagePresent": bool(a[2]),
+                                      "subnets": list(a[3]), "securityGroups": [a[4]]}))
+        return aws.lambda_.Invocation(
+            f"{name}-migrate", function_name=fn.name, input=event,
+            triggers={"taskDefinition": migrate_task.arn, "imagePresent": present.apply(str)},
+            opts=ResourceOptions(parent=self, depends_on=[policy, log_group]))

@@ -10,6 +10,8 @@ from pulumi import ResourceOptions
 from infra.pgconf import rds_parameters
 
 POSTGRES_PORT = 5432
+# The compose stack's PostgreSQL major: RDS runs the same one (parameter group family postgres17).
+POSTGRES_MAJOR = "17"
 # The base compose file's migrate step connects as `postgres` (RDS's default master name too).
 MASTER_USERNAME = "postgres"
 
@@ -18,23 +20,25 @@ MASTER_USERNAME = "postgres"
 class TrackingDbArgs:
     """tags: merged into every resource. environment: 'prod' turns on Multi-AZ, deletion protection
     and a final snapshot. subnet_ids: private subnets (two AZs). server_security_group_id: the only
-    source allowed on 5432. engine_version: PostgreSQL major (16 or 17), matching the compose image.
-    backup_retention_days: automated backups (forced to at least 7 in prod). No initial database:
-    the compose `migrate` step creates `mlflow` and `mlflow_auth` owned by the `mlflow` role. read_replica: add a
-    replica for MLflow's --read-replica-backend-store-uri. The master password is generated and kept
-    by RDS in Secrets Manager (manage_master_user_password), never by Pulumi."""
+    source allowed on 5432. engine_version: PostgreSQL 17 (a major or a 17.x minor), matching the
+    compose image. backup_retention_days: automated backups (forced to at least 7 in prod).
+    min_connections: what the clients need at most (max_connections is raised to it). No initial
+    database: the compose `migrate` step creates `mlflow` and `mlflow_auth` owned by the `mlflow`
+    role. The master password is generated and kept by RDS in Secrets Manager
+    (manage_master_user_password, rotated every 7 days), never by Pulumi; so no read replica
+    (RDS refuses one for such an instance)."""
 
     tags: dict[str, str]
     environment: str
     vpc_id: pulumi.Input[str]
     subnet_ids: list
     server_security_group_id: pulumi.Input[str]
-    engine_version: str = "16"
+    engine_version: str = POSTGRES_MAJOR
     instance_class: str = "db.t4g.small"
     allocated_storage: int = 20
     max_allocated_storage: int = 100
     backup_retention_days: int = 7
-    read_replica: bool = False
+    min_connections: int = 0
 
     @property
     def is_prod(self) -> bool:
@@ -45,13 +49,14 @@ class TrackingDb(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]
     address: pulumi.Output[str]
     master_secret_arn: pulumi.Output[str]
-    replica_address: pulumi.Output[str] | None
+    identifier: pulumi.Output[str]
 
     def __init__(self, name: str, args: TrackingDbArgs, opts: ResourceOptions | None = None):
         super().__init__("mlflow:infra:TrackingDb", name, {}, opts)
         major = args.engine_version.split(".")[0]
-        if major not in ("16", "17"):
-            raise ValueError(f"engine_version must be PostgreSQL 16 or 17, got {args.engine_version!r}")
+        if major != POSTGRES_MAJOR:
+            raise ValueError(f"engine_version must be PostgreSQL {POSTGRES_MAJOR} (what the compose "
+                             f"stack runs), got {args.engine_version!r}")
         child = ResourceOptions(parent=self)
         tags = {**args.tags, "Name": name}
 
@@ -66,8 +71,9 @@ class TrackingDb(pulumi.ComponentResource):
                                       opts=child)
         params = aws.rds.ParameterGroup(
             f"{name}-params", family=f"postgres{major}", tags=tags, opts=child,
-            description="Tuning from postgres/postgresql.conf plus rds.force_ssl",
-            parameters=[aws.rds.ParameterGroupParameterArgs(**p) for p in rds_parameters()])
+            description=f"postgres/postgresql.conf sized for {args.instance_class}, plus rds.force_ssl",
+            parameters=[aws.rds.ParameterGroupParameterArgs(**p)
+                        for p in rds_parameters(args.instance_class, args.min_connections)])
 
         backups = max(args.backup_retention_days, 7) if args.is_prod else max(args.backup_retention_days, 1)
         primary = aws.rds.Instance(
@@ -83,25 +89,15 @@ class TrackingDb(pulumi.ComponentResource):
             skip_final_snapshot=not args.is_prod,
             final_snapshot_identifier=f"{name}-final" if args.is_prod else None,
             auto_minor_version_upgrade=True, iam_database_authentication_enabled=False,
+            allow_major_version_upgrade=True,  # 16 -> 17 for stacks created before the move to 17
             performance_insights_enabled=args.is_prod,
             enabled_cloudwatch_logs_exports=["postgresql"],
             apply_immediately=not args.is_prod, tags=tags,
             opts=ResourceOptions(parent=self, protect=args.is_prod))
 
-        self.replica_address = None
-        if args.read_replica:
-            replica = aws.rds.Instance(
-                f"{name}-replica", replicate_source_db=primary.identifier,
-                instance_class=args.instance_class, storage_encrypted=True,
-                publicly_accessible=False, vpc_security_group_ids=[sg.id],
-                parameter_group_name=params.name, skip_final_snapshot=True,
-                deletion_protection=args.is_prod, backup_retention_period=0,
-                auto_minor_version_upgrade=True, tags={**args.tags, "Name": f"{name}-replica"},
-                opts=child)
-            self.replica_address = replica.address
-
         self.endpoint = primary.endpoint
         self.address = primary.address
+        self.identifier = primary.identifier
         self.master_secret_arn = primary.master_user_secrets.apply(lambda s: s[0].secret_arn)
         self.register_outputs({"endpoint": self.endpoint,
                                "master_secret_arn": self.master_secret_arn})

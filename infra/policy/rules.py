@@ -29,7 +29,24 @@ TAGGABLE_TYPES = frozenset({
     "aws:lb/loadBalancer:LoadBalancer", "aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener",
     "aws:ecs/cluster:Cluster", "aws:ecs/service:Service", "aws:ecs/taskDefinition:TaskDefinition",
     "aws:cloudwatch/logGroup:LogGroup", "aws:appautoscaling/target:Target",
+    "aws:ec2/vpcEndpoint:VpcEndpoint", "aws:ssm/document:Document", "aws:ssm/association:Association",
+    "aws:cloudwatch/metricAlarm:MetricAlarm", "aws:sns/topic:Topic", "aws:lambda/function:Function",
 })
+# AWS's length limits on the `name` of each type we create (`pulumi preview` passes the
+# provider's autoname, which is the logical name plus "-" and 7 random characters).
+NAME_LIMITS = {
+    "aws:lb/loadBalancer:LoadBalancer": 32, "aws:lb/targetGroup:TargetGroup": 32,
+    "aws:iam/role:Role": 64, "aws:iam/instanceProfile:InstanceProfile": 128,
+    "aws:iam/rolePolicy:RolePolicy": 128, "aws:lambda/function:Function": 64,
+    "aws:s3/bucket:Bucket": 63, "aws:rds/instance:Instance": 63,
+    "aws:rds/parameterGroup:ParameterGroup": 255, "aws:rds/subnetGroup:SubnetGroup": 255,
+    "aws:ec2/securityGroup:SecurityGroup": 255, "aws:ecs/cluster:Cluster": 255,
+    "aws:ecs/service:Service": 255, "aws:ecr/repository:Repository": 256,
+    "aws:secretsmanager/secret:Secret": 512, "aws:cloudwatch/logGroup:LogGroup": 512,
+    "aws:cloudwatch/metricAlarm:MetricAlarm": 255, "aws:sns/topic:Topic": 256,
+    "aws:ssm/document:Document": 128, "aws:ssm/association:Association": 128,
+}
+AUTONAME_SUFFIX = 8  # "-" + 7 random characters
 
 Check = Callable[[str, dict], list[str]]  # (type, props) -> violation messages
 
@@ -160,6 +177,13 @@ def iam_no_wildcards(typ: str, props: dict) -> list[str]:
     return out
 
 
+def aws_name_limits(typ: str, props: dict) -> list[str]:
+    name, limit = props.get("name"), NAME_LIMITS.get(typ)
+    if limit and isinstance(name, str) and len(name) > limit:
+        return [f"name {name!r} is {len(name)} characters; AWS allows {limit}"]
+    return []
+
+
 def required_tags(typ: str, props: dict) -> list[str]:
     if typ not in TAGGABLE_TYPES:
         return []
@@ -179,6 +203,7 @@ RESOURCE_CHECKS: dict[str, tuple[str, Check]] = {
                              ec2_hardened),
     "iam-no-wildcards": ("IAM policies name their resources and actions (no '*')", iam_no_wildcards),
     "required-tags": (f"Taggable resources carry {', '.join(REQUIRED_TAGS)}", required_tags),
+    "aws-name-limits": ("Resource names fit AWS's length limits (load balancers: 32)", aws_name_limits),
 }
 
 BUCKET_COMPANIONS = (

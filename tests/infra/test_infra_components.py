@@ -9,7 +9,6 @@ import pytest
 
 from infra.components.server_iam import (RESOURCE_WILDCARD_ONLY_ACTIONS, SSM_CORE_POLICY_ARN,
                                          server_policy_document)
-from infra.components.scale_out import max_tasks_for_connections
 from infra.mockrun import run_stack
 from infra.pgconf import rds_parameters
 from infra.policy.rules import REQUIRED_TAGS, TAGGABLE_TYPES
@@ -49,7 +48,7 @@ def test_bucket_encryption_follows_config(dev_run, prod_run):
 def test_database(stack_run):
     db = inputs(stack_run, "aws:rds/instance:Instance")
     prod = db["tags"]["environment"] == "prod"
-    assert db["engine"] == "postgres" and db["engineVersion"].split(".")[0] in ("16", "17")
+    assert db["engine"] == "postgres" and db["engineVersion"].split(".")[0] == "17"
     assert db["publiclyAccessible"] is False and db["storageEncrypted"] is True
     assert db["manageMasterUserPassword"] is True and "password" not in db
     assert db["backupRetentionPeriod"] >= (7 if prod else 1)
@@ -64,9 +63,10 @@ def test_database(stack_run):
 
 def test_parameter_group_comes_from_postgresql_conf(stack_run):
     pg = inputs(stack_run, "aws:rds/parameterGroup:ParameterGroup")
-    assert pg["family"] == "postgres16"
+    db = inputs(stack_run, "aws:rds/instance:Instance")
+    assert pg["family"] == f"postgres{db['engineVersion'].split('.')[0]}"
     got = {p["name"]: p["value"] for p in pg["parameters"]}
-    assert got == {p["name"]: p["value"] for p in rds_parameters()}
+    assert got == {p["name"]: p["value"] for p in rds_parameters(db["instanceClass"])}
     assert got["rds.force_ssl"] == "1"
 
 
@@ -98,8 +98,14 @@ def test_server_policy_document_is_exact():
 
 def test_role_uses_that_document(stack_run):
     bucket = stack_run.one("aws:s3/bucket:Bucket").outputs
+    import yaml
+    from infra.mockrun import REPO_ROOT
+    stack = stack_run.one("aws:s3/bucket:Bucket").inputs["tags"]["environment"]
+    tls = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"].get(
+        "mlflow-tracking:tlsCertificateSecretArn")
     secrets = [stack_run.one("aws:secretsmanager/secret:Secret").outputs["arn"],
-               stack_run.one("aws:rds/instance:Instance").outputs["masterUserSecrets"][0]["secretArn"]]
+               stack_run.one("aws:rds/instance:Instance").outputs["masterUserSecrets"][0]["secretArn"],
+               *([tls] if tls else [])]
     key = stack_run.of_type("aws:kms/key:Key")
     policies = {r.name: json.loads(r.inputs["policy"]) for r in stack_run.of_type("aws:iam/rolePolicy:RolePolicy")}
     main = next(v for k, v in policies.items() if k.endswith("artifacts-secrets"))
@@ -136,7 +142,7 @@ def test_user_data_has_no_secrets_and_fits(stack_run):
     assert len(user_data.encode()) <= 16 * 1024
     assert stack_run.secret_values and not any(s in user_data for s in stack_run.secret_values)
     assert "secretsmanager get-secret-value" in user_data
-    assert "docker-compose.production.yml -f docker-compose.aws.yml up -d --wait" in user_data
+    assert 'docker-compose.aws.yml" "$@"' in user_data and "up -d --wait" in user_data
 
 
 def test_secrets_never_exported_in_plain_text(stack_run):
@@ -167,29 +173,27 @@ def test_existing_vpc_mode_creates_no_network():
 
 
 def test_scale_out_mode_is_one_config_value():
-    run = run_stack("prod", {"computeMode": "ecs", "dbReadReplica": True,
+    run = run_stack("prod", {"computeMode": "ecs",
                              "acmCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"})
     assert not run.of_type("aws:ec2/instance:Instance")
     svc = inputs(run, "aws:ecs/service:Service")
     assert svc["launchType"] == "FARGATE" and svc["networkConfiguration"]["assignPublicIp"] is False
-    target = inputs(run, "aws:appautoscaling/target:Target")
-    assert target["maxCapacity"] <= max_tasks_for_connections()
     https = next(r.inputs for r in run.of_type("aws:lb/listener:Listener") if r.inputs["port"] == 443)
     assert https["protocol"] == "HTTPS" and https["certificateArn"].startswith("arn:aws:acm")
-    containers = json.loads(inputs(run, "aws:ecs/taskDefinition:TaskDefinition")["containerDefinitions"])
+    task = next(r for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition")
+                if r.inputs["family"] == "mlflow-prod-service")
+    containers = json.loads(task.inputs["containerDefinitions"])
     mlflow = next(c for c in containers if c["name"] == "mlflow")
-    assert "--read-replica-backend-store-uri" in mlflow["command"]
-    replica = next(r for r in run.of_type("aws:rds/instance:Instance") if "replicateSourceDb" in r.inputs)
-    assert replica.inputs["publiclyAccessible"] is False and replica.inputs["storageEncrypted"] is True
-    env_text = json.dumps(containers)
+    env_text = json.dumps([json.loads(t.inputs["containerDefinitions"])
+                           for t in run.of_type("aws:ecs/taskDefinition:TaskDefinition")])
     assert not any(s in env_text for s in run.secret_values)
     assert {s["name"] for s in mlflow["secrets"]} == {"PGPASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD",
                                                       "MLFLOW_FLASK_SERVER_SECRET_KEY"}
 
 
-def test_scale_out_refuses_more_tasks_than_connections():
-    with pytest.raises(Exception, match="max_connections"):
-        run_stack("prod", {"computeMode": "ecs", "ecsMaxTasks": max_tasks_for_connections() + 1,
+def test_scale_out_refuses_more_tasks_than_the_database_supports():
+    with pytest.raises(Exception, match="connections"):
+        run_stack("prod", {"computeMode": "ecs", "ecsMaxTasks": 40,
                            "acmCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"})
 
 

@@ -69,13 +69,14 @@ def iam_world(moto_server):
 
 @pytest.fixture()
 def as_server(iam_world, monkeypatch):
-    """Environment of the MLflow server: its credentials and MLFLOW_S3_ENDPOINT_URL at moto."""
+    """Environment of the MLflow server on AWS: its credentials and NO MLFLOW_S3_ENDPOINT_URL
+    (the real-S3 code path); boto3's own AWS_ENDPOINT_URL_S3 leads it to moto."""
     creds = iam_world["server"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["aws_access_key_id"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["aws_secret_access_key"])
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", iam_world["endpoint"])
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CA_BUNDLE"):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", iam_world["endpoint"])
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CA_BUNDLE", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
     return iam_world
 

@@ -109,7 +109,7 @@ def test_program_has_zero_violations(stack_run):
 
 
 def test_program_in_ecs_mode_has_zero_violations():
-    run = run_stack("prod", {"computeMode": "ecs", "dbReadReplica": True,
+    run = run_stack("prod", {"computeMode": "ecs",
                              "acmCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"})
     assert run.of_type("aws:ecs/service:Service") and _violations(run) == []
 

@@ -1,45 +1,51 @@
-"""Fixtures for tests against the running stack, native or in compose containers.
+"""Fixtures for tests against the running stack: the compose containers in the engine.
 
-`--stack-backend native` (default): every service is a process on this host (`local://`), and a
-container path is read where the native runner maps it. `--stack-backend docker`: each service is
-its compose container (`docker://mlflow-SERVICE-1`) and container paths are used as they are.
+Each service is its container (`podman://mlflow-SERVICE-1` or `docker://...`, whichever engine
+`./mlflowctl up` used); testinfra runs its commands inside it. Checks use only what the official
+images ship (cat, stat, the services' own clients): no `ps`, `ss` or `netstat`, which the slim
+images lack. Processes come from the engine (`compose top`), listening sockets from /proc/net.
 """
 import pytest
 import testinfra
 
-from scripts import native
-
-PROJECT = "mlflow"  # `name:` in docker-compose.production.yml
+from scripts import engine
 
 
 @pytest.fixture(scope="session")
-def backend(request) -> str:
-    return request.config.getoption("--stack-backend")
+def eng():
+    return engine.ensure(start=False)
 
 
 @pytest.fixture(scope="session")
-def compose_services(stack) -> dict:
-    return native.compose_model()["services"]
+def compose_services(stack, eng) -> dict:
+    return engine.model(eng)["services"]
 
 
 @pytest.fixture(scope="session")
 def repo_host():
-    """Where the repository (.env, certs/) lives: this machine in both backends."""
+    """Where the repository (.env, certs/) lives: this machine."""
     return testinfra.get_host("local://")
 
 
 @pytest.fixture(scope="session")
-def service_host(backend, repo_host):
+def service_host(eng):
     def get(service: str):
-        return repo_host if backend == "native" else testinfra.get_host(f"docker://{PROJECT}-{service}-1")
+        return testinfra.get_host(f"{eng.kind}://{engine.container_name(service)}")
     return get
 
 
 @pytest.fixture(scope="session")
-def service_path(backend, compose_services):
-    """A path as the service's process sees it (its mounts)."""
-    def get(service: str, container_path: str) -> str:
-        if backend == "docker":
-            return container_path
-        return native.Service(service, compose_services[service]).map(container_path)
-    return get
+def compose(eng):
+    """Run `docker compose ARGS` for the stack; returns the CompletedProcess (text, captured)."""
+    def run(*args, check=True, timeout=300):
+        return engine.compose(eng, *args, check=check, capture=True, timeout=timeout)
+    return run
+
+
+@pytest.fixture(scope="session")
+def bring_up(eng):
+    """Start services again after a test stopped them, without recreating anything (engine.up)."""
+    def run(*services):
+        proc = engine.up(eng, *services, timeout_s=300, capture=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return run

@@ -17,8 +17,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSION = f"{os.getpid() % 100000}x{time.time_ns() % 10**9}"  # lowercase alnum: fits team/prefix names
-BACKEND_STORE_URI = "postgresql+psycopg2://mlflow@127.0.0.1:6432/mlflow"  # PgBouncer, as `mlflow gc` needs
-S3_ENDPOINT = "http://127.0.0.1:8333"  # the native stack's S3 stand-in
+# The tracking DB through PgBouncer, as `mlflow gc` needs it: on the engine's internal network, so
+# the purge runs there (run_cli_in_engine), as docs/lifecycle.md tells operators to run it.
+BACKEND_STORE_URI = "postgresql+psycopg2://mlflow@pgbouncer:6432/mlflow"
+ENGINE_TRACKING_URI = "http://mlflow:5000"  # the server itself, from inside the engine's network
+# Runs `python -m scripts ARGS` (mlflowctl) in the mlflow container after the secrets prelude.
+CLI_CODE = "import runpy, sys; sys.argv = ['mlflowctl', *sys.argv[1:]]; runpy.run_module('scripts', run_name='__main__')"
 
 
 def client_env(base: dict, stack: str, user: str, password: str, ca_bundle: str) -> dict:
@@ -59,6 +63,17 @@ def run_cli(env: dict, *args, in_process=True, timeout=180) -> subprocess.Comple
         except SystemExit as exc:  # argparse usage errors
             code = exc.code
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def run_cli_in_engine(user: str, password: str, *args, timeout=300) -> subprocess.CompletedProcess:
+    """`mlflowctl ARGS` inside the running mlflow container (our image, on the backend network):
+    for the steps that need the backend store, which only the engine's network reaches. The
+    container's environment supplies MLFLOW_BACKEND_STORE_URI's password (PGPASSWORD) and the S3
+    settings; the tracking password goes in on stdin, never on a command line."""
+    from scripts import stackexec
+    return stackexec.python(CLI_CODE, *args, env={"MLFLOW_TRACKING_URI": ENGINE_TRACKING_URI,
+                                                  "MLFLOW_TRACKING_USERNAME": user, "PYTHONWARNINGS": "ignore"},
+                            secrets={"MLFLOW_TRACKING_PASSWORD": password}, timeout=timeout, check=False)
 
 
 def run_train(env: dict, *args) -> dict:

@@ -1,22 +1,45 @@
 """`mlflowctl backup` of the live stack, then `mlflowctl restore` into SCRATCH databases and a SCRATCH
 bucket (never the live ones): rows, users and artifact bytes come back; non-empty targets are refused
 without --force. The scratch targets are dropped at the end, also on failure.
+
+The databases and the bucket are on the engine's internal network: the test reads them where they
+are, with psql in the postgres container and boto3 in our image (scripts/stackexec.py).
 """
-import hashlib
 import json
 import os
 import stat
 import subprocess
 import time
 
-import boto3
-import psycopg2
 import pytest
-from psycopg2 import sql
 
+from scripts import stackexec
 from scripts.backup import COUNTS
 
 from tests.conftest import ROOT
+
+# In our image: BUCKET [delete] -> {key: sha256} of every object (then empties and removes the
+# bucket when asked); {} when the bucket does not exist.
+BUCKET_CODE = r"""
+import hashlib, json, os, sys
+import boto3
+from botocore.exceptions import ClientError
+bucket, delete = sys.argv[1], sys.argv[2:] == ["delete"]
+s3 = boto3.client("s3", endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None)
+out = {}
+try:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for o in page.get("Contents", []):
+            out[o["Key"]] = hashlib.sha256(s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()).hexdigest()
+            if delete:
+                s3.delete_object(Bucket=bucket, Key=o["Key"])
+    if delete:
+        s3.delete_bucket(Bucket=bucket)
+except ClientError as exc:
+    if exc.response["Error"]["Code"] not in ("NoSuchBucket", "404"):
+        raise
+print(json.dumps(out))
+"""
 
 
 def mlflowctl(*args, timeout=600):
@@ -24,43 +47,30 @@ def mlflowctl(*args, timeout=600):
 
 
 @pytest.fixture
-def scratch(stack_env):
+def scratch(stack):
     """Names for scratch targets; whatever restore created under them is removed afterwards."""
     tag = f"{os.getpid()}_{time.time_ns()}"
     names = {"tracking": f"mlflow_restore_{tag}", "auth": f"mlflow_auth_restore_{tag}",
              "bucket": f"mlflow-restore-{tag.replace('_', '-')}"}
     yield names
-    conn = pg(stack_env, "postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for db in (names["tracking"], names["auth"]):
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
-    conn.close()
-    bucket = s3(stack_env).Bucket(names["bucket"])
-    if bucket.creation_date:
-        bucket.objects.all().delete()
-        bucket.delete()
+    for db in (names["tracking"], names["auth"]):
+        stackexec.psql('DROP DATABASE IF EXISTS :"db" WITH (FORCE)', "postgres", {"db": db})
+    bucket_objects(names["bucket"], delete=True)
 
 
-def pg(stack_env, db):
-    return psycopg2.connect(host="127.0.0.1", port=stack_env.get("POSTGRES_PORT", "5432"), user="postgres",
-                            password=stack_env["POSTGRES_PASSWORD"], dbname=db, connect_timeout=10)
+def bucket_objects(bucket: str, delete: bool = False) -> dict:
+    """Key -> sha256 of every object in BUCKET, read inside the engine's network."""
+    return json.loads(stackexec.python(BUCKET_CODE, bucket, *(["delete"] if delete else []), timeout=300).stdout)
 
 
-def s3(stack_env):
-    return boto3.resource("s3", endpoint_url="http://127.0.0.1:8333", region_name="us-east-1",
-                          aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"])
+def query(db, text, **variables):
+    """Rows of TEXT in DB (psql in the postgres container; :'name' interpolates a variable)."""
+    return stackexec.psql(text, db, variables)
 
 
-def query(stack_env, db, text, args=()):
-    conn = pg(stack_env, db)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(text, args)
-            return cur.fetchall()
-    finally:
-        conn.close()
+def sha256_of(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_backup_and_restore_round_trip(mlflow_admin, stack, stack_env, unique, scratch, tmp_path):
@@ -90,7 +100,9 @@ def test_backup_and_restore_round_trip(mlflow_admin, stack, stack_env, unique, s
             assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
         manifest = json.loads((backup / "manifest.json").read_text())
         key = next(k for k in manifest["bucket"]["objects"] if k.endswith(f"{run.info.run_id}/artifacts/docs/model-card.txt"))
-        assert manifest["bucket"]["objects"][key]["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+        assert manifest["bucket"]["objects"][key]["sha256"] == sha256_of(artifact.read_bytes())
+        # The copy is exactly the live bucket at that time (our new object included), byte for byte.
+        assert (backup / "artifacts" / key).read_bytes() == artifact.read_bytes()
 
         target = ["--tracking-db", scratch["tracking"], "--auth-db", scratch["auth"], "--bucket", scratch["bucket"]]
         restored = mlflowctl("restore", str(backup), *target)
@@ -99,16 +111,15 @@ def test_backup_and_restore_round_trip(mlflow_admin, stack, stack_env, unique, s
         # The same rows as in the dump's snapshot, our run's metrics and our user included...
         for kind in ("tracking", "auth"):
             for name, text in COUNTS[kind].items():
-                assert query(stack_env, scratch[kind], text)[0][0] == manifest["databases"][kind]["counts"][name], name
-        steps = query(stack_env, scratch["tracking"], "SELECT step, value FROM metrics WHERE run_uuid = %s "
-                      "AND key = 'loss' ORDER BY step", (run.info.run_id,))
-        assert steps == [(s, 1.0 / (s + 1)) for s in range(5)]
-        assert query(stack_env, scratch["auth"], "SELECT count(*) FROM users WHERE username = %s", (user,)) == [(1,)]
+                assert int(query(scratch[kind], text)[0][0]) == manifest["databases"][kind]["counts"][name], name
+        steps = query(scratch["tracking"], "SELECT step, value FROM metrics WHERE run_uuid = :'run' "
+                      "AND key = 'loss' ORDER BY step", run=run.info.run_id)
+        assert [(int(s), float(v)) for s, v in steps] == [(s, 1.0 / (s + 1)) for s in range(5)]
+        assert query(scratch["auth"], "SELECT count(*) FROM users WHERE username = :'user'", user=user) == [("1",)]
         # ...and the same bytes in the scratch bucket as in the live one.
-        scratch_bucket = s3(stack_env).Bucket(scratch["bucket"])
-        restored_objects = {o.key: hashlib.sha256(o.get()["Body"].read()).hexdigest() for o in scratch_bucket.objects.all()}
+        restored_objects = bucket_objects(scratch["bucket"])
         assert restored_objects == {k: v["sha256"] for k, v in manifest["bucket"]["objects"].items()}
-        assert restored_objects[key] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+        assert restored_objects[key] == sha256_of(artifact.read_bytes())
 
         # A second restore onto the now non-empty targets is refused with a clear line, unless --force.
         again = mlflowctl("restore", str(backup), *target)

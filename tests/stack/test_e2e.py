@@ -1,15 +1,31 @@
 """End to end through Nginx over HTTPS with the real mlflow client, trusting our CA."""
+import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
-import boto3
 import pytest
 
-from tests.conftest import ROOT
+from scripts import stackexec
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+# In the mlflow container (our image, the service's own S3 endpoint and keys): BUCKET NAME ->
+# {"keys": [keys ending in NAME], "body": the first one's content, "on_disk": files named NAME
+# anywhere on the container's own filesystems (its root, the spool volume, /tmp)}.
+FIND_CODE = r"""
+import json, os, sys
+import boto3
+bucket, name = sys.argv[1], sys.argv[2]
+s3 = boto3.client("s3", endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None)
+keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", []) if o["Key"].endswith(name)]
+body = s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read().decode() if keys else None
+on_disk = []
+for top, dirs, files in os.walk("/", onerror=lambda e: None):
+    dirs[:] = [d for d in dirs if os.path.join(top, d) not in ("/proc", "/sys", "/dev")]
+    on_disk += [os.path.join(top, f) for f in files if f == name]
+print(json.dumps({"keys": keys, "body": body, "on_disk": on_disk}))
+"""
 
 
 def test_unauthenticated_is_401_and_says_nothing_more(stack, http, admin_auth):
@@ -41,18 +57,15 @@ def test_admin_logs_run_with_artifact_in_s3(mlflow_admin, unique, stack_env, tmp
                                                      dst_path=str(tmp_path / "dl"))
     assert Path(downloaded).read_text() == artifact.read_text()
 
-    # Proxied artifacts: the object is in the bucket, under the run's id...
-    s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:8333", aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack_env["MLFLOW_ARTIFACT_BUCKET"]).get("Contents", [])
-            if o["Key"].endswith(artifact.name)]
-    assert len(keys) == 1 and run.info.run_id in keys[0]
-    body = s3.get_object(Bucket=stack_env["MLFLOW_ARTIFACT_BUCKET"], Key=keys[0])["Body"].read().decode()
-    assert body == artifact.read_text()
-    # ...and not on the server's disk.
-    found = subprocess.run(["find", str(ROOT / "var" / "run"), str(ROOT / "var" / "volumes"), "-xdev",
-                            "-name", artifact.name], capture_output=True, text=True)
-    assert found.stdout.strip() == ""
+    # Proxied artifacts: the object is in the bucket, under the run's id (looked at from inside the
+    # engine's network, where the store is)...
+    seen = json.loads(stackexec.python(FIND_CODE, stack_env["MLFLOW_ARTIFACT_BUCKET"], artifact.name,
+                                       timeout=120).stdout)
+    assert len(seen["keys"]) == 1 and run.info.run_id in seen["keys"][0]
+    assert seen["body"] == artifact.read_text()
+    # ...and not on the server's disk: no file of that name anywhere in the mlflow container (its
+    # root filesystem, the artifact spool volume, /tmp): the spooled copy is gone.
+    assert seen["on_disk"] == []
 
 
 def test_register_alias_and_load_champion(mlflow_admin, unique):

@@ -2,38 +2,47 @@
 
 "Old" runs are created with MlflowClient.create_run(start_time=...) in the past: the server stores
 that start time and cleanup's search sees it, as it would see a 100-day-old run.
+
+The bucket and the backend store are on the engine's internal network: objects are listed by our
+image in the mlflow container, and `cleanup --execute` (the purge writes to the tracking DB, as
+`mlflow gc` does) runs there too.
 """
+import json
 import time
 
-import boto3
 import pytest
 from mlflow.exceptions import MlflowException
 
-from tests.stack.lifecycle_fixtures import BACKEND_STORE_URI, S3_ENDPOINT, admin_env, run_cli  # noqa: F401
+from scripts import stackexec
+from tests.stack.lifecycle_fixtures import BACKEND_STORE_URI, admin_env, run_cli, run_cli_in_engine  # noqa: F401
 
 DAY_MS = 86_400_000
-
-
-@pytest.fixture
-def s3(stack_env):
-    session = boto3.session.Session(aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
-                                    aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-    return session.client("s3", endpoint_url=S3_ENDPOINT)
-
-
-def objects(s3, bucket, prefix) -> dict:
-    """Key -> size under PREFIX (bounded pagination)."""
-    out, token = {}, None
+# In our image: BUCKET PREFIX... -> {prefix: {key: size}} (bounded pagination).
+LIST_CODE = r"""
+import json, os, sys
+import boto3
+s3 = boto3.client("s3", endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None)
+out = {}
+for prefix in sys.argv[2:]:
+    out[prefix], token = {}, None
     for _ in range(1000):
-        page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, **({"ContinuationToken": token} if token else {}))
-        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+        page = s3.list_objects_v2(Bucket=sys.argv[1], Prefix=prefix, **({"ContinuationToken": token} if token else {}))
+        out[prefix].update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
         token = page.get("NextContinuationToken")
         if not token:
-            return out
-    raise AssertionError("S3 listing did not finish")
+            break
+    else:
+        raise SystemExit("S3 listing did not finish")
+print(json.dumps(out))
+"""
 
 
-def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, stack_env, s3, unique, monkeypatch):
+def listing(bucket, *prefixes) -> dict:
+    """Prefix -> {key: size} of the objects under it, for every prefix, in one call into the engine."""
+    return json.loads(stackexec.python(LIST_CODE, bucket, *prefixes, timeout=120).stdout)
+
+
+def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, admin_auth, stack_env, unique, monkeypatch):
     import mlflow
     from sklearn.linear_model import LogisticRegression
     monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
@@ -63,9 +72,10 @@ def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, stack_env, s3, un
     mlflow.register_model(reg.model_uri, f"cleanup-{unique}".lower().replace("_", "-")[:60])
 
     prefix = lambda run_id: f"{exp_id}/{run_id}/"
-    before = {r: objects(s3, bucket, prefix(r)) for r in old_best + old_doomed + [old_registered, young]}
+    runs = old_best + old_doomed + [old_registered, young]
     model_prefix = f"{exp_id}/models/{logged.model_id}/"
-    model_objects = objects(s3, bucket, model_prefix)
+    seen = listing(bucket, model_prefix, *map(prefix, runs))
+    before, model_objects = {r: seen[prefix(r)] for r in runs}, seen[model_prefix]
     assert all(before.values()) and model_objects
     args = ("cleanup", f"cleanup/{unique}", "--max-age-days", "90", "--keep-top-n", "2", "--metric", "val_ndcg")
 
@@ -76,27 +86,31 @@ def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, stack_env, s3, un
         assert run_id in dry.stdout
     for run_id in old_best + [old_registered, young]:
         assert run_id not in dry.stdout
-    assert {r: objects(s3, bucket, prefix(r)) for r in before} == before  # dry run changed nothing
+    after_dry = listing(bucket, *map(prefix, runs))
+    assert {r: after_dry[prefix(r)] for r in runs} == before  # dry run changed nothing
     assert len(mlf.search_runs([exp_id])) == 6
 
-    env = dict(admin_env, PGPASSWORD=stack_env["MLFLOW_DB_PASSWORD"])
-    done = run_cli(env, *args, "--execute", "--backend-store-uri", BACKEND_STORE_URI, in_process=False)
+    # The purge needs the backend store: run where it is reachable, inside the engine's network.
+    done = run_cli_in_engine(*admin_auth, *args, "--execute", "--backend-store-uri", BACKEND_STORE_URI)
     assert done.returncode == 0, done.stderr
     freed = sum(before[r][k] for r in old_doomed for k in before[r]) + sum(model_objects.values())
     assert "freed" in done.stdout and f"({freed} bytes)" in done.stdout, done.stdout
 
+    kept_model_prefix = f"{exp_id}/models/{reg.model_id}/"
+    after = listing(bucket, model_prefix, kept_model_prefix, *map(prefix, runs))
     for run_id in old_doomed:  # purged: metadata and objects
         with pytest.raises(MlflowException) as exc:
             mlf.get_run(run_id)
         assert exc.value.error_code == "RESOURCE_DOES_NOT_EXIST"
-        assert objects(s3, bucket, prefix(run_id)) == {}
-    assert objects(s3, bucket, model_prefix) == {}
+        assert after[prefix(run_id)] == {}
+    assert after[model_prefix] == {}
     for run_id in old_best + [old_registered, young]:  # kept: metadata and objects
         assert mlf.get_run(run_id).info.lifecycle_stage == "active"
-        assert objects(s3, bucket, prefix(run_id)) == before[run_id]
-    assert objects(s3, bucket, f"{exp_id}/models/{reg.model_id}/")
+        assert after[prefix(run_id)] == before[run_id]
+    assert after[kept_model_prefix]
 
-    again = run_cli(env, *args, "--execute", "--backend-store-uri", BACKEND_STORE_URI)
+    # Nothing left: the plan (through Nginx, from this host) finds nothing, so no purge is attempted.
+    again = run_cli(admin_env, *args, "--execute", "--backend-store-uri", BACKEND_STORE_URI)
     assert again.returncode == 0 and "nothing to delete" in again.stdout
 
 

@@ -16,7 +16,7 @@ except urllib.error.HTTPError as exc:
 
 
 def scrape(service_host, auth=None) -> tuple:
-    """GET /metrics from where the mlflow service runs (the internal network; natively loopback)."""
+    """GET /metrics from inside the mlflow container (loopback there), where an internal scraper would be."""
     host = service_host("mlflow")
     cmd = host.run("python3 -c %s " + ("%s" if auth else ""), SCRAPE, *([":".join(auth)] if auth else []))
     assert cmd.rc == 0, cmd.stderr

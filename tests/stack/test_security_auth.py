@@ -5,80 +5,80 @@ with one identical body; a non-admin cannot read a private experiment, create us
 itself a permission. Here: the failed-login rate limit in Nginx, the upstream default password,
 and the rest of what a non-admin must not do.
 
-Requests that are meant to fail authentication come from their own loopback source address
-(127.77.x.y, random per test), so the per-address failure budget that other suites use from
-127.0.0.1 is never spent by these tests, and each run starts from a fresh budget.
+Nginx keys its failed-login budget on the client address. Every client on this machine reaches a
+port published on 127.0.0.1 through the engine's port forwarding, which (with podman) shows Nginx
+one address, the network gateway's. So the rate-limit test runs its client in a throwaway
+container on the stack's `frontend` network: an address of its own, talking to `nginx:443`
+directly, as a client on another machine would.
 """
+import json
 import os
-import random
 import re
+import subprocess
 import time
 
 import pytest
-import requests
-from requests.adapters import HTTPAdapter
 
-from tests.conftest import ROOT
+from scripts import engine
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 BURST = 20          # nginx/mlflow.conf.template: limit_req zone=auth_failures burst=20 (then 10 a minute)
 UPSTREAM_DEFAULT_PASSWORD = "password1234"  # MLflow's shipped admin password (CVE-2026-2635)
 
+# Runs in our image (requests is there). Credentials come on stdin, never on a command line.
+LIMIT_PROBE = """
+import json, os, socket, sys, time
+import requests
+from requests.adapters import HTTPAdapter
+user, password, host, burst = sys.stdin.read().split("\\n")[:4]
+class Verified(HTTPAdapter):  # connect to nginx:443, verify the certificate for the public host name
+    def init_poolmanager(self, *a, **kw):
+        kw["server_hostname"] = host
+        super().init_poolmanager(*a, **kw)
+s = requests.Session(); s.trust_env = False; s.verify = "/tmp/ca.crt"; s.mount("https://", Verified())
+url, headers = "https://nginx" + %r, {"Host": host}
+failed, valid, deadline = [], [], time.monotonic() + 60
+while len(failed) < 3 * int(burst) and time.monotonic() < deadline:
+    failed.append(s.get(url, headers=headers, auth=(user, "wrong-" + os.urandom(4).hex()), timeout=10).status_code)
+    valid.append(s.get(url, headers=headers, auth=(user, password), timeout=10).status_code)
+    if failed[-1] == 429:
+        break
+after = s.get(url, headers=headers, auth=("no-such-user", "x"), timeout=10)
+probe = socket.create_connection(("nginx", 443), timeout=10)  # the source address Nginx sees
+print(json.dumps({"address": probe.getsockname()[0], "failed": failed, "valid": valid,
+                  "after": after.status_code, "after_hsts": after.headers.get("Strict-Transport-Security", ""),
+                  "valid_after": s.get(url, headers=headers, auth=(user, password), timeout=10).status_code}))
+""" % SEARCH
 
-class SourceAddressAdapter(HTTPAdapter):
-    """Connects from a chosen local address: Nginx keys its limit on the client address."""
 
-    def __init__(self, source: str, **kwargs):
-        self.source = source
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args, **kwargs):
-        kwargs["source_address"] = (self.source, 0)
-        super().init_poolmanager(*args, **kwargs)
-
-
-@pytest.fixture
-def client_from(ca_bundle):
-    """A session trusting only our CA, connecting from a fresh loopback address 127.77.x.y."""
-    source = f"127.77.{random.randint(0, 255)}.{random.randint(1, 254)}"
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = ca_bundle
-    session.mount("https://", SourceAddressAdapter(source))
-    session.source = source
-    yield session
-    session.close()
-
-
-def test_failed_logins_rate_limited_valid_user_unaffected(stack, client_from, admin_auth, backend):
+def test_failed_logins_rate_limited_valid_user_unaffected(stack, admin_auth, stack_env, compose, eng):
     """A burst of wrong passwords from one address ends in 429; the admin's requests from the same
     address, interleaved in the same window, all succeed. Bounded: 3 x BURST attempts, 60 s."""
-    statuses, valid = [], []
-    deadline = time.monotonic() + 60
-    while len(statuses) < 3 * BURST and time.monotonic() < deadline:
-        statuses.append(client_from.get(stack + SEARCH, auth=(admin_auth[0], "wrong-" + os.urandom(4).hex()),
-                                        timeout=10).status_code)
-        valid.append(client_from.get(stack + SEARCH, auth=admin_auth, timeout=10).status_code)
-        if statuses[-1] == 429:
-            break
-    assert statuses[-1] == 429, f"no 429 after {len(statuses)} failed logins: {statuses}"
+    secrets = "\n".join([*admin_auth, stack_env["MLFLOW_PUBLIC_HOST"], str(BURST)]) + "\n"
+    cmd = engine.compose_args() + ["run", "--rm", "--no-deps", "-T", "-v", f"{engine.ROOT / 'certs' / 'ca.crt'}:/tmp/ca.crt:ro",
+                                   "--entrypoint", "python", "mlflow", "-c", LIMIT_PROBE]
+    run = subprocess.run(cmd, input=secrets, env=eng.env, cwd=engine.ROOT, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    failed, valid = out["failed"], out["valid"]
+    assert failed[-1] == 429, f"no 429 after {len(failed)} failed logins: {failed}"
     # The whole burst is answered 401 first: one bad password is never a lock-out.
-    assert statuses[:BURST + 1] == [401] * (BURST + 1)
+    assert failed[:BURST + 1] == [401] * (BURST + 1)
     assert set(valid) == {200}, f"valid requests were limited: {valid}"
-    # 429 still carries HSTS, and the next failure is refused too (the budget refills slowly).
-    r = client_from.get(stack + SEARCH, auth=("no-such-user", "x"), timeout=10)
-    assert r.status_code == 429 and "max-age=" in r.headers.get("Strict-Transport-Security", "")
-    assert client_from.get(stack + SEARCH, auth=admin_auth, timeout=10).status_code == 200
-    if backend == "native":  # the error-log line a fail2ban filter bans on (docs/security.md)
-        log = (ROOT / "var" / "log" / "nginx.log").read_text(errors="replace")
-        assert re.search(r'limiting requests, excess: [\d.]+ by zone "auth_failures".*, client: '
-                         + re.escape(client_from.source) + ",", log)
+    # 429 still carries HSTS, the next failure is refused too (the budget refills slowly), the admin is not.
+    assert out["after"] == 429 and "max-age=" in out["after_hsts"]
+    assert out["valid_after"] == 200
+    # The error-log line a fail2ban filter bans on (docs/security.md): Nginx logs to stderr, i.e. the
+    # container's log, which the engine keeps (`compose logs nginx`).
+    log = compose("logs", "--no-color", "--since", "10m", "nginx", timeout=60).stdout
+    assert re.search(r'limiting requests, excess: [\d.]+ by zone "auth_failures".*, client: '
+                     + re.escape(out["address"]) + ",", log)
 
 
-def test_admin_password_is_not_upstream_default(stack, client_from, admin_auth, stack_env):
+def test_admin_password_is_not_upstream_default(stack, http, admin_auth, stack_env):
     assert stack_env["MLFLOW_ADMIN_PASSWORD"] != UPSTREAM_DEFAULT_PASSWORD
     assert len(stack_env["MLFLOW_ADMIN_PASSWORD"]) >= 16
-    r = client_from.get(stack + SEARCH, auth=(admin_auth[0], UPSTREAM_DEFAULT_PASSWORD), timeout=10)
+    r = http.get(stack + SEARCH, auth=(admin_auth[0], UPSTREAM_DEFAULT_PASSWORD), timeout=10)
     assert r.status_code == 401
 
 

@@ -1,20 +1,26 @@
-"""What another machine can reach: only Nginx (443, 80).
+"""What another machine can reach: by default nothing at all; and no internal port is ever published.
+
+Nginx is the only service with published ports, and `.env.example` binds them to 127.0.0.1
+(NGINX_BIND_ADDRESS): out of the box the stack serves this machine only. PostgreSQL, PgBouncer,
+MLflow and the S3 store are on the engine's internal networks and are never published.
 
 A second network namespace joined to the host by a veth pair on a private /30 that exists only
 during the test (host 10.254.254.1, namespace 10.254.254.2) plays the other machine. Traffic goes
-only between the two ends; the namespace has no other route. Native backend only: in compose the
-same rule is the `internal` backend network (tests/unit).
+only between the two ends; the namespace has no other route. A listener the test opens on the
+host end proves the probe can reach the host at all, so "closed" means closed.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
 HOST_END, NS_END = "10.254.254.1", "10.254.254.2"
-REACHABLE = {"nginx https": 443, "nginx http": 80}
-UNREACHABLE = {"postgres": 5432, "pgbouncer": 6432, "mlflow": 5000, "s3": 8333}
+STACK_PORTS = {"nginx https": 443, "nginx http": 80, "postgres": 5432, "pgbouncer": 6432, "mlflow": 5000,
+               "s3": 8333, "plain-mlflow (benchmark)": 5001}
+INTERNAL = {"postgres", "pgbouncer", "mlflow", "s3", "migrate", "render-config", "create-bucket"}
 PROBE = """
 import json, socket, sys
 out = {}
@@ -35,10 +41,8 @@ def ip(*args):
 
 
 @pytest.fixture
-def other_machine(backend):
+def other_machine():
     """A network namespace `mlsecPID` linked to the host by veth `vshPID` <-> `vsnPID`; always removed."""
-    if backend != "native":
-        pytest.skip("the namespace probe needs the native stack's host ports")
     tag = os.getpid() % 100000
     ns, host_if, ns_if = f"mlsec{tag}", f"vsh{tag}", f"vsn{tag}"
     try:
@@ -55,20 +59,43 @@ def other_machine(backend):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
-def test_only_nginx_reachable_from_another_machine(stack, other_machine):
-    ports = [*REACHABLE.values(), *UNREACHABLE.values()]
-    probe = subprocess.run(["ip", "netns", "exec", other_machine, sys.executable, "-c", PROBE, HOST_END,
-                            *map(str, ports)], capture_output=True, text=True, timeout=60)
+def test_nothing_of_the_stack_reachable_from_another_machine(stack, other_machine, stack_env):
+    assert stack_env.get("NGINX_BIND_ADDRESS", "127.0.0.1") == "127.0.0.1", "this test checks the default binding"
+    control = socket.socket()
+    control.bind((HOST_END, 0))
+    control.listen(1)
+    control_port = control.getsockname()[1]
+    try:
+        ports = [*STACK_PORTS.values(), control_port]
+        probe = subprocess.run(["ip", "netns", "exec", other_machine, sys.executable, "-c", PROBE, HOST_END,
+                                *map(str, ports)], capture_output=True, text=True, timeout=60)
+    finally:
+        control.close()
     assert probe.returncode == 0, probe.stderr
     seen = {int(k): v for k, v in json.loads(probe.stdout).items()}
-    assert {name: seen[port] for name, port in REACHABLE.items()} == {name: "open" for name in REACHABLE}
-    assert not {name: seen[port] for name, port in UNREACHABLE.items() if seen[port] == "open"}
+    assert seen[control_port] == "open", "the probe cannot reach the host at all: the check below would prove nothing"
+    assert {name: seen[port] for name, port in STACK_PORTS.items() if seen[port] == "open"} == {}
 
 
-def test_namespace_removed_after_use(stack, backend):
+def test_only_nginx_publishes_and_only_on_loopback(stack, compose, stack_env):
+    """What the engine really publishes (not just what the file says): nginx's 443 and 80 on 127.0.0.1."""
+    out = compose("ps", "--all", "--format", "json").stdout
+    rows = json.loads(out) if out.strip().startswith("[") else [json.loads(l) for l in out.splitlines() if l.strip()]
+    published = {}
+    for row in rows:
+        for pub in row.get("Publishers") or []:
+            if pub.get("PublishedPort"):
+                published.setdefault(row["Service"], set()).add((pub.get("URL"), pub["PublishedPort"], pub["TargetPort"]))
+    assert set(published) - {"plain-mlflow"} == {"nginx"}, published
+    https, http = int(stack_env.get("HTTPS_PORT", "443")), int(stack_env.get("HTTP_PORT", "80"))
+    assert published["nginx"] == {("127.0.0.1", https, 443), ("127.0.0.1", http, 80)}, published
+    assert not INTERNAL & set(published)
+    # The benchmark's plain server, when it is up at all, is on loopback only.
+    assert all(url == "127.0.0.1" for url, _, _ in published.get("plain-mlflow", ()))
+
+
+def test_namespace_removed_after_use(stack):
     """The fixture above leaves nothing behind (runs after it in file order)."""
-    if backend != "native":
-        pytest.skip("native only")
     tag = os.getpid() % 100000
     assert f"mlsec{tag}" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert subprocess.run(["ip", "link", "show", f"vsh{tag}"], capture_output=True).returncode != 0

@@ -1,7 +1,9 @@
 """Secrets from .env stay out of git history and command lines; secret files are private.
 
 Already in test_smoke.py: .env, certs/ca.key, certs/server.key are 0600, and PgBouncer's auth file
-is 0600 and owned by PgBouncer's user. Here: every key in certs/ and every rendered secret file.
+is 0600 and owned by PgBouncer's user. Here: every key in certs/, every rendered secret file as the
+container that mounts it sees it, and the command lines of this host's processes AND of every
+process in the stack's containers (the engine's `top`).
 The admin password against MLflow's default `password1234` is in test_security_auth.py.
 """
 import stat
@@ -30,10 +32,30 @@ def test_no_secret_in_git_history(secret_values):
     assert not [k for k, v in secret_values.items() if v in log.stdout]
 
 
-def test_no_secret_on_any_command_line(secret_values):
+def container_command_lines(eng, compose) -> dict:
+    """Container -> every process's command line, listed by the engine (`top`), so the images need
+    no `ps`. (`docker compose top` answers "EOF" through podman 4.3's Docker API: the engine's
+    own CLI is used, with its own syntax for the columns.)"""
+    names = compose("ps", "--format", "{{.Name}}").stdout.split()
+    columns = ["pid", "args"] if eng.kind == "podman" else ["-eo", "pid,args"]
+    out = {}
+    for name in names:
+        top = subprocess.run([*eng.cli, "top", name, *columns], capture_output=True, text=True, timeout=60, env=eng.env)
+        assert top.returncode == 0, top.stderr
+        out[name] = top.stdout
+    return out
+
+
+def test_no_secret_on_any_command_line(secret_values, eng, compose):
     args = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=30).stdout
     leaked = [k for k, v in secret_values.items() if v in args]
-    assert not leaked, f"on a command line: {leaked}"
+    assert not leaked, f"on a host command line: {leaked}"
+    # Inside the containers (their own pid namespaces), every running container of the stack.
+    tops = container_command_lines(eng, compose)
+    assert {f"mlflow-{s}-1" for s in ("postgres", "pgbouncer", "mlflow", "nginx")} <= set(tops), sorted(tops)
+    assert "gunicorn" in tops["mlflow-mlflow-1"] and "pgbouncer" in tops["mlflow-pgbouncer-1"]  # real command lines
+    leaked = {name: [k for k, v in secret_values.items() if v in text] for name, text in tops.items()}
+    assert not {name: keys for name, keys in leaked.items() if keys}, "on a command line inside a container"
 
 
 @pytest.mark.parametrize("key", sorted(p.name for p in (ROOT / "certs").glob("*.key")) or ["(none)"])
@@ -44,10 +66,14 @@ def test_every_private_key_is_0600(key):
 
 
 @pytest.mark.parametrize("rel", sorted(render.SECRET_FILES))
-def test_rendered_secret_files_private(stack, backend, rel):
-    if backend != "native":
-        pytest.skip("native paths (var/volumes); in compose the files live in named volumes")
+def test_rendered_secret_files_private(stack, compose_services, service_host, rel):
+    """Each rendered secret file, inside every running container that mounts its volume."""
     subdir, name = rel.split("/")
-    path = ROOT / "var" / "volumes" / f"rendered-{subdir}" / name
-    mode = stat.S_IMODE(path.stat().st_mode)
-    assert mode == 0o600 and not mode & (stat.S_IRWXG | stat.S_IRWXO), oct(mode)
+    mounts = [(svc_name, vol["target"]) for svc_name, svc in compose_services.items()
+              if svc_name != "render-config" and svc.get("restart") != "no"
+              for vol in svc.get("volumes", []) if vol.get("source") == f"rendered-{subdir}"]
+    assert mounts, f"no long-running service mounts rendered-{subdir}"
+    for svc_name, target in mounts:
+        f = service_host(svc_name).file(f"{target}/{name}")
+        assert f.is_file, (svc_name, f.path)
+        assert f.mode == 0o600 and not f.mode & (stat.S_IRWXG | stat.S_IRWXO), (svc_name, oct(f.mode))

@@ -1,69 +1,100 @@
-"""testinfra smoke tests of the running stack: processes, listeners, secret files, configs in force.
-
-The same tests run against the native stack (`local://`) and the compose containers (`docker://`):
-choose with `--stack-backend`.
+"""testinfra smoke tests of the running stack, inside its containers: processes, listeners,
+mounted files and their modes, configs in force, and what the engine publishes.
 """
 import pytest
 
-from scripts import render
+from scripts import engine, render
 
 from tests.conftest import ROOT
 
-# service -> how its worker processes are found; none of them may run as root.
-PROCESSES = {
-    "postgres": {"comm": "postgres"},
-    "pgbouncer": {"comm": "pgbouncer"},
-    "mlflow": {"args_has": "gunicorn"},
-    "nginx": {"args_has": "nginx: worker process"},
-}
-# service -> port it listens on; natively only on loopback, in compose on its internal network.
-INTERNAL_PORTS = {"postgres": 5432, "pgbouncer": 6432, "mlflow": 5000}
-LOOPBACK = ("127.0.0.1", "::1")
+LONG_RUNNING = ("postgres", "pgbouncer", "mlflow", "nginx", "s3")
+ONE_SHOT = ("render-config", "migrate", "create-bucket")
+# service -> a word of its main process's command line; none of these may run as root but nginx's
+# master (it binds 443/80 and reads the key) and the S3 store (root in its official image).
+PROCESS_WORDS = {"postgres": "postgres", "pgbouncer": "pgbouncer", "mlflow": "gunicorn", "nginx": "nginx: worker"}
+# service -> port it listens on inside its network.
+PORTS = {"postgres": 5432, "pgbouncer": 6432, "mlflow": 5000, "nginx": 443, "s3": 8333}
+LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp
 
 
-def processes(host, spec):
-    if "comm" in spec:
-        return host.process.filter(comm=spec["comm"])
-    return [p for p in host.process.filter() if spec["args_has"] in p.args]
+@pytest.fixture(scope="module")
+def ps(stack, compose) -> dict:
+    """`docker compose ps` rows by service (the engine's view, not the containers')."""
+    import json
+    out = compose("ps", "--all", "--format", "json").stdout
+    rows = json.loads(out) if out.lstrip().startswith("[") else [json.loads(l) for l in out.splitlines() if l.strip()]
+    return {r["Service"]: r for r in rows}
 
 
-@pytest.mark.parametrize("service", sorted(PROCESSES))
-def test_service_processes_not_root(stack, service_host, service):
-    procs = processes(service_host(service), PROCESSES[service])
-    assert procs, f"no {service} process"
-    assert {p.user for p in procs} - {"root"}, f"{service} has no unprivileged process"
-    assert all(p.user != "root" for p in procs), f"{service} runs as root: {[(p.pid, p.args) for p in procs]}"
+@pytest.mark.parametrize("service", LONG_RUNNING)
+def test_long_running_service_healthy(ps, service):
+    assert ps[service]["State"] == "running" and ps[service]["Health"] == "healthy", ps[service]
 
 
-def listeners(host, port: int) -> set:
-    """Addresses with a TCP listener on `port` (`tcp://127.0.0.1:5432`, `tcp://:::443`)."""
-    out = set()
-    for sock in host.socket.get_listening_sockets():
-        proto, _, rest = sock.partition("://")
-        addr, _, sock_port = rest.rpartition(":")
-        if proto == "tcp" and sock_port == str(port):
-            out.add(addr.strip("[]"))
-    return out
+@pytest.mark.parametrize("service", ONE_SHOT)
+def test_one_shot_exited_zero_without_health_check(ps, service):
+    assert ps[service]["State"] == "exited" and ps[service]["ExitCode"] == 0, ps[service]
+    assert not ps[service].get("Health"), "a one-shot job must not inherit a health check"
 
 
-@pytest.mark.parametrize("service", sorted(INTERNAL_PORTS))
-def test_internal_services_not_exposed(stack, backend, service_host, service):
-    addrs = listeners(service_host(service), INTERNAL_PORTS[service])
-    assert addrs, f"{service} is not listening on {INTERNAL_PORTS[service]}"
-    if backend == "native":
-        assert addrs <= set(LOOPBACK), f"{service} listens beyond loopback: {addrs}"
+def test_only_nginx_publishes_ports_and_only_443_80(ps):
+    published = {(svc, p["TargetPort"]) for svc, row in ps.items() for p in row.get("Publishers") or []
+                 if p.get("PublishedPort")}
+    assert published == {("nginx", 443), ("nginx", 80)}
+
+
+def processes(eng, service) -> list:
+    """(user, command) of every process in the service's container, from the engine (`top`)."""
+    return [tuple(p) for p in eng.top(engine.container_name(service))]
+
+
+@pytest.mark.parametrize("service", sorted(PROCESS_WORDS))
+def test_service_processes_not_root(stack, eng, service):
+    procs = [p for p in processes(eng, service) if PROCESS_WORDS[service] in p[1]]
+    assert procs, f"no {service} process: {processes(eng, service)}"
+    assert all(user not in ("root", "0") for user, _ in procs), procs
+
+
+def test_mlflow_container_runs_nothing_as_root(stack, eng):
+    assert {user for user, _ in processes(eng, "mlflow")} == {"mlflow"}
+
+
+def listening_ports(host) -> set:
+    """TCP ports in LISTEN state, read from /proc/net (every image has `cat`)."""
+    out = host.check_output("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null || cat /proc/net/tcp")
+    ports = set()
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == LISTEN:
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.mark.parametrize("service", sorted(PORTS))
+def test_service_listens_on_its_port(stack, service_host, service):
+    assert PORTS[service] in listening_ports(service_host(service))
 
 
 def test_nginx_listens_on_https_and_http(stack, service_host):
-    host = service_host("nginx")
-    assert listeners(host, 443) and listeners(host, 80)
+    assert {443, 80} <= listening_ports(service_host("nginx"))
 
 
 def test_http_only_redirects(stack, http, stack_env):
-    r = http.get(f"http://{stack_env['MLFLOW_PUBLIC_HOST']}/api/2.0/mlflow/experiments/search?x=1",
-                 allow_redirects=False, timeout=10)
+    """Fails if the image's stock conf.d/default.conf (`listen 80; server_name localhost`) is in force."""
+    port = stack_env.get("HTTP_PORT", "80")
+    r = http.get(f"http://localhost:{port}/api/2.0/mlflow/experiments/search?x=1", allow_redirects=False, timeout=10)
     assert r.status_code == 301
-    assert r.headers["Location"].startswith(f"https://{stack_env['MLFLOW_PUBLIC_HOST']}/api/2.0/")
+    assert r.headers["Location"].startswith(f"https://{stack_env['MLFLOW_PUBLIC_HOST']}")
+
+
+def test_nginx_conf_d_holds_only_the_rendered_config(stack, service_host):
+    """The engine copies an image's files into an EMPTY named volume unless `nocopy` is set."""
+    assert service_host("nginx").file("/etc/nginx/conf.d").listdir() == ["mlflow.conf"]
+
+
+def test_ca_key_not_mounted_into_nginx(stack, service_host):
+    certs = service_host("nginx").file("/etc/nginx/certs")
+    assert sorted(certs.listdir()) == ["ca.crt", "server.crt", "server.key"]
 
 
 @pytest.mark.parametrize("path", [".env", "certs/ca.key", "certs/server.key"])
@@ -72,16 +103,32 @@ def test_repo_secret_files_private(repo_host, path):
     assert f.exists and f.mode == 0o600
 
 
-def test_pgbouncer_auth_file_private_to_its_user(stack, service_host, service_path):
+def test_pgbouncer_auth_file_private_to_its_user(stack, service_host):
     host = service_host("pgbouncer")
-    f = host.file(service_path("pgbouncer", "/etc/pgbouncer/userlist.txt"))
+    f = host.file("/etc/pgbouncer/userlist.txt")
     assert f.mode == 0o600
-    assert f.user == processes(host, PROCESSES["pgbouncer"])[0].user
+    assert f.uid == 70 and host.user().uid == 70  # the image's `postgres` user, which runs pgbouncer
+
+
+def test_mlflow_user_has_a_home(stack, service_host):
+    host = service_host("mlflow")
+    user = host.user()
+    assert (user.uid, user.name) == (10001, "mlflow")
+    assert host.file(user.home).is_directory and host.file(user.home).uid == 10001
+
+
+def test_mlflow_spools_to_disk_and_tmp_is_bounded(stack, service_host):
+    """Artifacts are spooled in TMPDIR, a disk volume; /tmp is a tmpfs with a size, not half of RAM."""
+    host = service_host("mlflow")
+    assert host.check_output("echo $TMPDIR") == "/var/spool/mlflow"
+    mounts = {line.split()[1]: line.split() for line in host.file("/proc/mounts").content_string.splitlines()}
+    assert mounts["/var/spool/mlflow"][2] != "tmpfs"
+    assert mounts["/tmp"][2] == "tmpfs" and "size=65536k" in mounts["/tmp"][3]
+    assert host.file("/var/spool/mlflow").uid == 10001
 
 
 def psql(host, port: int, db: str, query: str, password: str) -> str:
-    cmd = host.run(f"PGPASSWORD=%s psql -h 127.0.0.1 -p {port} -U mlflow -d {db} -tAc %s",
-                   password, query)
+    cmd = host.run(f"PGPASSWORD=%s psql -h 127.0.0.1 -p {port} -U mlflow -d {db} -tAc %s", password, query)
     assert cmd.rc == 0, cmd.stderr
     return cmd.stdout.strip()
 
@@ -114,12 +161,11 @@ def test_postgres_settings_in_force(stack, service_host, stack_env, setting):
     assert shown.lower() == wanted.lower()
 
 
-def test_nginx_config_in_force_is_rendered_from_repo(stack, service_host, service_path, compose_services):
+def test_nginx_config_in_force_is_rendered_from_repo(stack, service_host, compose_services):
     host = service_host("nginx")
-    in_force = host.file(service_path("nginx", "/etc/nginx/conf.d/mlflow.conf")).content_string
+    in_force = host.file("/etc/nginx/conf.d/mlflow.conf").content_string
     env = {k: str(v) for k, v in compose_services["render-config"]["environment"].items()}
     expected = render.render_text((ROOT / "nginx" / "mlflow.conf.template").read_text(), env)
     assert in_force == expected
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in in_force
-    main_conf = host.file(service_path("nginx", "/etc/nginx/nginx.conf")).content_string
-    assert main_conf == (ROOT / "nginx" / "nginx.conf").read_text()
+    assert host.file("/etc/nginx/nginx.conf").content_string == (ROOT / "nginx" / "nginx.conf").read_text()

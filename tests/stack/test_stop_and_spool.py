@@ -1,0 +1,101 @@
+"""Engine semantics the stack relies on: graceful stops and disk-backed artifact spooling.
+
+The stop tests stop a service for real, then bring it back (`engine.up`, which recreates nothing).
+"""
+import hashlib
+import json
+import os
+import threading
+import time
+
+import pytest
+
+LARGE_MB = 300
+
+
+def exit_code(compose, service) -> int:
+    out = compose("ps", "--all", "--format", "json", service).stdout
+    rows = json.loads(out) if out.lstrip().startswith("[") else [json.loads(l) for l in out.splitlines() if l.strip()]
+    return rows[0]["ExitCode"]
+
+
+def test_large_artifact_round_trip(mlflow_admin, unique, tmp_path, service_host):
+    """A multi-hundred-MB artifact through Nginx and MLflow's proxy, spooled on disk, byte for byte."""
+    import mlflow
+    path = tmp_path / "model.bin"
+    digest = hashlib.sha256()
+    with open(path, "wb") as fh:
+        for _ in range(LARGE_MB):
+            block = os.urandom(1 << 20)
+            digest.update(block)
+            fh.write(block)
+    exp = mlflow_admin.create_experiment(f"large/{unique}")
+    run = mlflow_admin.create_run(exp)
+    mlflow_admin.log_artifact(run.info.run_id, str(path))
+    got = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model.bin",
+                                              dst_path=str(tmp_path / "dl"))
+    check = hashlib.sha256()
+    with open(got, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            check.update(block)
+    assert check.hexdigest() == digest.hexdigest()
+    # The spool is emptied as MLflow finishes with each file: nothing is left behind.
+    assert service_host("mlflow").check_output("find /var/spool/mlflow -type f | wc -l") == "0"
+
+
+def test_pgbouncer_stops_at_once_despite_idle_clients(stack, http, compose, bring_up, service_host, stack_env):
+    """MLflow's connection pools keep idle clients on PgBouncer: on SIGTERM, PgBouncer >= 1.23
+    would wait for them until the engine's SIGKILL (exit 137); SIGINT stops it at once."""
+    http.get(f"{stack}/api/2.0/mlflow/experiments/search?max_results=1", auth=tuple(
+        stack_env[k] for k in ("MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD")), timeout=30)
+    clients = service_host("pgbouncer").check_output(
+        "PGPASSWORD=%s psql -h 127.0.0.1 -p 6432 -U mlflow -d pgbouncer -tAc 'SHOW CLIENTS'",
+        stack_env["MLFLOW_DB_PASSWORD"])
+    assert [line for line in clients.splitlines() if "|mlflow|" in line], "no idle MLflow client on PgBouncer"
+    try:
+        started = time.monotonic()
+        compose("stop", "--timeout", "20", "pgbouncer", timeout=60)
+        took = time.monotonic() - started
+        assert exit_code(compose, "pgbouncer") != 137, "killed: the stop signal did not stop PgBouncer"
+        assert took < 10, f"PgBouncer took {took:.1f}s to stop"
+    finally:
+        bring_up("pgbouncer")
+
+
+def test_mlflow_stop_finishes_the_upload_in_flight(mlflow_admin, unique, http, stack, admin_auth, compose, bring_up):
+    """`docker stop` while a raw client (no retries) streams an upload: the upload is answered 200,
+    then the server exits 0, before the engine would SIGKILL it."""
+    run = mlflow_admin.create_run(mlflow_admin.create_experiment(f"stop/{unique}"))
+    path = run.info.artifact_uri.removeprefix("mlflow-artifacts:/")
+    url = f"{stack}/api/2.0/mlflow-artifacts/artifacts/{path}/inflight.bin"
+    streaming, result = threading.Event(), {}
+    chunks = 80
+
+    def body():
+        for i in range(chunks):
+            if i == 8:
+                streaming.set()
+            time.sleep(0.05)  # pace the client so the upload spans the stop (about 4 s)
+            yield os.urandom(1 << 20)
+
+    def upload():
+        try:
+            result["status"] = http.put(url, data=body(), auth=admin_auth, timeout=120).status_code
+        except Exception as exc:  # reported below
+            result["error"] = repr(exc)
+
+    worker = threading.Thread(target=upload)
+    try:
+        worker.start()
+        assert streaming.wait(30), "the upload never started"
+        started = time.monotonic()
+        compose("stop", "--timeout", "30", "mlflow", timeout=90)
+        took = time.monotonic() - started
+        worker.join(120)
+        assert result == {"status": 200}, result
+        assert exit_code(compose, "mlflow") == 0, "not a graceful exit"
+        assert took < 30
+    finally:
+        bring_up("mlflow")
+    sizes = {f.path: f.file_size for f in mlflow_admin.list_artifacts(run.info.run_id)}
+    assert sizes == {"inflight.bin": chunks << 20}

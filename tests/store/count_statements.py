@@ -1,0 +1,86 @@
+"""Counts the SQL statements one 100-metric log-batch request costs, through the whole app
+(basic-auth + tracking store), per database. Run by test_statement_count.py in a subprocess:
+MLflow's Flask app and stores are process globals, so stock and ours each get a fresh process.
+
+usage: count_statements.py TRACKING_URI AUTH_URI APP  (APP: basic-auth | bundle-auth)
+Environment: MLFLOW_AUTH_CONFIG_PATH, MLFLOW_AUTH_ADMIN_*, MLFLOW_FLASK_SERVER_SECRET_KEY.
+Prints JSON: {"tracking": n, "auth": n, "log": [[db, statement], ...]}.
+"""
+import base64
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+
+tracking_uri, auth_uri, app_name = sys.argv[1:4]
+os.environ["_MLFLOW_SERVER_FILE_STORE"] = tracking_uri  # what `mlflow server` hands its workers
+os.environ["_MLFLOW_SERVER_ARTIFACT_ROOT"] = tempfile.mkdtemp(prefix="store-art-")
+
+from sqlalchemy import event  # noqa: E402
+from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
+from sqlalchemy.engine.interfaces import ExecuteStyle  # noqa: E402
+
+AUTH_DB = auth_uri.rsplit("/", 1)[1]
+log: list[list[str]] = []
+
+
+def _record(dbname: str, statement: str) -> None:
+    log.append(["auth" if dbname == AUTH_DB else "tracking", " ".join(statement.split())[:90]])
+
+
+# What PostgreSQL sees: every cursor execute, BEGIN (psycopg2 sends it before the first
+# statement of a transaction), COMMIT/ROLLBACK, and the pool's pre-ping `SELECT 1`.
+def _execute(conn, cursor, statement, parameters, context, executemany):
+    # psycopg2's executemany sends one statement per parameter set (MLflow's per-row UPDATEs);
+    # SQLAlchemy's "insertmanyvalues" batches are already single multi-row statements.
+    per_row = executemany and context.execute_style is ExecuteStyle.EXECUTEMANY
+    for _ in range(len(parameters) if per_row else 1):
+        _record(conn.engine.url.database, statement)
+
+
+event.listen(Engine, "before_cursor_execute", _execute)
+event.listen(Engine, "begin", lambda c: _record(c.engine.url.database, "BEGIN"))
+event.listen(Engine, "commit", lambda c: _record(c.engine.url.database, "COMMIT"))
+event.listen(Engine, "rollback", lambda c: _record(c.engine.url.database, "ROLLBACK"))
+_do_ping = PGDialect_psycopg2.do_ping
+
+
+def _ping(self, dbapi_connection):
+    _record(dbapi_connection.info.dbname, "SELECT 1 (pre-ping)")
+    return _do_ping(self, dbapi_connection)
+
+
+PGDialect_psycopg2.do_ping = _ping
+
+from mlflow.server import _find_app  # noqa: E402
+
+module, attr = _find_app(app_name).split(":")
+app = getattr(__import__(module, fromlist=[attr]), attr)()
+client = app.test_client()
+creds = f"{os.environ['MLFLOW_AUTH_ADMIN_USERNAME']}:{os.environ['MLFLOW_AUTH_ADMIN_PASSWORD']}"
+headers = {"Authorization": "Basic " + base64.b64encode(creds.encode()).decode()}
+
+
+def post(path: str, body: dict) -> dict:
+    r = client.post(f"/api/2.0/mlflow/{path}", json=body, headers=headers)
+    assert r.status_code == 200, (path, r.status_code, r.data[:300])
+    return r.get_json()
+
+
+exp = post("experiments/create", {"name": "count"})["experiment_id"]
+run = post("runs/create", {"experiment_id": exp, "start_time": 0})["run"]["info"]["run_id"]
+
+
+def batch(step: int) -> dict:
+    return {"run_id": run, "metrics": [{"key": f"m{i:03d}", "value": i * 0.5 + step,
+                                        "timestamp": 1_700_000_000_000 + step, "step": step}
+                                       for i in range(100)]}
+
+
+post("runs/log-batch", batch(0))  # first batch creates the latest_metrics rows; warms caches
+log.clear()
+post("runs/log-batch", batch(1))  # steady state: every key's latest row is updated
+counts = Counter(db for db, _ in log)
+print(json.dumps({"tracking": counts["tracking"], "auth": counts["auth"], "log": log}))
