@@ -115,7 +115,12 @@ def cmd_down(args):
     eng = engine.ensure()
     if args.volumes:
         engine.log("removing containers AND data volumes (databases, artifacts, rendered config)")
-    engine.compose(eng, "down", "--remove-orphans", *(["--volumes"] if args.volumes else []))
+    if (engine.ROOT / ".env").exists():
+        # With the benchmark profile too, so its plain-mlflow container and volume go as well.
+        engine.compose(eng, "--profile", "benchmark", "down", "--remove-orphans",
+                       *(["--volumes"] if args.volumes else []))
+    else:
+        engine.remove_project(eng, args.volumes)
     engine.stop_daemon(engine.ticker_pid())
     engine.stop_daemon(engine.service_pid())
     engine.log("stack stopped" + ("" if args.volumes else "; data volumes kept (`down --volumes` removes them)"))

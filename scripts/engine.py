@@ -113,7 +113,8 @@ def docker_works() -> bool:
 
 
 def podman_socket() -> Path:
-    return SOCKET_DIR / "podman.sock"
+    """One API socket per checkout (the path must stay short: a unix socket path has 108 bytes)."""
+    return SOCKET_DIR / f"podman-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]}.sock"
 
 
 def ensure_podman_installed():
@@ -280,6 +281,20 @@ def up(engine: Engine, *services, timeout_s: int = 600, capture: bool = False) -
             compose(engine, "rm", "--stop", "--force", *stale, capture=True)
         args.append("--no-recreate")
     return compose(engine, *args, *services, check=False, capture=capture, timeout=timeout_s + 120)
+
+
+def remove_project(engine: Engine, volumes: bool):
+    """What `compose down` removes, found by the project's label: for when there is no .env to
+    interpolate the compose file with (a fresh checkout cleaning up after an earlier one)."""
+    label = f"label=com.docker.compose.project={PROJECT}"
+    kinds = [("container", ["ps", "-aq"], ["rm", "-f"]), ("network", ["network", "ls", "-q"], ["network", "rm"])]
+    if volumes:
+        kinds.append(("volume", ["volume", "ls", "-q"], ["volume", "rm", "-f"]))
+    for kind, ls, rm in kinds:
+        ids = run([*engine.cli, *ls, "--filter", label], env=engine.env).stdout.split()
+        if ids:
+            log(f"removing {len(ids)} {kind}(s) of project {PROJECT}")
+            run([*engine.cli, *rm, *ids], env=engine.env, timeout=300)
 
 
 def container_name(service: str) -> str:

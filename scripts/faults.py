@@ -133,7 +133,7 @@ class Crash:
                                                    f"{ENGINE_RESTART_WAIT_S} s; restart count {now.get('restarts')})"
             # Never leave the stack broken: bring the service back ourselves.
             engine.start_ticker(sx.eng())
-            compose("up", "--detach", "--wait", "--no-deps", self.service, timeout=600)
+            compose("up", "--detach", "--wait", "--no-deps", "--no-recreate", self.service, timeout=600)
             self.info["brought_back_by_tool_s"] = round(time.monotonic() - t0, 1)
         while time.monotonic() < t0 + 300:  # bounded: healthy again (health checks run on their interval)
             if inspect(self.service).get("health") in ("healthy", ""):

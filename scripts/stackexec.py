@@ -26,7 +26,7 @@ def eng() -> engine.Engine:
     return engine.ensure(start=False)
 
 
-def compose_argv(*args, profiles=("local",)) -> list:
+def compose_argv(*args, profiles=None) -> list:
     return engine.compose_args(profiles) + [str(a) for a in args]
 
 
@@ -35,7 +35,7 @@ def _env(extra: dict = None) -> dict:
 
 
 def run(*args, input=None, timeout: float = 300, check: bool = True, text: bool = True, env: dict = None,
-        profiles=("local",)) -> subprocess.CompletedProcess:
+        profiles=None) -> subprocess.CompletedProcess:
     """`docker compose ARGS` for the stack, captured; `input` goes to its stdin."""
     proc = subprocess.run(compose_argv(*args, profiles=profiles), input=input, env=_env(env), cwd=engine.ROOT,
                           capture_output=True, text=text, timeout=timeout)

@@ -172,3 +172,11 @@ def test_health_check_arguments_survive_podman(model):
         test = svc.get("healthcheck", {}).get("test") or ["NONE"]
         if test[0] == "CMD":
             assert not [arg for arg in test[1:] if any(c.isspace() for c in arg)], name
+
+
+def test_image_installs_what_ci_tested():
+    """The image's pins are installed constrained by requirements.lock, then `pip check`ed."""
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert re.search(r"pip install .*-r /tmp/req/requirements\.txt -c /tmp/req/requirements\.lock", dockerfile)
+    assert dockerfile.count("pip check") >= 1
+    assert "!requirements.lock" in (ROOT / ".dockerignore").read_text()
