@@ -85,10 +85,11 @@ class Engine:
             raise EngineError(f"{self.kind} top {container} failed: {out.stderr.strip()}")
         return [(line.split(None, 1) + [""])[:2] for line in out.stdout.splitlines()[1:] if line.strip()]
 
-    def build(self, tag: str, context: Path, dockerfile: Path, args: dict, labels: dict = None):
+    def build(self, tag: str, context: Path, dockerfile: Path, args: dict, labels: dict = None, pypi: bool = False):
         cmd = [*self.cli, "build", "-t", tag, "-f", str(dockerfile)]
-        if self.kind == "podman" and HOST_CA.exists():
+        if pypi and self.kind == "podman" and HOST_CA.exists():
             # Builds reach PyPI through this machine's TLS-intercepting CA only when it is mounted in.
+            # Only for builds on an image that has it already: apt cannot replace a mounted file.
             cmd += ["-v", f"{HOST_CA}:{HOST_CA}:ro"]
         for key, value in {**args}.items():
             cmd += ["--build-arg", f"{key}={value}"]
@@ -362,7 +363,9 @@ def ensure_standin(engine: Engine, variable: str, official: str) -> str:
     else:  # another stand-in, e.g. the S3 store on the python stand-in
         variable_of = {standin_tag(v, o): (v, o) for v, o in image_variables().items()}
         ensure_standin(engine, *variable_of[base])
-    engine.build(tag, containerfile.parent, containerfile, {"BASE": base}, {INPUTS_LABEL: digest})
+    # On a debootstrap base the build needs only the Debian mirror; on another stand-in, PyPI.
+    engine.build(tag, containerfile.parent, containerfile, {"BASE": base}, {INPUTS_LABEL: digest},
+                 pypi=not base.startswith(BASE_PREFIX))
     return tag
 
 
@@ -421,7 +424,7 @@ def ensure_our_image(engine: Engine, env: dict, chosen: dict):
         log(f"{tag} is up to date")
         return
     engine.build(tag, ROOT, ROOT / "docker" / "Dockerfile", {"PYTHON_IMAGE": chosen["PYTHON_IMAGE"]},
-                 {INPUTS_LABEL: digest})
+                 {INPUTS_LABEL: digest}, pypi=True)
 
 
 # --- health-check ticker (podman only) -------------------------------------------------------
