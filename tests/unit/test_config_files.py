@@ -65,7 +65,8 @@ def test_only_nginx_publishes_ports(model):
 def test_config_mounts_read_only(model):
     for name, svc in model["services"].items():
         for vol in svc.get("volumes", []):
-            writable = vol["target"].startswith(("/var/lib/postgresql", "/data", "/rendered", "/var/spool/mlflow"))
+            writable = vol["target"].startswith(("/var/lib/postgresql", "/data", "/rendered", "/var/spool/mlflow",
+                                               "/var/run/postgresql"))
             assert vol.get("read_only", False) != writable, f"{name}: {vol['target']}"
 
 
