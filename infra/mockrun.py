@@ -135,7 +135,7 @@ class InfraMocks(pulumi.runtime.Mocks):
             return {"id": args.args["repositoryName"], "repositoryName": args.args["repositoryName"],
                     "imageIds": [{"imageDigest": f"sha256:{i:064x}", "imageTag": tag}
                                  for i, tag in enumerate(self.pushed_tags)]}
-        # A missing invoke mock would otherwise return None silently (PITFALLS).
+        # A missing invoke mock would otherwise return None silently.
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 

@@ -29,7 +29,7 @@ def tracking_uri() -> str:
     # network), which clients cannot reach: download through the server's artifact proxy.
     os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     if os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
-        # requests lets these override the verify= MLflow passes (PITFALLS, "Client side").
+        # requests lets these override the verify= MLflow passes.
         for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
             os.environ.pop(var, None)
     return uri

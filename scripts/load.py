@@ -320,7 +320,7 @@ def stack_memory_mb(containers: dict = None) -> dict:
 def stack_target(env: dict) -> dict:
     """Our stack through Nginx/TLS with the admin's credentials and our CA."""
     for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        os.environ.pop(var, None)  # requests would let these override the CA we pass (PITFALLS)
+        os.environ.pop(var, None)  # requests would let these override the CA we pass
     os.environ.update(MLFLOW_TRACKING_USERNAME=env["MLFLOW_ADMIN_USERNAME"],
                       MLFLOW_TRACKING_PASSWORD=env["MLFLOW_ADMIN_PASSWORD"],
                       MLFLOW_TRACKING_SERVER_CERT_PATH=str(ROOT / "certs" / "ca.crt"))

@@ -44,7 +44,7 @@ def main() -> int:
                               env["POSTGRES_PASSWORD"], env["MLFLOW_DB_PASSWORD"])
     tool_env = {**env, "PGPASSWORD": env["MLFLOW_DB_PASSWORD"]}
     tool_env.pop("POSTGRES_PASSWORD")
-    # psycopg2 explicitly: SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3 (PITFALLS).
+    # psycopg2 explicitly: SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3, whose prepared statements break behind PgBouncer.
     uri = f"postgresql+psycopg2://{ROLE}@{host}:{port}/"
     steps = [
         ["mlflow", "db", "upgrade", uri + "mlflow"],
