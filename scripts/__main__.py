@@ -107,7 +107,7 @@ def print_status(eng) -> bool:
 
 
 def cmd_status(args):
-    eng = engine.ensure(start=False)
+    eng = engine.ensure()
     return 0 if print_status(eng) else 3
 
 
@@ -134,7 +134,7 @@ def cmd_restart(args):
 
 
 def cmd_logs(args):
-    eng = engine.ensure(start=False)
+    eng = engine.ensure()
     return engine.compose(eng, "logs", "--no-color", "--tail", str(args.tail), *args.services, check=False).returncode
 
 
