@@ -17,7 +17,6 @@
 `bootstrap`, `up`, `down` and `restart` can be re-run safely. Run `./mlflowctl COMMAND --help`.
 """
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -83,17 +82,9 @@ def cmd_up(args):
               "  stops or restarts. Point MLFLOW_S3_ENDPOINT_URL at a real S3 store to keep them.")
 
 
-def services_state(eng) -> list:
-    out = engine.compose(eng, "ps", "--all", "--format", "json", capture=True).stdout
-    rows = [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
-    if len(rows) == 0 and out.strip().startswith("["):
-        rows = json.loads(out)
-    return rows
-
-
 def print_status(eng) -> bool:
     """One line per service of the compose model; False if one is missing, down or unhealthy."""
-    rows = {r["Service"]: r for r in services_state(eng)}
+    rows = {r["Service"]: r for r in engine.ps(eng)}
     ok = True
     for name in sorted(engine.model(eng)["services"]):
         r = rows.get(name, {})

@@ -91,7 +91,7 @@ class Engine:
             # Builds reach PyPI through this machine's TLS-intercepting CA only when it is mounted in.
             # Only for builds on an image that has it already: apt cannot replace a mounted file.
             cmd += ["-v", f"{HOST_CA}:{HOST_CA}:ro"]
-        for key, value in {**args}.items():
+        for key, value in args.items():
             cmd += ["--build-arg", f"{key}={value}"]
         for key, value in (labels or {}).items():
             cmd += ["--label", f"{key}={value}"]
@@ -207,9 +207,8 @@ def ensure(start: bool = True) -> Engine:
 # --- compose ---------------------------------------------------------------------------------
 def default_profiles() -> tuple:
     """The `local` S3 store runs where .env points MLflow at an S3-compatible endpoint."""
-    from scripts.bootstrap import parse_env
-    env_file = ROOT / ".env"
-    env = parse_env(env_file.read_text()) if env_file.exists() else {}
+    from scripts.bootstrap import read_env
+    env = read_env(ROOT) if (ROOT / ".env").exists() else {}
     return ("local",) if env.get("MLFLOW_S3_ENDPOINT_URL") else ()
 
 
@@ -296,6 +295,17 @@ def remove_project(engine: Engine, volumes: bool):
         if ids:
             log(f"removing {len(ids)} {kind}(s) of project {PROJECT}")
             run([*engine.cli, *rm, *ids], env=engine.env, timeout=300)
+
+
+def json_rows(text: str) -> list:
+    """The engine's `--format json` output: one JSON array (Docker) or one object per line (Compose, podman)."""
+    text = text.strip()
+    return json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def ps(engine: Engine, *services) -> list:
+    """`compose ps --all` rows (Service, State, Health, ExitCode, Publishers, ...), one per container."""
+    return json_rows(compose(engine, "ps", "--all", "--format", "json", *services, capture=True).stdout)
 
 
 def container_name(service: str) -> str:
@@ -389,9 +399,8 @@ def inputs_hash(paths, extra: str = "") -> str:
 
 
 def read_images_env() -> dict:
-    if not IMAGES_ENV.exists():
-        return {}
-    return dict(line.split("=", 1) for line in IMAGES_ENV.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    from scripts.bootstrap import parse_env
+    return parse_env(IMAGES_ENV.read_text()) if IMAGES_ENV.exists() else {}
 
 
 def ensure_images(engine: Engine, env: dict) -> dict:
@@ -399,8 +408,8 @@ def ensure_images(engine: Engine, env: dict) -> dict:
     chosen = {}
     services = model(engine)["services"].values()
     in_use = {svc.get("image") for svc in services} | {a for svc in services for a in svc.get("build", {}).get("args", {}).values()}
-    recorded = read_images_env()
-    for variable, official in image_variables().items():
+    recorded, officials = read_images_env(), image_variables()
+    for variable, official in officials.items():
         wanted = env.get(variable) or official
         if (recorded.get(variable) or wanted) not in in_use:
             continue  # e.g. the local S3 store when artifacts go to AWS S3
@@ -409,7 +418,7 @@ def ensure_images(engine: Engine, env: dict) -> dict:
             continue
         log(f"{wanted} cannot be pulled (no registry reachable?): using a local stand-in built from Debian packages")
         chosen[variable] = ensure_standin(engine, variable, official)
-    standins = {k: v for k, v in chosen.items() if v != (env.get(k) or image_variables()[k])}
+    standins = {k: v for k, v in chosen.items() if v != (env.get(k) or officials[k])}
     VAR.mkdir(exist_ok=True)
     IMAGES_ENV.write_text("# Written by `./mlflowctl up`: stand-ins for images no registry could provide.\n"
                           + "".join(f"{k}={v}\n" for k, v in sorted(standins.items())))

@@ -213,8 +213,7 @@ def container_stats(containers: dict, cpu: bool = True) -> dict:
                      env=eng.env)
     if out.returncode:
         return {}
-    text = out.stdout.strip()
-    rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = engine.json_rows(out.stdout)
     by_name = {(r.get("name") or r.get("Name") or "").lstrip("/"): r for r in rows}
     result = {}
     for component, container in containers.items():

@@ -5,6 +5,9 @@ Each service is its container (`podman://mlflow-SERVICE-1` or `docker://...`, wh
 images ship (cat, stat, the services' own clients): no `ps`, `ss` or `netstat`, which the slim
 images lack. Processes come from the engine (`compose top`), listening sockets from /proc/net.
 """
+import json
+import subprocess
+
 import pytest
 import testinfra
 
@@ -48,4 +51,20 @@ def bring_up(eng):
     def run(*services):
         proc = engine.up(eng, *services, timeout_s=300, capture=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def run_in_image(eng):
+    """Run Python CODE in a throwaway container of the mlflow service (`compose run`: our image, its
+    entrypoint, the stack's networks) and return the JSON object the code prints last. podman 4.3's
+    API always returns 0 from `compose run`, so that line, printed only when every step worked, is
+    the check."""
+    def run(code: str, *options, input: str = None) -> dict:
+        cmd = engine.compose_args() + ["run", "--rm", "--no-deps", "-T", *options, "mlflow", "python", "-c", code]
+        proc = subprocess.run(cmd, input=input, env=eng.env, cwd=engine.ROOT, capture_output=True, text=True,
+                              timeout=180)
+        lines = proc.stdout.strip().splitlines()
+        assert proc.returncode == 0 and lines and lines[-1].startswith("{"), proc.stderr[-2000:]
+        return json.loads(lines[-1])
     return run

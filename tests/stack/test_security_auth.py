@@ -11,10 +11,8 @@ one address, the network gateway's. So the rate-limit test runs its client in a 
 container on the stack's `frontend` network: an address of its own, talking to `nginx:443`
 directly, as a client on another machine would.
 """
-import json
 import os
 import re
-import subprocess
 import time
 
 import pytest
@@ -51,17 +49,11 @@ print(json.dumps({"address": probe.getsockname()[0], "failed": failed, "valid": 
 """ % SEARCH
 
 
-def test_failed_logins_rate_limited_valid_user_unaffected(stack, admin_auth, stack_env, compose, eng):
+def test_failed_logins_rate_limited_valid_user_unaffected(stack, admin_auth, stack_env, compose, run_in_image):
     """A burst of wrong passwords from one address ends in 429; the admin's requests from the same
     address, interleaved in the same window, all succeed. Bounded: 3 x BURST attempts, 60 s."""
     secrets = "\n".join([*admin_auth, stack_env["MLFLOW_PUBLIC_HOST"], str(BURST)]) + "\n"
-    cmd = engine.compose_args() + ["run", "--rm", "--no-deps", "-T", "-v", f"{engine.ROOT / 'certs' / 'ca.crt'}:/tmp/ca.crt:ro",
-                                   "--entrypoint", "python", "mlflow", "-c", LIMIT_PROBE]
-    run = subprocess.run(cmd, input=secrets, env=eng.env, cwd=engine.ROOT, capture_output=True, text=True, timeout=180)
-    # podman 4.3's API does not pass `compose run`'s exit code on: the JSON line is the check.
-    lines = run.stdout.strip().splitlines()
-    assert run.returncode == 0 and lines and lines[-1].startswith("{"), run.stderr[-2000:]
-    out = json.loads(lines[-1])
+    out = run_in_image(LIMIT_PROBE, "-v", f"{engine.ROOT / 'certs' / 'ca.crt'}:/tmp/ca.crt:ro", input=secrets)
     failed, valid = out["failed"], out["valid"]
     assert failed[-1] == 429, f"no 429 after {len(failed)} failed logins: {failed}"
     # The whole burst is answered 401 first: one bad password is never a lock-out.

@@ -17,6 +17,8 @@ import sys
 
 import pytest
 
+from scripts import engine
+
 HOST_END, NS_END = "10.254.254.1", "10.254.254.2"
 STACK_PORTS = {"nginx https": 443, "nginx http": 80, "postgres": 5432, "pgbouncer": 6432, "mlflow": 5000,
                "s3": 8333, "plain-mlflow (benchmark)": 5001}
@@ -77,12 +79,10 @@ def test_nothing_of_the_stack_reachable_from_another_machine(stack, other_machin
     assert {name: seen[port] for name, port in STACK_PORTS.items() if seen[port] == "open"} == {}
 
 
-def test_only_nginx_publishes_and_only_on_loopback(stack, compose, stack_env):
+def test_only_nginx_publishes_and_only_on_loopback(stack, eng, stack_env):
     """What the engine really publishes (not just what the file says): nginx's 443 and 80 on 127.0.0.1."""
-    out = compose("ps", "--all", "--format", "json").stdout
-    rows = json.loads(out) if out.strip().startswith("[") else [json.loads(l) for l in out.splitlines() if l.strip()]
     published = {}
-    for row in rows:
+    for row in engine.ps(eng):
         for pub in row.get("Publishers") or []:
             if pub.get("PublishedPort"):
                 published.setdefault(row["Service"], set()).add((pub.get("URL"), pub["PublishedPort"], pub["TargetPort"]))

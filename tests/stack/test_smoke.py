@@ -18,12 +18,9 @@ LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp
 
 
 @pytest.fixture(scope="module")
-def ps(stack, compose) -> dict:
+def ps(stack, eng) -> dict:
     """`docker compose ps` rows by service (the engine's view, not the containers')."""
-    import json
-    out = compose("ps", "--all", "--format", "json").stdout
-    rows = json.loads(out) if out.lstrip().startswith("[") else [json.loads(l) for l in out.splitlines() if l.strip()]
-    return {r["Service"]: r for r in rows}
+    return {r["Service"]: r for r in engine.ps(eng)}
 
 
 @pytest.mark.parametrize("service", LONG_RUNNING)

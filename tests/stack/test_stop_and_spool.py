@@ -3,19 +3,18 @@
 The stop tests stop a service for real, then bring it back (`engine.up`, which recreates nothing).
 """
 import hashlib
-import json
 import os
 import threading
 import time
+
+from scripts import engine
 
 
 LARGE_MB = 300
 
 
-def exit_code(compose, service) -> int:
-    out = compose("ps", "--all", "--format", "json", service).stdout
-    rows = json.loads(out) if out.lstrip().startswith("[") else [json.loads(l) for l in out.splitlines() if l.strip()]
-    return rows[0]["ExitCode"]
+def exit_code(eng, service) -> int:
+    return engine.ps(eng, service)[0]["ExitCode"]
 
 
 def test_large_artifact_round_trip(mlflow_admin, unique, tmp_path):
@@ -43,7 +42,7 @@ def test_large_artifact_round_trip(mlflow_admin, unique, tmp_path):
     # client had the file, gone a few minutes later. The volume must hold such copies for a while.
 
 
-def test_pgbouncer_stops_at_once_despite_idle_clients(stack, http, compose, bring_up, service_host, stack_env):
+def test_pgbouncer_stops_at_once_despite_idle_clients(stack, http, compose, eng, bring_up, service_host, stack_env):
     """MLflow's connection pools keep idle clients on PgBouncer: on SIGTERM, PgBouncer >= 1.23
     would wait for them until the engine's SIGKILL (exit 137); SIGINT stops it at once."""
     http.get(f"{stack}/api/2.0/mlflow/experiments/search?max_results=1", auth=tuple(
@@ -56,13 +55,14 @@ def test_pgbouncer_stops_at_once_despite_idle_clients(stack, http, compose, brin
         started = time.monotonic()
         compose("stop", "--timeout", "20", "pgbouncer", timeout=60)
         took = time.monotonic() - started
-        assert exit_code(compose, "pgbouncer") != 137, "killed: the stop signal did not stop PgBouncer"
+        assert exit_code(eng, "pgbouncer") != 137, "killed: the stop signal did not stop PgBouncer"
         assert took < 10, f"PgBouncer took {took:.1f}s to stop"
     finally:
         bring_up("pgbouncer")
 
 
-def test_mlflow_stop_finishes_the_upload_in_flight(mlflow_admin, unique, http, stack, admin_auth, compose, bring_up):
+def test_mlflow_stop_finishes_the_upload_in_flight(mlflow_admin, unique, http, stack, admin_auth, compose, eng,
+                                                  bring_up):
     """`docker stop` while a raw client (no retries) streams an upload: the upload is answered 200,
     then the server exits 0, before the engine would SIGKILL it."""
     run = mlflow_admin.create_run(mlflow_admin.create_experiment(f"stop/{unique}"))
@@ -93,7 +93,7 @@ def test_mlflow_stop_finishes_the_upload_in_flight(mlflow_admin, unique, http, s
         took = time.monotonic() - started
         worker.join(120)
         assert result == {"status": 200}, result
-        assert exit_code(compose, "mlflow") == 0, "not a graceful exit"
+        assert exit_code(eng, "mlflow") == 0, "not a graceful exit"
         assert took < 30
     finally:
         bring_up("mlflow")
