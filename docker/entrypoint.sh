@@ -11,8 +11,10 @@ if [ -n "${MLFLOW_EXPOSE_PROMETHEUS:-}" ]; then
     rm -rf "${MLFLOW_EXPOSE_PROMETHEUS:?}"
     mkdir -p "$MLFLOW_EXPOSE_PROMETHEUS"
 fi
-# Artifact spool (TMPDIR, a disk volume): drop what a killed worker left half-written.
-if [ -d "${TMPDIR:-}" ] && [ -w "$TMPDIR" ]; then
+# Artifact spool (TMPDIR, a disk volume): when the server starts, drop what a killed worker left
+# half-written. Only then: any other command in this image (`compose run mlflow ...`) mounts the
+# same volume while the live server spools uploads in it.
+if [ "${1:-}" = mlflow ] && [ "${2:-}" = server ] && [ -d "${TMPDIR:-}" ] && [ -w "$TMPDIR" ]; then
     find "$TMPDIR" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
 fi
 exec "$@"
