@@ -101,7 +101,7 @@ def test_mlflow_stop_finishes_the_upload_in_flight(mlflow_admin, unique, http, s
     assert sizes == {"inflight.bin": chunks << 20}
 
 
-def test_pgbouncer_follows_a_restarted_postgres(stack, compose, service_host, stack_env):
+def test_pgbouncer_follows_a_restarted_postgres(stack, http, admin_auth, compose, service_host, stack_env):
     """A restarted PostgreSQL container comes back on a new address; PgBouncer reaches it through
     the shared unix socket, not through a DNS answer that c-ares would keep for up to an hour."""
     query = "PGPASSWORD=%s psql -h 127.0.0.1 -p 6432 -U mlflow -d mlflow -tAc 'select 1'"
@@ -110,3 +110,6 @@ def test_pgbouncer_follows_a_restarted_postgres(stack, compose, service_host, st
     while service_host("pgbouncer").run(query, stack_env["MLFLOW_DB_PASSWORD"]).stdout.strip() != "1":
         assert time.monotonic() < deadline, "PgBouncer did not reach the restarted PostgreSQL within 30 s"
         time.sleep(0.5)  # poll interval of a deadline-bounded loop
+    # ...and MLflow serves again (its first request after the restart took about 10 s here).
+    search = f"{stack}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert http.get(search, auth=admin_auth, timeout=60).status_code == 200
