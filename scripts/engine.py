@@ -32,7 +32,18 @@ COMPOSE_FILE = ROOT / "docker-compose.production.yml"
 IMAGES_ENV = VAR / "images.env"
 STANDINS = ROOT / "docker" / "standins"
 VENV_BIN = Path(sys.executable).parent
-PROJECT = "mlflow"  # `name:` in the compose file
+
+
+def _project() -> str:
+    """`name:` in the compose file, unless COMPOSE_PROJECT_NAME (environment, then .env) overrides
+    it, as it does for Compose: a second checkout on one engine needs its own project."""
+    from scripts.bootstrap import parse_env
+    dotenv = ROOT / ".env"
+    return (os.environ.get("COMPOSE_PROJECT_NAME")
+            or (parse_env(dotenv.read_text()).get("COMPOSE_PROJECT_NAME") if dotenv.exists() else None) or "mlflow")
+
+
+PROJECT = _project()
 SOCKET_DIR = Path("/run/mlflow-bundle")
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 BASE_PREFIX = "localhost/mlflow-bundle/debian:"

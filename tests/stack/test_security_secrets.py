@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from scripts import render
+from scripts import engine, render
 
 from tests.conftest import ROOT
 
@@ -52,8 +52,9 @@ def test_no_secret_on_any_command_line(secret_values, eng, compose):
     assert not leaked, f"on a host command line: {leaked}"
     # Inside the containers (their own pid namespaces), every running container of the stack.
     tops = container_command_lines(eng, compose)
-    assert {f"mlflow-{s}-1" for s in ("postgres", "pgbouncer", "mlflow", "nginx")} <= set(tops), sorted(tops)
-    assert "gunicorn" in tops["mlflow-mlflow-1"] and "pgbouncer" in tops["mlflow-pgbouncer-1"]  # real command lines
+    name = engine.container_name
+    assert {name(s) for s in ("postgres", "pgbouncer", "mlflow", "nginx")} <= set(tops), sorted(tops)
+    assert "gunicorn" in tops[name("mlflow")] and "pgbouncer" in tops[name("pgbouncer")]  # real command lines
     leaked = {name: [k for k, v in secret_values.items() if v in text] for name, text in tops.items()}
     assert not {name: keys for name, keys in leaked.items() if keys}, "on a command line inside a container"
 
