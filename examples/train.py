@@ -5,7 +5,7 @@
   .venv/bin/python examples/train.py --experiment recsys/reco/training --register-as reco-sgd
 
 Practices: tags for team/project/git commit/data version; params; per-step metrics sent with
-`scripts.batching.MetricBatcher` (log_batch, up to 1000 metrics per request across steps:
+`client.batching.MetricBatcher` (log_batch, up to 1000 metrics per request across steps:
 `log_metrics` would be one request per step); the training data as a dataset input; a signature and input example; the
 model registered through `mlflowctl register`'s prefix check. Prints one JSON line.
 """
@@ -64,7 +64,7 @@ def train(args) -> dict:
         mlflow.log_input(dataset, context="training")
         model = SGDClassifier(loss="log_loss", alpha=args.alpha, random_state=args.seed)
         sys.path.insert(0, str(ROOT))
-        from scripts.batching import MetricBatcher
+        from client.batching import MetricBatcher
         with MetricBatcher(client, run.info.run_id) as batcher:  # one request per 1000 points, across steps
             for step in range(args.epochs):
                 model.partial_fit(X_train, y_train, classes=np.array([0, 1]))
@@ -77,7 +77,7 @@ def train(args) -> dict:
     result = {"run_id": run.info.run_id, "model_uri": f"runs:/{run.info.run_id}/model", "model_id": info.model_id,
               "val_ndcg": val_ndcg, "metric_batch_requests": batcher.requests}
     if args.register_as:
-        from scripts.lifecycle_teams import load_teams, register_model_safe
+        from ctl.lifecycle.teams import load_teams, register_model_safe
         version = register_model_safe(result["model_uri"], args.register_as, load_teams(args.teams_file), args.team)
         result.update(registered_model=args.register_as, version=version.version)
     return result

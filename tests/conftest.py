@@ -5,50 +5,58 @@ tests/stack  against the running stack (`./mlflowctl up`), real mlflow client th
 tests/infra  Pulumi program under mocks, IAM against a local S3 server
 """
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from ctl.errors import CommandError
+from ctl.settings import CA_OVERRIDES, ROOT, Settings
 
-from scripts.bootstrap import parse_env  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def stack_env() -> dict:
-    env_file = ROOT / ".env"
-    if not env_file.exists():
-        pytest.fail("no .env: run `./mlflowctl up` first")
-    return parse_env(env_file.read_text())
+SUITES = ("unit", "store", "stack", "infra")
 
 
-@pytest.fixture(scope="session")
-def ca_bundle() -> str:
-    return str(ROOT / "certs" / "ca.crt")
+def pytest_collection_modifyitems(items):
+    """Each test gets the marker of its suite (its directory under tests/)."""
+    for item in items:
+        suite = Path(item.path).relative_to(ROOT / "tests").parts[0]
+        if suite in SUITES:
+            item.add_marker(suite)
 
 
 @pytest.fixture(scope="session")
-def base_url(stack_env) -> str:
-    port = stack_env.get("HTTPS_PORT", "443")
-    return f"https://{stack_env['MLFLOW_PUBLIC_HOST']}" + ("" if port == "443" else f":{port}")
+def settings() -> Settings:
+    try:
+        return Settings.load()
+    except CommandError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
-def admin_auth(stack_env) -> tuple:
-    return stack_env["MLFLOW_ADMIN_USERNAME"], stack_env["MLFLOW_ADMIN_PASSWORD"]
+def stack_env(settings) -> dict:
+    return settings.env
 
 
 @pytest.fixture(scope="session")
-def http(ca_bundle):
+def ca_bundle(settings) -> str:
+    return str(settings.ca_path)
+
+
+@pytest.fixture(scope="session")
+def base_url(settings) -> str:
+    return settings.public_url
+
+
+@pytest.fixture(scope="session")
+def admin_auth(settings) -> tuple:
+    return settings.admin_auth
+
+
+@pytest.fixture(scope="session")
+def http(settings):
     """requests session trusting only our CA (the machine's CA env variables would override verify=)."""
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = ca_bundle
-    return session
+    return settings.http()
 
 
 @pytest.fixture(scope="session")
@@ -66,15 +74,13 @@ def stack(http, base_url):
 
 
 @pytest.fixture
-def mlflow_admin(stack, admin_auth, ca_bundle, monkeypatch):
+def mlflow_admin(stack, settings, monkeypatch):
     """The real mlflow client, configured like a user would: URI, basic auth, our CA (not INSECURE_TLS)."""
     import mlflow
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        monkeypatch.delenv(var, raising=False)  # requests lets these override the cert path
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack)
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", admin_auth[0])
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_auth[1])
-    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", ca_bundle)
+    for var in CA_OVERRIDES:
+        monkeypatch.delenv(var, raising=False)
+    for key, value in settings.client_env(base={}).items():
+        monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(stack)
     mlflow.set_registry_uri(stack)
     yield mlflow.MlflowClient(tracking_uri=stack, registry_uri=stack)

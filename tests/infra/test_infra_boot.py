@@ -301,4 +301,4 @@ def test_bundle_holds_only_what_the_server_runs(aws_model):
     for rel in map(str, bundle_files()):
         assert (rel in (*AWS_COMPOSE_FILES, ".env.example")
                 or any(rel == m or rel.startswith(m + "/") for m in mounted)), rel
-    assert not any(str(f).startswith(("scripts/", "tests/", "docs/")) for f in bundle_files())
+    assert not any(str(f).startswith(("ctl/", "client/", "jobs/", "tests/", "docs/")) for f in bundle_files())

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import testinfra
 
-from scripts import engine
+from ctl import engine
 
 
 @pytest.fixture(scope="session")

@@ -17,45 +17,34 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSION = f"{os.getpid() % 100000}x{time.time_ns() % 10**9}"  # lowercase alnum: fits team/prefix names
-# The tracking DB through PgBouncer, as `mlflow gc` needs it: on the engine's internal network, so
-# the purge runs there (run_cli_in_engine), as docs/lifecycle.md tells operators to run it.
-BACKEND_STORE_URI = "postgresql+psycopg2://mlflow@pgbouncer:6432/mlflow"
-ENGINE_TRACKING_URI = "http://mlflow:5000"  # the server itself, from inside the engine's network
-# Runs `python -m scripts ARGS` (mlflowctl) in the mlflow container after the secrets prelude.
-CLI_CODE = "import runpy, sys; sys.argv = ['mlflowctl', *sys.argv[1:]]; runpy.run_module('scripts', run_name='__main__')"
 
 
-def client_env(base: dict, stack: str, user: str, password: str, ca_bundle: str) -> dict:
-    env = {k: v for k, v in base.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
-    env.update(MLFLOW_TRACKING_URI=stack, MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password,
-               MLFLOW_TRACKING_SERVER_CERT_PATH=ca_bundle, PYTHONWARNINGS="ignore",
-               # Bounded client retries (~1 min of backoff): enough to ride out a stack restart, not
-               # enough to stall a test for the client's default of several minutes.
-               MLFLOW_HTTP_REQUEST_MAX_RETRIES="5", MLFLOW_HTTP_REQUEST_TIMEOUT="60",
-               MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD="false")
-    return env
+def client_env(settings, user: str, password: str) -> dict:
+    # Bounded client retries (~1 min of backoff): enough to ride out a stack restart, not enough to
+    # stall a test for the client's default of several minutes.
+    return {**settings.client_env(auth=(user, password)), "PYTHONWARNINGS": "ignore",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
 @contextlib.contextmanager
 def environment(env: dict):
-    """Run in-process with exactly ENV as os.environ (MLflow reads credentials from it per request)."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
+    """Run in-process with exactly ENV as the environment (MLflow reads credentials from it per
+    request); pytest's monkeypatch puts the old one back."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in set(os.environ) - set(env):
+            mp.delenv(key)
+        for key, value in env.items():
+            mp.setenv(key, value)
         yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def run_cli(env: dict, *args, in_process=True, timeout=180) -> subprocess.CompletedProcess:
     """`./mlflowctl ARGS` as a user runs it. In-process by default (importing mlflow costs ~3 s a
-    process on 2 cores); in_process=False runs the real `python -m scripts` process."""
+    process on 2 cores); in_process=False runs the real `python -m ctl` process."""
     if not in_process:
-        return subprocess.run([sys.executable, "-m", "scripts", *args], cwd=ROOT, env=env,
+        return subprocess.run([sys.executable, "-m", "ctl", *args], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=timeout)
-    from scripts.__main__ import main
+    from ctl.__main__ import main
     out, err = io.StringIO(), io.StringIO()
     with environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -63,17 +52,6 @@ def run_cli(env: dict, *args, in_process=True, timeout=180) -> subprocess.Comple
         except SystemExit as exc:  # argparse usage errors
             code = exc.code
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
-def run_cli_in_engine(user: str, password: str, *args, timeout=300) -> subprocess.CompletedProcess:
-    """`mlflowctl ARGS` inside the running mlflow container (our image, on the backend network):
-    for the steps that need the backend store, which only the engine's network reaches. The
-    container's environment supplies MLFLOW_BACKEND_STORE_URI's password (PGPASSWORD) and the S3
-    settings; the tracking password goes in on stdin, never on a command line."""
-    from scripts import stackexec
-    return stackexec.python(CLI_CODE, *args, env={"MLFLOW_TRACKING_URI": ENGINE_TRACKING_URI,
-                                                  "MLFLOW_TRACKING_USERNAME": user, "PYTHONWARNINGS": "ignore"},
-                            secrets={"MLFLOW_TRACKING_PASSWORD": password}, timeout=timeout, check=False)
 
 
 def run_train(env: dict, *args) -> dict:
@@ -88,12 +66,12 @@ def run_train(env: dict, *args) -> dict:
 
 
 @pytest.fixture(scope="session")
-def admin_env(stack, admin_auth, ca_bundle) -> dict:
-    return client_env(os.environ, stack, *admin_auth, ca_bundle)
+def admin_env(stack, settings, admin_auth) -> dict:
+    return client_env(settings, *admin_auth)
 
 
 @pytest.fixture(scope="session")
-def teams_setup(admin_env, tmp_path_factory, stack, ca_bundle) -> dict:
+def teams_setup(admin_env, tmp_path_factory, stack, settings) -> dict:
     """Two teams (a, b), each with one CI user, applied once with `mlflowctl teams`."""
     tmp = tmp_path_factory.mktemp("teams")
     a, b = f"ta{SESSION}", f"tb{SESSION}"
@@ -110,7 +88,7 @@ def teams_setup(admin_env, tmp_path_factory, stack, ca_bundle) -> dict:
 
     def env_of(team):
         user = f"{team}-ci"
-        return client_env(os.environ, stack, user, passwords[user], ca_bundle)
+        return client_env(settings, user, passwords[user])
 
     return {"file": teams_file, "a": a, "b": b, "prefix_a": f"pa{SESSION}", "prefix_b": f"pb{SESSION}",
             "env_a": env_of(a), "env_b": env_of(b), "experiment_a": f"{a}/pa{SESSION}/training",

@@ -1,7 +1,7 @@
 """MetricBatcher sends one HTTP request per batch (counted at MLflow's HTTP layer) and loses nothing."""
 import mlflow.utils.rest_utils as rest_utils
 
-from scripts.batching import MetricBatcher
+from client.batching import MetricBatcher
 
 
 def test_one_request_per_batch_and_every_point_stored(mlflow_admin, unique, monkeypatch):

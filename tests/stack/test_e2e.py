@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import stackexec
+from ctl import stackexec
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 # In the mlflow container (our image, the service's own S3 endpoint and keys): BUCKET NAME ->

@@ -1,6 +1,6 @@
 """Day-2 operations against the running stack: promotion, repair, concurrent serving, team isolation.
 
-Real MLflow client through Nginx/TLS; the CLI is run as a user runs it (`python -m scripts`).
+Real MLflow client through Nginx/TLS; the CLI is run as a user runs it (`python -m ctl`).
 """
 import json
 import threading
@@ -9,8 +9,8 @@ import time
 import pytest
 from mlflow.exceptions import MlflowException
 
-from scripts.lifecycle_common import LifecycleError
-from scripts.lifecycle_promote import INTENT_TAG, promote
+from ctl.errors import CommandError
+from ctl.lifecycle.promote import INTENT_TAG, promote
 from tests.stack.lifecycle_fixtures import admin_env, poll, run_cli, teams_setup, trained  # noqa: F401
 
 
@@ -31,7 +31,7 @@ def register_versions(mlf, name, trained, team) -> list:
 
 @pytest.fixture
 def admin_mlf(mlflow_admin, monkeypatch):
-    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")  # see scripts/lifecycle_common.py
+    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")  # see ctl/lifecycle/common.py
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")  # see lifecycle_fixtures.client_env
     return mlflow_admin
 
@@ -113,7 +113,7 @@ def test_failure_between_alias_moves_is_detected_and_repaired(teams_setup, train
     promote(admin_mlf, name, v2, "challenger")
 
     failing = FailOnce(admin_mlf, "delete_registered_model_alias")  # between @champion and @challenger moves
-    with pytest.raises(LifecycleError) as exc:
+    with pytest.raises(CommandError) as exc:
         promote(failing, name, v2, "champion")
     assert failing.failed
     assert (f"stopped after 'set @champion -> v{v2}' at 'remove @challenger from v{v2}': injected failure; "

@@ -4,8 +4,8 @@
 that start time and cleanup's search sees it, as it would see a 100-day-old run.
 
 The bucket and the backend store are on the engine's internal network: objects are listed by our
-image in the mlflow container, and `cleanup --execute` (the purge writes to the tracking DB, as
-`mlflow gc` does) runs there too.
+image in the mlflow container; `cleanup --execute` runs on this host and its purge step (it writes
+to the tracking DB, as `mlflow gc` does) runs there as jobs/purge.py.
 """
 import json
 import time
@@ -13,8 +13,8 @@ import time
 import pytest
 from mlflow.exceptions import MlflowException
 
-from scripts import stackexec
-from tests.stack.lifecycle_fixtures import BACKEND_STORE_URI, admin_env, run_cli, run_cli_in_engine  # noqa: F401
+from ctl import stackexec
+from tests.stack.lifecycle_fixtures import admin_env, run_cli  # noqa: F401
 
 DAY_MS = 86_400_000
 # In our image: BUCKET PREFIX... -> {prefix: {key: size}} (bounded pagination).
@@ -42,7 +42,7 @@ def listing(bucket, *prefixes) -> dict:
     return json.loads(stackexec.python(LIST_CODE, bucket, *prefixes, timeout=120).stdout)
 
 
-def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, admin_auth, stack_env, unique, monkeypatch):
+def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, stack_env, unique, monkeypatch):
     import mlflow
     from sklearn.linear_model import LogisticRegression
     monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
@@ -90,8 +90,8 @@ def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, admin_auth, stack
     assert {r: after_dry[prefix(r)] for r in runs} == before  # dry run changed nothing
     assert len(mlf.search_runs([exp_id])) == 6
 
-    # The purge needs the backend store: run where it is reachable, inside the engine's network.
-    done = run_cli_in_engine(*admin_auth, *args, "--execute", "--backend-store-uri", BACKEND_STORE_URI)
+    # The purge step runs as jobs/purge.py in the mlflow container, the only place that reaches the database.
+    done = run_cli(admin_env, *args, "--execute")
     assert done.returncode == 0, done.stderr
     freed = sum(before[r][k] for r in old_doomed for k in before[r]) + sum(model_objects.values())
     assert "freed" in done.stdout and f"({freed} bytes)" in done.stdout, done.stdout
@@ -110,16 +110,5 @@ def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, admin_auth, stack
     assert after[kept_model_prefix]
 
     # Nothing left: the plan (through Nginx, from this host) finds nothing, so no purge is attempted.
-    again = run_cli(admin_env, *args, "--execute", "--backend-store-uri", BACKEND_STORE_URI)
+    again = run_cli(admin_env, *args, "--execute")
     assert again.returncode == 0 and "nothing to delete" in again.stdout
-
-
-def test_execute_without_backend_store_uri_changes_nothing(mlflow_admin, admin_env, unique):
-    exp_id = mlflow_admin.create_experiment(f"cleanup/{unique}")
-    run = mlflow_admin.create_run(exp_id, start_time=int(time.time() * 1000) - 400 * DAY_MS)
-    env = {k: v for k, v in admin_env.items() if k != "MLFLOW_BACKEND_STORE_URI"}
-    out = run_cli(env, "cleanup", exp_id, "--keep-top-n", "0", "--execute")
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines()[-1] == \
-        "mlflowctl cleanup: --execute needs --backend-store-uri or MLFLOW_BACKEND_STORE_URI (see --help)"
-    assert mlflow_admin.get_run(run.info.run_id).info.lifecycle_stage == "active"

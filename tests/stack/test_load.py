@@ -5,27 +5,16 @@ counted by status) both go through Nginx, the only published port; the no-loss c
 with psql inside the postgres container, and the components' CPU and memory come from the engine.
 The long runs are a benchmark (`./mlflowctl benchmark`, README "Performance"), not tests.
 """
-import os
-
 import pytest
 
-from scripts import load
-
-
-@pytest.fixture
-def own_environment():
-    """The load tool sets the MLflow client's variables process-wide: put them back afterwards."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+from ctl.perf import load
 
 
 @pytest.mark.parametrize("client,mode,loggers", [("mlflow", "per-metric", 50), ("mlflow", "batch", 50),
                                                  ("raw", "batch-wide", 20)])
-def test_short_load_no_errors_no_loss(stack, stack_env, client, mode, loggers, own_environment):
-    target = load.stack_target(stack_env)
-    report = load.run_load(target["uri"], loggers=loggers, duration=5, mode=mode, batch_size=100,
+def test_short_load_no_errors_no_loss(stack, settings, client, mode, loggers):
+    target = load.stack_target(settings)
+    report = load.run_load(target["env"], loggers=loggers, duration=5, mode=mode, batch_size=100,
                            db=target["db"], label="test", client=client)
     assert report["requests"] > 0
     assert report["errors"] == {}

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from scripts import engine
+from ctl import engine
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 BURST = 20          # nginx/mlflow.conf.template: limit_req zone=auth_failures burst=20 (then 10 a minute)

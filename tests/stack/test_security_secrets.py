@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from scripts import engine, render
+from ctl import engine
+from jobs import render
 
 from tests.conftest import ROOT
 

@@ -3,16 +3,16 @@ mounted files and their modes, configs in force, and what the engine publishes.
 """
 import pytest
 
-from scripts import engine, render
+from ctl import engine
+from ctl.settings import long_running_services, one_shot_services
+from jobs import render
 
 from tests.conftest import ROOT
 
-LONG_RUNNING = ("postgres", "pgbouncer", "mlflow", "nginx", "s3")
-ONE_SHOT = ("render-config", "migrate", "create-bucket")
 # service -> a word of its main process's command line; none of these may run as root but nginx's
 # master (it binds 443/80 and reads the key) and the S3 store (root in its official image).
 PROCESS_WORDS = {"postgres": "postgres", "pgbouncer": "pgbouncer", "mlflow": "gunicorn", "nginx": "nginx: worker"}
-# service -> port it listens on inside its network.
+# service -> port it listens on inside its network: one row for every server of the compose model.
 PORTS = {"postgres": 5432, "pgbouncer": 6432, "mlflow": 5000, "nginx": 443, "s3": 8333}
 LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp
 
@@ -23,15 +23,28 @@ def ps(stack, eng) -> dict:
     return {r["Service"]: r for r in engine.ps(eng)}
 
 
-@pytest.mark.parametrize("service", LONG_RUNNING)
-def test_long_running_service_healthy(ps, service):
-    assert ps[service]["State"] == "running" and ps[service]["Health"] == "healthy", ps[service]
+@pytest.fixture(scope="module")
+def servers(compose_services) -> list:
+    return long_running_services({"services": compose_services})
 
 
-@pytest.mark.parametrize("service", ONE_SHOT)
-def test_one_shot_exited_zero_without_health_check(ps, service):
-    assert ps[service]["State"] == "exited" and ps[service]["ExitCode"] == 0, ps[service]
-    assert not ps[service].get("Health"), "a one-shot job must not inherit a health check"
+def test_every_server_has_a_row_in_the_tables(servers):
+    """A service added to the compose file needs its expectations here (README "Adding a service")."""
+    assert set(servers) == set(PORTS)
+
+
+def test_long_running_services_healthy(ps, servers):
+    bad = {s: ps.get(s) for s in servers if not (ps.get(s, {}).get("State") == "running"
+                                                 and ps[s].get("Health") == "healthy")}
+    assert not bad
+
+
+def test_one_shot_jobs_exited_zero_without_health_check(ps, compose_services):
+    jobs = one_shot_services({"services": compose_services})
+    assert jobs >= {"render-config", "migrate"}
+    for job in jobs:
+        assert ps[job]["State"] == "exited" and ps[job]["ExitCode"] == 0, ps[job]
+        assert not ps[job].get("Health"), "a one-shot job must not inherit a health check"
 
 
 def test_only_nginx_publishes_ports_and_only_443_80(ps):
@@ -168,12 +181,12 @@ def test_nginx_config_in_force_is_rendered_from_repo(stack, service_host, compos
     assert host.file("/etc/nginx/nginx.conf").content_string == (ROOT / "nginx" / "nginx.conf").read_text()
 
 
-def test_up_again_recreates_nothing(stack, eng):
+def test_up_again_recreates_nothing(stack, eng, servers):
     """`up` on a running stack restarts nothing: podman's API makes plain `compose up` recreate
     every container (a PostgreSQL restart, and the offline S3 store's objects lost)."""
     def ids():
         return {name: engine.run([*eng.cli, "inspect", "--format", "{{.Id}} {{.State.StartedAt}}",
-                                  engine.container_name(name)], env=eng.env).stdout.strip() for name in LONG_RUNNING}
+                                  engine.container_name(name)], env=eng.env).stdout.strip() for name in servers}
     before = ids()
     assert engine.up(eng, capture=True).returncode == 0
     assert ids() == before

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from scripts import engine
+from ctl import engine
 
 from tests.conftest import ROOT
 

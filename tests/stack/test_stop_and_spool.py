@@ -7,7 +7,7 @@ import os
 import threading
 import time
 
-from scripts import engine
+from ctl import engine
 
 
 LARGE_MB = 300

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import psycopg2
 import pytest
 
-from scripts import engine
+from ctl import engine
 
 
 def postgres_image() -> str:

@@ -1,4 +1,4 @@
-"""nginx/mlflow.conf.template, rendered by scripts/render.py and run by Debian's nginx on loopback
+"""nginx/mlflow.conf.template, rendered by jobs/render.py and run by Debian's nginx on loopback
 (own prefix, never the system service) in front of a tiny upstream: the answers Nginx makes on
 /api/ and /ajax-api/ are MLflow JSON errors, the UI keeps HTML, the 401 -> 429 limiter holds."""
 import http.server
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.render import render_text
+from jobs.render import render_text
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 ROOT = Path(__file__).resolve().parents[2]

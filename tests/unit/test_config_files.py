@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import engine, render
-from scripts.bootstrap import ensure_certs, parse_env
+from ctl import engine
+from jobs import render
+from ctl.bootstrap import ensure_certs, parse_env
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.lifecycle_common import LifecycleError
-from scripts.lifecycle_promote import parse_thresholds
-from scripts.lifecycle_teams import load_teams, team_for_model
+from ctl.errors import CommandError
+from ctl.lifecycle.promote import parse_thresholds
+from ctl.lifecycle.teams import load_teams, team_for_model
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -20,7 +20,7 @@ WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 
 @pytest.mark.parametrize("command", ["teams", "register", "promote", "validate", "cleanup"])
 def test_subcommand_help(command):
-    out = subprocess.run([sys.executable, "-m", "scripts", command, "--help"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "ctl", command, "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"usage: mlflowctl {command}" in out.stdout
@@ -28,7 +28,7 @@ def test_subcommand_help(command):
 
 def test_missing_tracking_uri_is_one_line_error(monkeypatch):
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MLFLOW_")}
-    out = subprocess.run([sys.executable, "-m", "scripts", "promote", "m", "--repair"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "ctl", "promote", "m", "--repair"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == \
@@ -51,13 +51,13 @@ def write_teams(tmp_path, teams) -> Path:
 def test_overlapping_prefixes_are_refused(tmp_path):
     path = write_teams(tmp_path, [{"name": "a", "project_prefixes": ["reco"], "members": ["x"]},
                                   {"name": "b", "project_prefixes": ["recommend"], "members": ["y"]}])
-    with pytest.raises(LifecycleError, match="overlaps"):
+    with pytest.raises(CommandError, match="overlaps"):
         load_teams(path)
 
 
 def test_bad_permission_is_refused(tmp_path):
     path = write_teams(tmp_path, [{"name": "a", "project_prefixes": ["p"], "members": [{"username": "x", "permission": "OWNER"}]}])
-    with pytest.raises(LifecycleError, match="permission must be one of"):
+    with pytest.raises(CommandError, match="permission must be one of"):
         load_teams(path)
 
 
@@ -65,11 +65,11 @@ def test_register_refuses_other_teams_prefix(tmp_path):
     spec = load_teams(write_teams(tmp_path, [{"name": "a", "project_prefixes": ["pa"], "members": ["alice"]},
                                              {"name": "b", "project_prefixes": ["pb"], "members": ["bob"]}]))
     assert team_for_model(spec, "pa-als", "alice", False).name == "a"
-    with pytest.raises(LifecycleError, match=r"outside the prefixes of your team\(s\) \(a: pa\*-ALGORITHM\); it belongs to team b"):
+    with pytest.raises(CommandError, match=r"outside the prefixes of your team\(s\) \(a: pa\*-ALGORITHM\); it belongs to team b"):
         team_for_model(spec, "pb-als", "alice", False)
-    with pytest.raises(LifecycleError, match="not a member of team 'b'"):
+    with pytest.raises(CommandError, match="not a member of team 'b'"):
         team_for_model(spec, "pb-als", "alice", False, team="b")
-    with pytest.raises(LifecycleError, match="not PROJECT-ALGORITHM"):
+    with pytest.raises(CommandError, match="not PROJECT-ALGORITHM"):
         team_for_model(spec, "PA_als", "alice", False)
     assert team_for_model(spec, "pb-als", "admin", True, team="b").name == "b"
 
@@ -77,7 +77,7 @@ def test_register_refuses_other_teams_prefix(tmp_path):
 def test_thresholds():
     assert parse_thresholds(["val_ndcg=0.7", "rmse = 2"]) == {"val_ndcg": 0.7, "rmse": 2.0}
     for bad in ("val_ndcg", "=1", "x=abc"):
-        with pytest.raises(LifecycleError):
+        with pytest.raises(CommandError):
             parse_thresholds([bad])
 
 
@@ -111,7 +111,7 @@ class CountingMlflow(BaseHTTPRequestHandler):
 
 def test_per_step_metrics_are_batched_one_request_per_1000(monkeypatch):
     import mlflow
-    from scripts.batching import MetricBatcher
+    from client.batching import MetricBatcher
     CountingMlflow.batches = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), CountingMlflow)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from scripts import bootstrap, render
+from ctl import bootstrap
+from jobs import render
 
 ROOT = Path(__file__).resolve().parents[2]
 

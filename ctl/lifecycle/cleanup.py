@@ -1,7 +1,9 @@
 """Cleanup of old runs: keep the best N and anything registered, purge the rest with their artifacts."""
+import os
 import time
 
-from scripts.lifecycle_common import LifecycleError, client, current_user, error_code
+from ctl.errors import CommandError
+from ctl.lifecycle.common import client, current_user, error_code
 
 DAY_MS = 86_400_000
 MAX_PAGES = 10_000  # bounds every pagination loop
@@ -15,7 +17,7 @@ def _pages(fetch):
         token = page.token
         if not token:
             return
-    raise LifecycleError("pagination did not finish")
+    raise CommandError("pagination did not finish")
 
 
 def _experiment(mlf, ref: str):
@@ -27,7 +29,7 @@ def _experiment(mlf, ref: str):
             if error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
                 raise
     if exp is None:
-        raise LifecycleError(f"experiment {ref!r} not found (or not visible to user {current_user()!r})")
+        raise CommandError(f"experiment {ref!r} not found (or not visible to user {current_user()!r})")
     return exp
 
 
@@ -43,7 +45,7 @@ def artifact_bytes(uri: str) -> int:
                 todo.append(info.path)
             else:
                 total += info.file_size or 0
-    raise LifecycleError(f"too many artifact folders under {uri}")
+    raise CommandError(f"too many artifact folders under {uri}")
 
 
 def registered_run_ids(mlf, run_ids) -> set:
@@ -79,23 +81,19 @@ def plan(mlf, exp, max_age_days: float, keep_top_n: int, metric: str, lower_is_b
             "runs": doomed, "trashed": trashed, "logged_models": models}
 
 
-def purge(backend_store_uri: str, run_ids: list, logged_model_ids: list):
-    """`mlflow gc`'s own core, scoped to these runs and logged models.
+# The tracking password goes in on stdin, never on a command line (the host's or the container's).
+_PASSWORD_FROM_STDIN = 'IFS= read -r MLFLOW_TRACKING_PASSWORD && export MLFLOW_TRACKING_PASSWORD && exec "$@"'
 
-    The `mlflow gc` CLI also hard-deletes EVERY soft-deleted experiment on the server when
-    --experiment-ids is not given (mlflow/cli/__init__.py, 3.17.2), even with --run-ids: on a shared
-    server that destroys other teams' restorable experiments, so we call the core with
-    skip_experiments=True. Artifacts go through get_artifact_repository(run.info.artifact_uri),
-    i.e. through the server's artifact proxy for mlflow-artifacts:/ URIs (MLFLOW_TRACKING_URI must
-    be set, #7558) or straight to S3 for s3:// experiments (MLFLOW_S3_ENDPOINT_URL + AWS keys).
-    Runs without artifacts no longer hang (#15461: checked on 3.17.2); logged models are purged
-    explicitly because a run's model artifacts live under models/ in MLflow 3 (#17240).
-    """
-    from mlflow.cli import _gc_tracking_resources
-    from mlflow.tracking._tracking_service.utils import _get_store
-    store = _get_store(backend_store_uri, "mlflow-artifacts:/")  # no local ./mlruns default
-    _gc_tracking_resources(store, run_ids=list(run_ids), experiment_ids=None, logged_model_ids=list(logged_model_ids),
-                           older_than=None, time_delta=0, skip_experiments=True, skip_logged_models=False)
+
+def purge(run_ids: list, logged_model_ids: list):
+    """jobs/purge.py in the running `mlflow` container, as the user running this command, against
+    the server itself (http://mlflow:5000, in its allowed-hosts list)."""
+    from ctl import stackexec as sx
+    user, password = current_user(), os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    sx.run("exec", "-T", "-e", "MLFLOW_TRACKING_URI=http://mlflow:5000", "-e", f"MLFLOW_TRACKING_USERNAME={user}",
+           "mlflow", "sh", "-c", _PASSWORD_FROM_STDIN, "sh", "python", "-m", "jobs.purge",
+           "--run-ids", ",".join(run_ids), "--logged-model-ids", ",".join(logged_model_ids),
+           input=password + "\n", timeout=3600)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -114,14 +112,12 @@ def cmd_cleanup(args):
     Never deleted: the best --keep-top-n runs by --metric (runs without it rank last), runs that
     back a registered model version, runs newer than the cutoff. Runs of this experiment already
     soft-deleted before the cutoff are purged too (a re-run finishes an interrupted cleanup).
-    Needs: an admin (or MANAGE on the experiment) in MLFLOW_TRACKING_USERNAME/PASSWORD, and for
-    --execute --backend-store-uri (or MLFLOW_BACKEND_STORE_URI) with PGPASSWORD: the purge writes
-    to the tracking database directly, as `mlflow gc` does.
+    Needs: an admin (or MANAGE on the experiment) in MLFLOW_TRACKING_USERNAME/PASSWORD. The purge
+    writes to the tracking database directly, as `mlflow gc` does, so --execute runs it where the
+    database is reachable: in this stack's `mlflow` container (jobs/purge.py).
     """
     if args.keep_top_n < 0 or args.max_age_days < 0:
-        raise LifecycleError("--keep-top-n and --max-age-days must be >= 0")
-    if args.execute and not args.backend_store_uri:
-        raise LifecycleError("--execute needs --backend-store-uri or MLFLOW_BACKEND_STORE_URI (see --help)")
+        raise CommandError("--keep-top-n and --max-age-days must be >= 0")
     mlf = client()
     exp = _experiment(mlf, args.experiment)
     p = plan(mlf, exp, args.max_age_days, args.keep_top_n, args.metric, args.lower_is_better)
@@ -155,14 +151,14 @@ def cmd_cleanup(args):
         mlf.delete_run(r.info.run_id)
     print(f"soft-deleted {len(p['runs'])} run(s) and {len(model_ids)} logged model(s); purging with mlflow gc", flush=True)
     try:
-        purge(args.backend_store_uri, run_ids, model_ids)
+        purge(run_ids, model_ids)
     except Exception as exc:
-        raise LifecycleError(f"purge failed ({str(exc).splitlines()[0] if str(exc) else exc!r}); runs stay soft-deleted: "
+        raise CommandError(f"purge failed ({str(exc).splitlines()[0] if str(exc) else exc!r}); runs stay soft-deleted: "
                              f"re-run this command with --execute to finish (logged models: {','.join(model_ids) or '-'})") from exc
     left = sum(artifact_bytes(r.info.artifact_uri) for r in p["runs"] + p["trashed"])
     left += sum(artifact_bytes(m.artifact_location) for m in p["logged_models"])
     print(f"purged {len(run_ids)} run(s) and {len(model_ids)} logged model(s): freed {_fmt_bytes(total - left)} "
           f"({total - left} bytes)")
     if left:
-        raise LifecycleError(f"{left} bytes of artifacts remain after gc: check the artifact store credentials")
+        raise CommandError(f"{left} bytes of artifacts remain after gc: check the artifact store credentials")
     return 0

@@ -3,7 +3,7 @@
 `docker-compose.production.yml` runs unchanged in either, driven by the real Compose binary from
 the lock file. With podman (this project's CI machines have no Docker engine):
 - `podman system service` serves the Docker API on a socket of ours (DOCKER_HOST for Compose);
-- health checks are run by a ticker of ours (`python -m scripts.engine tick`), since podman runs
+- health checks are run by a ticker of ours (`python -m ctl.engine tick`), since podman runs
   them from systemd timers and there is no systemd here: it runs `podman healthcheck run` on each
   container's interval (every `start_interval` while the container is starting), and exits once
   the project has had no running container for a minute.
@@ -26,7 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from ctl.errors import CommandError
+from ctl.settings import ROOT, parse_env
+
 VAR = ROOT / "var"
 COMPOSE_FILE = ROOT / "docker-compose.production.yml"
 IMAGES_ENV = VAR / "images.env"
@@ -37,7 +39,6 @@ VENV_BIN = Path(sys.executable).parent
 def _project() -> str:
     """`name:` in the compose file, unless COMPOSE_PROJECT_NAME (environment, then .env) overrides
     it, as it does for Compose: a second checkout on one engine needs its own project."""
-    from scripts.bootstrap import parse_env
     dotenv = ROOT / ".env"
     return (os.environ.get("COMPOSE_PROJECT_NAME")
             or (parse_env(dotenv.read_text()).get("COMPOSE_PROJECT_NAME") if dotenv.exists() else None) or "mlflow")
@@ -49,7 +50,7 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 BASE_PREFIX = "localhost/mlflow-bundle/debian:"
 INPUTS_LABEL = "org.mlflow-bundle.inputs"
 # Inputs of our image: what docker/Dockerfile copies (kept in step with .dockerignore).
-IMAGE_INPUTS = ("docker/Dockerfile", "docker/requirements.txt", "docker/entrypoint.sh", "requirements.lock", "scripts",
+IMAGE_INPUTS = ("docker/Dockerfile", "docker/requirements.txt", "docker/entrypoint.sh", "requirements.lock", "jobs",
                 "store")
 PODMAN_CONF = Path("/etc/containers/containers.conf")
 # The process lacks CAP_SYS_RESOURCE (setrlimit fails when podman raises limits), and crun
@@ -57,11 +58,6 @@ PODMAN_CONF = Path("/etc/containers/containers.conf")
 PODMAN_SETTINGS = {"containers": {"default_ulimits": "[]", "pids_limit": "0"},
                    "engine": {"runtime": '"runc"', "cgroup_manager": '"cgroupfs"'}}
 PODMAN_PACKAGES = ("podman", "runc", "debootstrap", "netavark", "aardvark-dns", "fuse-overlayfs", "uidmap", "iptables")
-
-
-class EngineError(SystemExit):
-    def __init__(self, msg: str):
-        super().__init__(f"mlflowctl: {msg}")
 
 
 def log(msg: str):
@@ -93,7 +89,7 @@ class Engine:
         fmt = ["user", "args"] if self.kind == "podman" else ["-eo", "user,args"]
         out = run([*self.cli, "top", container, *fmt], env=self.env, timeout=60)
         if out.returncode:
-            raise EngineError(f"{self.kind} top {container} failed: {out.stderr.strip()}")
+            raise CommandError(f"{self.kind} top {container} failed: {out.stderr.strip()}")
         return [(line.split(None, 1) + [""])[:2] for line in out.stdout.splitlines()[1:] if line.strip()]
 
     def build(self, tag: str, context: Path, dockerfile: Path, args: dict, labels: dict = None, pypi: bool = False):
@@ -114,7 +110,7 @@ class Engine:
             fh.flush()
             rc = subprocess.run([*cmd, str(context)], stdout=fh, stderr=subprocess.STDOUT, env=self.env).returncode
         if rc:
-            raise EngineError(f"building {tag} failed; see {VAR / 'log' / 'build.log'}")
+            raise CommandError(f"building {tag} failed; see {VAR / 'log' / 'build.log'}")
         log(f"built {tag} in {time.monotonic() - started:.0f}s")
 
 
@@ -133,7 +129,7 @@ def ensure_podman_installed():
     missing = [p for p in PODMAN_PACKAGES if run(["dpkg-query", "-W", "-f=${Status}", p]).stdout.find("ok installed") < 0]
     if missing:
         if os.geteuid() != 0 or not shutil.which("apt-get"):
-            raise EngineError(f"no Docker engine, and podman needs installing as root on Debian: {' '.join(missing)}")
+            raise CommandError(f"no Docker engine, and podman needs installing as root on Debian: {' '.join(missing)}")
         log(f"no Docker engine: installing podman ({' '.join(missing)})")
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True,
@@ -209,7 +205,7 @@ def ensure(start: bool = True) -> Engine:
         deadline = time.monotonic() + 30
         while not sock.exists():
             if time.monotonic() > deadline:
-                raise EngineError(f"podman's API socket {sock} did not appear; see {VAR / 'log' / 'podman-service.log'}")
+                raise CommandError(f"podman's API socket {sock} did not appear; see {VAR / 'log' / 'podman-service.log'}")
             time.sleep(0.2)
         log(f"podman API on {sock}")
     return Engine("podman", env)
@@ -218,8 +214,8 @@ def ensure(start: bool = True) -> Engine:
 # --- compose ---------------------------------------------------------------------------------
 def default_profiles() -> tuple:
     """The `local` S3 store runs where .env points MLflow at an S3-compatible endpoint."""
-    from scripts.bootstrap import read_env
-    env = read_env(ROOT) if (ROOT / ".env").exists() else {}
+    dotenv = ROOT / ".env"
+    env = parse_env(dotenv.read_text()) if dotenv.exists() else {}
     return ("local",) if env.get("MLFLOW_S3_ENDPOINT_URL") else ()
 
 
@@ -241,7 +237,7 @@ def compose(engine: Engine, *args, check: bool = True, capture: bool = False, ti
                           capture_output=capture)
     if check and proc.returncode:
         detail = f": {proc.stderr.strip()[-2000:]}" if capture else ""
-        raise EngineError(f"`docker compose {' '.join(args)}` failed ({proc.returncode}){detail}")
+        raise CommandError(f"`docker compose {' '.join(args)}` failed ({proc.returncode}){detail}")
     return proc
 
 
@@ -251,7 +247,7 @@ def model(engine: Engine = None) -> dict:
     out = subprocess.run(compose_args() + ["config", "--format", "json"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     if out.returncode:
-        raise EngineError(f"docker-compose config failed: {out.stderr.strip()}")
+        raise CommandError(f"docker-compose config failed: {out.stderr.strip()}")
     return json.loads(out.stdout)
 
 
@@ -341,7 +337,7 @@ def standin_tag(variable: str, official: str) -> str:
 def containerfile_base(path: Path) -> str:
     found = re.search(r"^ARG BASE=(\S+)", path.read_text(), re.M)
     if not found:
-        raise EngineError(f"{path} has no `ARG BASE=` default")
+        raise CommandError(f"{path} has no `ARG BASE=` default")
     return found.group(1)
 
 
@@ -350,7 +346,7 @@ def ensure_debian_base(engine: Engine, ref: str):
         return
     suite = ref.removeprefix(BASE_PREFIX)
     if not shutil.which("debootstrap"):
-        raise EngineError("debootstrap is needed to build the offline base images (apt-get install debootstrap)")
+        raise CommandError("debootstrap is needed to build the offline base images (apt-get install debootstrap)")
     target = VAR / "debootstrap" / suite
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -360,13 +356,13 @@ def ensure_debian_base(engine: Engine, ref: str):
         rc = subprocess.run(["debootstrap", "--variant=minbase", suite, str(target), "http://deb.debian.org/debian"],
                             stdout=fh, stderr=subprocess.STDOUT).returncode
     if rc:
-        raise EngineError(f"debootstrap {suite} failed; see {VAR / 'log' / 'build.log'}")
+        raise CommandError(f"debootstrap {suite} failed; see {VAR / 'log' / 'build.log'}")
     tar = subprocess.Popen(["tar", "-C", str(target), "-c", "."], stdout=subprocess.PIPE)
     imported = subprocess.run([*engine.cli, "import", "-", ref], stdin=tar.stdout, capture_output=True, env=engine.env)
     tar.wait()
     shutil.rmtree(target, ignore_errors=True)
     if imported.returncode or tar.returncode:
-        raise EngineError(f"importing {ref} failed: {imported.stderr.decode().strip()}")
+        raise CommandError(f"importing {ref} failed: {imported.stderr.decode().strip()}")
     log(f"made {ref} in {time.monotonic() - started:.0f}s")
 
 
@@ -374,7 +370,7 @@ def ensure_standin(engine: Engine, variable: str, official: str) -> str:
     tag = standin_tag(variable, official)
     containerfile = standin_dir(variable) / "Containerfile"
     if not containerfile.exists():
-        raise EngineError(f"{official} cannot be pulled and there is no stand-in for it ({containerfile})")
+        raise CommandError(f"{official} cannot be pulled and there is no stand-in for it ({containerfile})")
     digest = inputs_hash([containerfile.parent.relative_to(ROOT).as_posix()])
     if engine.label(tag, INPUTS_LABEL) == digest:
         return tag
@@ -410,7 +406,6 @@ def inputs_hash(paths, extra: str = "") -> str:
 
 
 def read_images_env() -> dict:
-    from scripts.bootstrap import parse_env
     return parse_env(IMAGES_ENV.read_text()) if IMAGES_ENV.exists() else {}
 
 
@@ -454,7 +449,7 @@ def ticker_pid() -> Path:
 
 def start_ticker(engine: Engine):
     if engine.kind == "podman" and not alive(ticker_pid()):
-        start_daemon([sys.executable, "-m", "scripts.engine", "tick"], ticker_pid(), "healthcheck-ticker.log")
+        start_daemon([sys.executable, "-m", "ctl.engine", "tick"], ticker_pid(), "healthcheck-ticker.log")
 
 
 def stop_daemon(pidfile: Path, sig=signal.SIGTERM, timeout: float = 15):
@@ -512,4 +507,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["tick"]:
         tick()
     else:
-        sys.exit("usage: python -m scripts.engine tick")
+        sys.exit("usage: python -m ctl.engine tick")

@@ -1,6 +1,6 @@
 """Fault injection under load: one fault at a time while 60 loggers log against the stack in its engine.
 
-For each scenario: a steady load (scripts/load.py) runs through Nginx; after a warm-up the fault is
+For each scenario: a steady load (ctl/perf/load.py) runs through Nginx; after a warm-up the fault is
 injected through the container engine; a probe measures how long until an authenticated request
 through Nginx succeeds again; when the load ends, the no-loss check compares points acknowledged
 to clients with points stored (points stored twice because a client retried a request that had in
@@ -30,8 +30,11 @@ import threading
 import time
 from pathlib import Path
 
-from scripts import engine, load
-from scripts import stackexec as sx
+from ctl import engine
+from ctl.perf import load
+from ctl import stackexec as sx
+from ctl.errors import CommandError
+from ctl.settings import ROOT, Settings
 
 # What the bundle recommends to clients (README "Reliability"): ride out a restart of any
 # component (<30 s) without surfacing an error, and give up on a dead server within minutes.
@@ -168,19 +171,17 @@ DEFAULT_SCENARIOS = [name for name in SCENARIOS if not name.endswith("-engine-ki
 
 class Probe(threading.Thread):
     """Authenticated request through Nginx every 0.2 s; records failures after the fault."""
-    def __init__(self, uri, auth, ca):
+    def __init__(self, settings: Settings):
         super().__init__(daemon=True)
-        import requests
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self.url, self.auth, self.ca = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", auth, ca
+        self.session = settings.http(auth=settings.admin_auth)
+        self.url = f"{settings.public_url}/api/2.0/mlflow/experiments/search?max_results=1"
         self.fault_at = self.last_failure = None
         self.failures = []  # seconds after the fault at which a probe failed
         self.stop = threading.Event()
 
     def ok(self) -> bool:
         try:
-            return self.session.get(self.url, auth=self.auth, verify=self.ca, timeout=5).status_code == 200
+            return self.session.get(self.url, timeout=5).status_code == 200
         except Exception:
             return False
 
@@ -195,15 +196,13 @@ class Probe(threading.Thread):
         return round(self.last_failure - self.fault_at + 0.2, 1) if self.last_failure else 0.0
 
 
-def run_scenario(name: str, env: dict, loggers: int, duration: float, warmup: float, mode: str,
+def run_scenario(name: str, settings: Settings, loggers: int, duration: float, warmup: float, mode: str,
                  client: str = "mlflow") -> dict:
-    os.environ.update(CLIENT_RETRY_ENV)
-    target = load.stack_target(env)
-    probe = Probe(target["uri"], (env["MLFLOW_ADMIN_USERNAME"], env["MLFLOW_ADMIN_PASSWORD"]),
-                  os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+    target = load.stack_target(settings, CLIENT_RETRY_ENV)
+    probe = Probe(settings)
     result = {}
     runner = threading.Thread(target=lambda: result.update(load.run_load(
-        target["uri"], loggers, duration, mode, db=target["db"], label=name, client=client)))
+        target["env"], loggers, duration, mode, db=target["db"], label=name, client=client)))
     fault = SCENARIOS[name]() if name in FACTORIES else SCENARIOS[name]
     probe.start()
     runner.start()
@@ -213,7 +212,7 @@ def run_scenario(name: str, env: dict, loggers: int, duration: float, warmup: fl
     runner.join(duration + 900)
     probe.stop.set()
     if not result:
-        raise SystemExit(f"faults: {name}: the load did not finish")
+        raise CommandError(f"{name}: the load did not finish")
     loss = result["no_loss"]
     return {"scenario": name, "client": client, "engine": sx.eng().kind, **getattr(fault, "info", {}),
             "client_errors": result["error_count"], "errors": result["errors"],
@@ -223,14 +222,13 @@ def run_scenario(name: str, env: dict, loggers: int, duration: float, warmup: fl
 
 
 def cmd_faults(args):
-    from scripts.bootstrap import read_env
-    env = read_env()
+    settings = Settings.load()
     engine.start_ticker(sx.eng())  # podman: health states (healthy again?) need the health checks run
     rows = []
     for name in args.scenario:
         print(f"faults: {name}: {args.loggers} loggers, fault after {args.warmup:.0f} s of {args.duration:.0f} s",
               flush=True)
-        row = run_scenario(name, env, args.loggers, args.duration, args.warmup, args.mode, args.client)
+        row = run_scenario(name, settings, args.loggers, args.duration, args.warmup, args.mode, args.client)
         crash = ""
         if "restarted_by_engine" in row:
             crash = (f", engine restarted it: running after {row['running_again_s']} s" if row["restarted_by_engine"]
@@ -259,7 +257,7 @@ def cmd_faults(args):
     return 0 if len(survived) == len(rows) else 1
 
 
-def add_commands(sub):
+def register(sub):
     p = sub.add_parser("faults", help="inject faults one at a time under load; report errors, recovery, loss",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", nargs="+", choices=list(SCENARIOS), default=DEFAULT_SCENARIOS,
@@ -270,5 +268,5 @@ def add_commands(sub):
     p.add_argument("--mode", choices=load.MODES, default="per-metric")
     p.add_argument("--client", choices=load.CLIENTS, default="mlflow",
                    help="mlflow (retries per CLIENT_RETRY_ENV) or raw HTTP (no retries: every error counted)")
-    p.add_argument("--json", type=Path, default=load.ROOT / "var" / "bench" / "faults.json")
+    p.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "faults.json")
     p.set_defaults(func=cmd_faults)

@@ -7,14 +7,12 @@ import datetime
 import os
 import re
 
+from ctl.errors import CommandError
+
 # Experiments are TEAM/PROJECT/TYPE, registered models PROJECT-ALGORITHM (docs/lifecycle.md).
 TEAM_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 MODEL_NAME_RE = re.compile(r"^(?P<project>[a-z][a-z0-9_]*)-(?P<algorithm>[a-z0-9][a-z0-9_-]*)$")
-
-
-class LifecycleError(Exception):
-    """A refusal or failure the user can act on: printed as one line, exit status 1."""
 
 
 def now_iso() -> str:
@@ -24,14 +22,7 @@ def now_iso() -> str:
 def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        raise LifecycleError("MLFLOW_TRACKING_URI is not set (e.g. https://localhost; see docs/lifecycle.md)")
-    # Presigned downloads name the server's S3 endpoint (http://s3:8333 on compose's internal
-    # network), which clients cannot reach: download through the server's artifact proxy.
-    os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
-    if os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
-        # requests lets these override the verify= MLflow passes.
-        for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-            os.environ.pop(var, None)
+        raise CommandError("MLFLOW_TRACKING_URI is not set (e.g. https://localhost; see docs/lifecycle.md)")
     return uri
 
 

@@ -11,14 +11,10 @@ Code is passed with `-c` and data streamed on stdin/stdout. Secrets never go on 
 formed"), so a secret a command needs goes as the first line of its stdin.
 """
 import functools
-import json
 import subprocess
 
-from scripts import engine
-
-
-class StackExecError(RuntimeError):
-    """A command inside the engine failed; the message ends with its last stderr line."""
+from ctl import engine
+from ctl.errors import CommandError
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,7 +38,7 @@ def run(*args, input=None, timeout: float = 300, check: bool = True, text: bool 
     if check and proc.returncode:
         err = proc.stderr if text else proc.stderr.decode(errors="replace")
         last = (err.strip().splitlines() or ["?"])[-1]
-        raise StackExecError(f"`docker compose {' '.join(map(str, args[:6]))} ...` failed ({proc.returncode}): {last}")
+        raise CommandError(f"`docker compose {' '.join(map(str, args[:6]))} ...` failed ({proc.returncode}): {last}")
     return proc
 
 
@@ -88,33 +84,19 @@ def psql(sql: str, db: str = "postgres", variables: dict = None, tcp: dict = Non
     return [tuple(line.split("\t")) for line in out.splitlines() if line]
 
 
-# Reads the first line of stdin (JSON) into os.environ; the code after it reads the rest.
-SECRETS_PRELUDE = "import json as _j, os as _o, sys as _s; _o.environ.update(_j.loads(_s.stdin.buffer.readline()))\n"
-
-
-def python_argv(code: str, *args, service: str = "mlflow", env: dict = None, secrets: bool = False,
-                user: str = None) -> list:
-    """`python -c CODE ARGS` in a running container of our image (default: `mlflow`).
-
-    ENV: non-secret variables (`-e NAME=VALUE`). secrets=True: the caller sends
-    secrets_line(...) first on stdin."""
+def python_argv(code: str, *args, service: str = "mlflow", env: dict = None, user: str = None) -> list:
+    """`python -c CODE ARGS` in a running container of our image (default: `mlflow`), with the
+    non-secret variables ENV (`-e NAME=VALUE`)."""
     argv = ["exec", "-T", *(["-u", user] if user else [])]
     for key, value in (env or {}).items():
         argv += ["-e", f"{key}={value}"]
-    return argv + [service, "python", "-c", (SECRETS_PRELUDE if secrets else "") + code, *map(str, args)]
+    return argv + [service, "python", "-c", code, *map(str, args)]
 
 
-def secrets_line(secrets: dict) -> bytes:
-    return (json.dumps(secrets) + "\n").encode()
-
-
-def python(code: str, *args, service: str = "mlflow", env: dict = None, secrets: dict = None, input=None,
-           timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Run CODE in our image and return the CompletedProcess (text). SECRETS go in as
-    environment variables through stdin, ahead of INPUT."""
-    argv = python_argv(code, *args, service=service, env=env, secrets=bool(secrets))
-    data = (secrets_line(secrets).decode() if secrets else "") + (input or "")
-    return run(*argv, input=data if (secrets or input is not None) else None, timeout=timeout, check=check)
+def python(code: str, *args, service: str = "mlflow", env: dict = None, input=None, timeout: float = 300,
+           check: bool = True) -> subprocess.CompletedProcess:
+    """Run CODE in our image and return the CompletedProcess (text); INPUT goes to its stdin."""
+    return run(*python_argv(code, *args, service=service, env=env), input=input, timeout=timeout, check=check)
 
 
 def container_ids() -> dict:

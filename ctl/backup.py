@@ -34,9 +34,10 @@ import tarfile
 import threading
 from pathlib import Path
 
-from scripts import stackexec as sx
+from ctl import stackexec as sx
+from ctl.errors import CommandError
+from ctl.settings import ROOT, Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 # What the manifest counts, per database: proves a restore brought the rows back.
 COUNTS = {"tracking": {"experiments": "SELECT count(*) FROM experiments", "runs": "SELECT count(*) FROM runs",
                        "metrics": "SELECT count(*) FROM metrics", "params": "SELECT count(*) FROM params"},
@@ -87,14 +88,8 @@ elif op == "load":
 """
 
 
-class BackupError(Exception):
-    """Printed as one line, exit status 1."""
-
-
 def settings(args) -> dict:
-    from scripts.bootstrap import parse_env
-    env_file = ROOT / ".env"
-    env = {**(parse_env(env_file.read_text()) if env_file.exists() else {}), **os.environ}
+    env = Settings.load().env
     tcp = None
     if args.pg_host or args.pg_port or args.pg_user != "postgres":
         tcp = {"host": args.pg_host or env.get("POSTGRES_HOST", "postgres"),
@@ -115,15 +110,15 @@ def psql(cfg: dict, sql: str, db: str = "postgres", **variables) -> list:
     """Rows of SQL in DB; VARIABLES are psql variables (:'name' literal, :"name" identifier)."""
     try:
         return sx.psql(sql, db, variables, cfg["tcp"])
-    except sx.StackExecError as exc:
-        raise BackupError(f"psql on database {db} failed: {exc}") from None
+    except CommandError as exc:
+        raise CommandError(f"psql on database {db} failed: {exc}") from None
 
 
 def bucket(cfg: dict, op: str, name: str, **kw) -> str:
     try:
         return sx.python(BUCKET_CODE, op, name, env=cfg["s3_env"], timeout=kw.pop("timeout", 300), **kw).stdout.strip()
-    except sx.StackExecError as exc:
-        raise BackupError(f"bucket {op} of {name} failed: {exc}") from None
+    except CommandError as exc:
+        raise CommandError(f"bucket {op} of {name} failed: {exc}") from None
 
 
 class Session:
@@ -149,7 +144,7 @@ class Session:
         reader.join(timeout)
         if not got or not got[0]:
             self.close()
-            raise BackupError(f"psql on database {self.db} did not answer {sql!r}: "
+            raise CommandError(f"psql on database {self.db} did not answer {sql!r}: "
                               f"{last_line(self.proc.stderr.read() or b'')}")
         return got[0].decode().rstrip("\n")
 
@@ -187,7 +182,7 @@ def stream_tool(cfg: dict, tool_argv: list, what: str, stdout=None, stdin_path: 
         proc.wait(30)
     reader.join(60)
     if proc.returncode:
-        raise BackupError(f"{what} failed: {last_line(err[0] if err else b'')}")
+        raise CommandError(f"{what} failed: {last_line(err[0] if err else b'')}")
 
 
 def sha256(path: Path) -> str:
@@ -223,7 +218,7 @@ def dump_database(cfg: dict, db: str, kind: str, out: Path) -> dict:
 def safe_path(base: Path, key: str) -> Path:
     path = (base / key).resolve()
     if key.startswith("/") or ".." in Path(key).parts or base.resolve() not in path.parents:
-        raise BackupError(f"refusing bucket key {key!r}: it would land outside {base}")
+        raise CommandError(f"refusing bucket key {key!r}: it would land outside {base}")
     return path
 
 
@@ -272,19 +267,19 @@ def copy_bucket_out(cfg: dict, artifacts: Path) -> dict:
                         digest.update(block)
                         fh.write(block)
                 objects[member.name] = {"size": target.stat().st_size, "sha256": digest.hexdigest()}
-    except (tarfile.TarError, BackupError) as exc:
+    except (tarfile.TarError, CommandError) as exc:
         proc.kill()
         proc.wait(60)
         reader.join(60)
-        if isinstance(exc, BackupError):
+        if isinstance(exc, CommandError):
             raise
-        raise BackupError(f"copying bucket {cfg['bucket']} failed: {last_line(err[0] if err else b'') or exc}")
+        raise CommandError(f"copying bucket {cfg['bucket']} failed: {last_line(err[0] if err else b'') or exc}")
     finally:
         timer.cancel()
     proc.wait(60)
     reader.join(60)
     if proc.returncode:
-        raise BackupError(f"copying bucket {cfg['bucket']} failed: {last_line(err[0] if err else b'')}")
+        raise CommandError(f"copying bucket {cfg['bucket']} failed: {last_line(err[0] if err else b'')}")
     return objects
 
 
@@ -321,7 +316,7 @@ def copy_bucket_in(cfg: dict, backup: Path, keys) -> int:
     for r in readers:
         r.join(60)
     if proc.returncode:
-        raise BackupError(f"uploading into bucket {cfg['bucket']} failed: {last_line(err[0] if err else b'')}")
+        raise CommandError(f"uploading into bucket {cfg['bucket']} failed: {last_line(err[0] if err else b'')}")
     return int((out[0] if out else b"").strip() or 0)
 
 
@@ -329,12 +324,12 @@ def verify(backup: Path) -> dict:
     try:
         manifest = json.loads((backup / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
-        raise BackupError(f"{backup} is not a backup made by `mlflowctl backup`: {exc}")
+        raise CommandError(f"{backup} is not a backup made by `mlflowctl backup`: {exc}")
     files = {backup / d["file"]: d["sha256"] for d in manifest["databases"].values()}
     files.update({safe_path(backup / "artifacts", k): o["sha256"] for k, o in manifest["bucket"]["objects"].items()})
     for path, digest in files.items():
         if not path.is_file() or sha256(path) != digest:
-            raise BackupError(f"{path} is missing or does not match its checksum in manifest.json")
+            raise CommandError(f"{path} is missing or does not match its checksum in manifest.json")
     return manifest
 
 
@@ -348,7 +343,7 @@ def table_count(cfg: dict, db: str):
 
 def create_database(cfg: dict, db: str, owner: str):
     if not psql(cfg, "SELECT 1 FROM pg_roles WHERE rolname = :'owner'", owner=owner):
-        raise BackupError(f"role {owner} does not exist: run the migrate step (`./mlflowctl up`) first")
+        raise CommandError(f"role {owner} does not exist: run the migrate step (`./mlflowctl up`) first")
     psql(cfg, 'CREATE DATABASE :"target" OWNER :"owner"', target=db, owner=owner)
 
 
@@ -364,7 +359,7 @@ def cmd_restore(args) -> int:
     busy = [f"database {targets[k]} has {n} tables" for k, n in tables.items() if n] \
         + ([f"bucket {cfg['bucket']} has objects"] if objects else [])
     if busy and not args.force:
-        raise BackupError(f"refusing to overwrite: {'; '.join(busy)} (pass --force to replace them)")
+        raise CommandError(f"refusing to overwrite: {'; '.join(busy)} (pass --force to replace them)")
     for kind, db in targets.items():
         if tables[kind] is None:
             create_database(cfg, db, args.owner)
@@ -377,23 +372,14 @@ def cmd_restore(args) -> int:
     print(f"restore: {manifest['bucket']['count']} objects into bucket {cfg['bucket']}", flush=True)
     uploaded = copy_bucket_in(cfg, backup, manifest["bucket"]["objects"])
     if uploaded != manifest["bucket"]["count"]:
-        raise BackupError(f"uploaded {uploaded} objects into {cfg['bucket']}; the backup has {manifest['bucket']['count']}")
+        raise CommandError(f"uploaded {uploaded} objects into {cfg['bucket']}; the backup has {manifest['bucket']['count']}")
     for kind, db in targets.items():  # the rows are back: same counts as when the dump was taken
         for name, query in COUNTS[kind].items():
             if int(psql(cfg, query, db=db)[0][0]) != manifest["databases"][kind]["counts"][name]:
-                raise BackupError(f"restored {db} has a different {name} count than the backup")
+                raise CommandError(f"restored {db} has a different {name} count than the backup")
     print(f"restore: done from {backup}")
     return 0
 
-
-def _command(func):
-    def run(args):
-        try:
-            return func(args)
-        except (BackupError, sx.StackExecError) as exc:
-            print(f"mlflowctl {args.command}: {exc}", file=sys.stderr)
-            return 1
-    return run
 
 
 def _connection_options(p):
@@ -409,7 +395,7 @@ def _connection_options(p):
                                          "(default: the mlflow service's MLFLOW_S3_ENDPOINT_URL)")
 
 
-def add_commands(sub):
+def register(sub):
     """Register `backup` and `restore` on mlflowctl's subparsers."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("backup", help="dump both databases and copy the artifact bucket (with a manifest)",
@@ -417,11 +403,11 @@ def add_commands(sub):
     p.add_argument("--out", default=str(ROOT / "var" / "backups"),
                    help="directory for the backup; var/ is git-ignored (default: %(default)s)")
     _connection_options(p)
-    p.set_defaults(func=_command(cmd_backup))
+    p.set_defaults(func=cmd_backup)
     p = sub.add_parser("restore", help="restore a backup into the databases and the bucket",
                        description=__doc__, formatter_class=fmt)
     p.add_argument("backup", metavar="BACKUP_DIR", help="a directory made by `mlflowctl backup`")
     p.add_argument("--force", action="store_true", help="replace targets that already hold tables or objects")
     p.add_argument("--owner", default="mlflow", help="owner of databases that restore creates (default %(default)s)")
     _connection_options(p)
-    p.set_defaults(func=_command(cmd_restore))
+    p.set_defaults(func=cmd_restore)

@@ -18,8 +18,8 @@ points stored in the tracking database (counted with psql inside the postgres co
 import argparse
 import json
 import math
-import multiprocessing as mp
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -27,14 +27,14 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from scripts import engine
-from scripts import stackexec as sx
+from ctl import engine
+from ctl import stackexec as sx
+from ctl.errors import CommandError
+from ctl.settings import ROOT, Settings, long_running_services
 
 MODES = ("per-metric", "per-step", "batch", "batch-wide", "async")
 CLIENTS = ("mlflow", "raw")
-COMPONENTS = ("postgres", "pgbouncer", "mlflow", "nginx")  # stack services measured (their containers)
 ASYNC_MAX_PENDING_STEPS = 50  # async mode: steps a logger may have in flight before it waits
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- one logger ---------------------------------------------------------------------------
@@ -87,25 +87,30 @@ def _log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
             out["errors"][f"async flush {type(exc).__name__}"] += 1
 
 
-def _raw_session():
-    """requests without retries or environment overrides, authenticated and trusting the configured CA."""
+def _raw_session(env):
+    """requests without retries or environment overrides, authenticated and trusting the CA that
+    ENV (a client environment) names."""
     import requests
     from requests.adapters import HTTPAdapter
     session = requests.Session()
     session.trust_env = False  # REQUESTS_CA_BUNDLE & co. would override verify=
     session.mount("http://", HTTPAdapter(max_retries=0, pool_maxsize=4))
     session.mount("https://", HTTPAdapter(max_retries=0, pool_maxsize=4))
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    user, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
     session.auth = (user, password) if user else None
-    session.verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+    session.verify = env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
     return session
+
+
+def _api(env) -> str:
+    return env["MLFLOW_TRACKING_URI"].rstrip("/") + "/api/2.0/mlflow/"
 
 
 def _raw_log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
     """The same shapes as _log_for, as plain REST calls: one attempt each, every answer counted."""
     import requests
-    session = _raw_session()
-    base = os.environ["MLFLOW_TRACKING_URI"].rstrip("/") + "/api/2.0/mlflow/runs/"
+    session = _raw_session(os.environ)
+    base = _api(os.environ) + "runs/"
     step = 0
     while time.monotonic() < deadline:
         now = int(time.time() * 1000)
@@ -139,10 +144,19 @@ def _raw_log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
     session.close()
 
 
-def _worker(run_ids, mode, duration, batch_size, metrics_per_step, queue, client="mlflow"):
-    os.environ["MLFLOW_HTTP_POOL_MAXSIZE"] = str(max(10, len(run_ids)))
-    # Without a buffering window MLflow's async queue sends every call as its own request.
-    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
+def worker_main():
+    """A logger process (started by run_load with the client's environment): reads its job as JSON
+    on stdin, imports the client, prints `ready`, waits for `go` on stdin, logs for the job's
+    duration, and prints its results as JSON."""
+    job = json.loads(sys.stdin.readline())
+    import mlflow  # noqa: F401 (imported before `ready`: ~2 s a process that must not eat the measured time)
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return
+    print(json.dumps(_worker(**job)), flush=True)
+
+
+def _worker(run_ids, mode, duration, batch_size, metrics_per_step, client="mlflow"):
     deadline = time.monotonic() + duration
     results = [{"latencies": [], "acked": 0, "requests": 0, "pending": 0, "errors": Counter()} for _ in run_ids]
     target = _raw_log_for if client == "raw" else _log_for
@@ -152,10 +166,41 @@ def _worker(run_ids, mode, duration, batch_size, metrics_per_step, queue, client
         t.start()
     for t in threads:
         t.join(duration + 300)  # bounded: a request stuck past its own timeout is reported as lost
-    queue.put({"latencies": [x for r in results for x in r["latencies"]],
-               "acked": {rid: r["acked"] for rid, r in zip(run_ids, results)},
-               "requests": sum(r["requests"] for r in results),
-               "errors": dict(sum((r["errors"] for r in results), Counter()))})
+    return {"latencies": [x for r in results for x in r["latencies"]],
+            "acked": {rid: r["acked"] for rid, r in zip(run_ids, results)},
+            "requests": sum(r["requests"] for r in results),
+            "errors": dict(sum((r["errors"] for r in results), Counter()))}
+
+
+def _start_workers(env: dict, jobs: list, timeout: float) -> list:
+    """One logger process per job, with ENV as its whole environment; returns them once every one
+    has imported its client (`ready`)."""
+    code = "from ctl.perf.load import worker_main; worker_main()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in jobs]
+    deadline = time.monotonic() + timeout
+    for proc, job in zip(procs, jobs):
+        proc.stdin.write(json.dumps(job) + "\n")
+        proc.stdin.flush()
+    for proc in procs:
+        ready = _read_line(proc, deadline)
+        if ready != "ready":
+            for p in procs:
+                p.kill()
+            raise CommandError(f"a logger process did not start (exit {proc.poll()}, said {ready!r})")
+    return procs
+
+
+def _read_line(proc, deadline: float) -> str:
+    """Next stdout line of PROC, or "" once DEADLINE passes (the process is then killed)."""
+    box = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(max(0.0, deadline - time.monotonic()))
+    if not box:
+        proc.kill()
+        return ""
+    return box[0].strip()
 
 
 # --- measurement of the stack ---------------------------------------------------------------
@@ -167,8 +212,9 @@ def _own_cpu() -> float:
 
 
 def components(extra: dict = None) -> dict:
-    """Component name -> its container (`mlflow-SERVICE-1`)."""
-    return {**{name: engine.container_name(name) for name in COMPONENTS}, **(extra or {})}
+    """Component name -> its container, for every server of the compose model (EXTRA added)."""
+    names = long_running_services(engine.model(sx.eng()))
+    return {**{name: engine.container_name(name) for name in names}, **(extra or {})}
 
 
 _UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -256,33 +302,54 @@ def percentile(values, q):
     return values[min(len(values) - 1, math.ceil(q / 100 * len(values)) - 1)]
 
 
-def run_load(tracking_uri, loggers, duration, mode, batch_size=100, metrics_per_step=10, procs=None,
-             db=None, containers=None, label="", client="mlflow") -> dict:
-    """Run one bounded load and return its report (the tracking env vars carry credentials/CA).
+def _create_runs(env: dict, name: str, count: int) -> list:
+    """A new experiment with COUNT runs (pre-created: mlflow #1811), over the REST API."""
+    session = _raw_session(env)
+    try:
+        exp = session.post(_api(env) + "experiments/create", json={"name": name}, timeout=60)
+        exp.raise_for_status()
+        exp_id = exp.json()["experiment_id"]
+        runs = []
+        for _ in range(count):
+            r = session.post(_api(env) + "runs/create", json={"experiment_id": exp_id}, timeout=60)
+            r.raise_for_status()
+            runs.append(r.json()["run"]["info"]["run_id"])
+        return runs
+    finally:
+        session.close()
 
+
+def run_load(client_env: dict, loggers, duration, mode, batch_size=100, metrics_per_step=10, procs=None,
+             db=None, containers=None, label="", client="mlflow") -> dict:
+    """Run one bounded load and return its report.
+
+    client_env: the loggers' whole environment (Settings.client_env(): URI, credentials, CA);
     db: tracking database for the no-loss count; containers: component -> container to measure."""
     if client == "raw" and mode == "async":
         raise ValueError("the raw HTTP client has no async mode")
-    import mlflow
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    setup = mlflow.MlflowClient(tracking_uri)
-    exp_id = setup.create_experiment(f"load/{mode}/{uuid.uuid4().hex[:12]}")  # pre-created: mlflow #1811
-    run_ids = [setup.create_run(exp_id).info.run_id for _ in range(loggers)]
+    run_ids = _create_runs(client_env, f"load/{mode}/{uuid.uuid4().hex[:12]}", loggers)
     procs = procs or min(loggers, max(4, 2 * (os.cpu_count() or 2)))
-    chunks = [run_ids[i::procs] for i in range(procs)]
+    chunks = [c for c in (run_ids[i::procs] for i in range(procs)) if c]
+    env = {**client_env, "MLFLOW_HTTP_POOL_MAXSIZE": str(max(10, len(chunks[0]))),
+           # Without a buffering window MLflow's async queue sends every call as its own request.
+           "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": client_env.get("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")}
+    jobs = [{"run_ids": c, "mode": mode, "duration": duration, "batch_size": batch_size,
+             "metrics_per_step": metrics_per_step, "client": client} for c in chunks]
+    workers = _start_workers(env, jobs, timeout=120)
     containers = components() if containers is None else containers
     before, own_cpu_before, t0 = container_stats(containers), _own_cpu(), time.monotonic()
     sampler = Sampler(containers)
     sampler.start()
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    workers = [ctx.Process(target=_worker, args=(c, mode, duration, batch_size, metrics_per_step, queue, client))
-               for c in chunks if c]
     for w in workers:
-        w.start()
-    results = [queue.get(timeout=duration + 600) for _ in workers]
+        w.stdin.write("go\n")
+        w.stdin.close()
+    deadline = time.monotonic() + duration + 600
+    lines = [_read_line(w, deadline) for w in workers]
     for w in workers:
-        w.join(60)
+        w.wait(60)
+    if not all(lines):
+        raise CommandError(f"{lines.count('')} of {len(workers)} logger processes did not report")
+    results = [json.loads(line) for line in lines]
     elapsed = time.monotonic() - t0
     sampler.stop.set()
     after = container_stats(containers)
@@ -316,15 +383,9 @@ def stack_memory_mb(containers: dict = None) -> dict:
 
 
 # --- targets ---------------------------------------------------------------------------------
-def stack_target(env: dict) -> dict:
+def stack_target(settings: Settings, extra_env: dict = None) -> dict:
     """Our stack through Nginx/TLS with the admin's credentials and our CA."""
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        os.environ.pop(var, None)  # requests would let these override the CA we pass
-    os.environ.update(MLFLOW_TRACKING_USERNAME=env["MLFLOW_ADMIN_USERNAME"],
-                      MLFLOW_TRACKING_PASSWORD=env["MLFLOW_ADMIN_PASSWORD"],
-                      MLFLOW_TRACKING_SERVER_CERT_PATH=str(ROOT / "certs" / "ca.crt"))
-    port = env.get("HTTPS_PORT", "443")
-    return {"uri": f"https://{env['MLFLOW_PUBLIC_HOST']}" + ("" if port == "443" else f":{port}"), "db": "mlflow"}
+    return {"env": {**settings.client_env(), **(extra_env or {})}, "db": "mlflow"}
 
 
 def http_ok(url: str) -> bool:
@@ -349,6 +410,9 @@ class PlainServer:
     SERVICE, DB, URI = "plain-mlflow", "mlflow_plain", "http://127.0.0.1:5001"
     PROFILES = ("local", "benchmark")
 
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
     def __enter__(self):
         ensure_database(self.DB)
         engine.start_ticker(sx.eng())  # podman: `--wait` needs the health checks run (no-op when running)
@@ -358,10 +422,11 @@ class PlainServer:
         deadline = time.monotonic() + 120
         while not http_ok(f"{self.URI}/health"):
             if time.monotonic() > deadline:
-                raise SystemExit(f"load: {self.SERVICE} does not answer on {self.URI}; "
+                raise CommandError(f"{self.SERVICE} does not answer on {self.URI}; "
                                  f"see `./mlflowctl compose --profile benchmark logs {self.SERVICE}`")
             time.sleep(1)
-        return {"uri": self.URI, "db": self.DB, "containers": components({"mlflow": engine.container_name(self.SERVICE)})}
+        return {"env": self.settings.client_env(url=self.URI), "db": self.DB,
+                "containers": components({"mlflow": engine.container_name(self.SERVICE)})}
 
     def __exit__(self, *exc):
         sx.run("rm", "--stop", "--force", self.SERVICE, profiles=self.PROFILES, timeout=120, check=False)
@@ -443,7 +508,7 @@ def chart(reports: list, path: Path):
     fig.savefig(path, dpi=110)
 
 
-def sweep(args, uri: str, db: str, label: str, containers=None) -> list:
+def sweep(args, target: dict, label: str) -> list:
     """Every (loggers, mode, client) combination of the command line against one target."""
     reports = []
     for loggers in args.loggers:
@@ -451,34 +516,30 @@ def sweep(args, uri: str, db: str, label: str, containers=None) -> list:
             for client in args.client:
                 if client == "raw" and mode == "async":
                     continue  # no async mode in plain HTTP
-                r = run_load(uri, loggers, args.duration, mode, args.batch_size, args.metrics_per_step,
-                             db=db, containers=containers, label=label, client=client)
+                r = run_load(target["env"], loggers, args.duration, mode, args.batch_size, args.metrics_per_step,
+                             db=target["db"], containers=target.get("containers"), label=label, client=client)
                 print_report(r)
                 reports.append(r)
     return reports
 
 
 def cmd_load(args):
-    from scripts.bootstrap import read_env
-    target = stack_target(read_env())
-    reports = sweep(args, target["uri"], target["db"], "stack")
+    reports = sweep(args, stack_target(Settings.load()), "stack")
     return finish(args, {"engine": sx.eng().kind, "reports": reports, "idle_stack_memory_mb": stack_memory_mb()},
                   reports)
 
 
 def cmd_compare(args):
-    from scripts.bootstrap import read_env
     import platform
-    env = read_env()
+    settings = Settings.load()
     idle = stack_memory_mb()
     print(f"idle stack memory (engine stats, MB): {idle} total {sum(idle.values())}", flush=True)
-    with PlainServer() as plain:
+    with PlainServer(settings) as plain:
         idle_plain = stack_memory_mb({"plain-mlflow": engine.container_name(PlainServer.SERVICE)})
-        reports = sweep(args, plain["uri"], plain["db"], "plain", containers=plain["containers"])
+        reports = sweep(args, plain, "plain")
         ceiling = insert_ceiling()
     print(f"raw PostgreSQL insert ceiling: {ceiling} rows/s", flush=True)
-    target = stack_target(env)
-    reports += sweep(args, target["uri"], target["db"], "stack")
+    reports += sweep(args, stack_target(settings), "stack")
     ratios = []
     for r in (x for x in reports if x["label"] == "stack"):
         base = next(x for x in reports if x["label"] == "plain" and x["mode"] == r["mode"] and x["loggers"] == r["loggers"]
@@ -510,7 +571,7 @@ def finish(args, summary: dict, reports: list) -> int:
     return 1 if bad else 0
 
 
-def add_commands(sub):
+def register(sub):
     def common(p):
         p.add_argument("--mode", nargs="+", choices=MODES, default=["per-metric"], help="logging mode(s)")
         p.add_argument("--client", nargs="+", choices=CLIENTS, default=["mlflow"],

@@ -9,33 +9,18 @@ See docs/lifecycle.md for the naming convention, the promotion state machine and
 import argparse
 import inspect
 import os
-import sys
 
-from scripts.lifecycle_common import LifecycleError
-
-
-def _command(func):
-    """Run a subcommand: one-line error and exit 1 instead of a traceback."""
-    def run(args):
-        from mlflow.exceptions import MlflowException
-        try:
-            return func(args) or 0
-        except (LifecycleError, MlflowException) as exc:
-            message = (exc.message if isinstance(exc, MlflowException) else str(exc)) or repr(exc)
-            print(f"mlflowctl {args.command}: {message.splitlines()[0]}", file=sys.stderr)
-            return 1
-    return run
 
 
 def _parser(sub, name, help_, doc):
     return sub.add_parser(name, help=help_, description=inspect.cleandoc(doc), formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_commands(sub):
+def register(sub):
     """Register this module's subcommands on mlflowctl's subparsers."""
-    from scripts import lifecycle_cleanup as cleanup
-    from scripts import lifecycle_promote as promote
-    from scripts import lifecycle_teams as teams
+    from ctl.lifecycle import cleanup
+    from ctl.lifecycle import promote
+    from ctl.lifecycle import teams
 
     default_teams = os.environ.get("MLFLOW_TEAMS_FILE", "examples/teams.yaml")
 
@@ -44,27 +29,27 @@ def add_commands(sub):
     p.add_argument("--credentials-out", metavar="PATH",
                    help="write the random passwords of NEW users here (JSON, mode 0600); required when users are missing")
     p.add_argument("--dry-run", action="store_true", help="print the changes without making them")
-    p.set_defaults(func=_command(teams.cmd_teams))
+    p.set_defaults(func=teams.cmd_teams)
 
     p = _parser(sub, "register", "register a logged model under a team's project prefix", teams.cmd_register.__doc__)
     p.add_argument("model_uri", metavar="MODEL_URI", help="runs:/RUN_ID/model or models:/m-... (the logged model)")
     p.add_argument("name", metavar="NAME", help="registered model name: PROJECT-ALGORITHM, e.g. reco-als")
     p.add_argument("--team", help="team to register for (needed when the user is admin or in several teams)")
     p.add_argument("--file", default=default_teams, help="teams YAML (default: $MLFLOW_TEAMS_FILE or %(default)s)")
-    p.set_defaults(func=_command(teams.cmd_register))
+    p.set_defaults(func=teams.cmd_register)
 
     p = _parser(sub, "promote", "move an alias (candidate, challenger, champion) through its gates", promote.cmd_promote.__doc__)
     p.add_argument("name", metavar="MODEL", help="registered model name")
     p.add_argument("version", metavar="VERSION", nargs="?", help="model version to promote (not with --repair)")
     p.add_argument("--to", choices=promote.ALIASES, help="target alias")
     p.add_argument("--repair", action="store_true", help="finish a promotion that stopped half way")
-    p.set_defaults(func=_command(promote.cmd_promote))
+    p.set_defaults(func=promote.cmd_promote)
 
     p = _parser(sub, "validate", "check a model version's metrics and signature; tag validation_status", promote.cmd_validate.__doc__)
     p.add_argument("model_uri", metavar="MODEL_URI", help="models:/NAME/VERSION or models:/NAME@ALIAS")
     p.add_argument("--min-metric", action="append", default=[], metavar="NAME=VALUE", help="metric must be >= VALUE (repeatable)")
     p.add_argument("--max-metric", action="append", default=[], metavar="NAME=VALUE", help="metric must be <= VALUE (repeatable)")
-    p.set_defaults(func=_command(promote.cmd_validate))
+    p.set_defaults(func=promote.cmd_validate)
 
     p = _parser(sub, "cleanup", "delete old runs except the best N, then purge them and their artifacts", cleanup.cmd_cleanup.__doc__)
     p.add_argument("experiment", metavar="EXPERIMENT", help="experiment name (team/project/type) or id")
@@ -73,7 +58,4 @@ def add_commands(sub):
     p.add_argument("--metric", default="val_ndcg", help="metric that ranks runs (default %(default)s)")
     p.add_argument("--lower-is-better", action="store_true", help="rank ascending (losses)")
     p.add_argument("--execute", action="store_true", help="really delete (default: dry run, changes nothing)")
-    p.add_argument("--backend-store-uri", default=os.environ.get("MLFLOW_BACKEND_STORE_URI"),
-                   help="tracking DB for the purge step, e.g. postgresql+psycopg2://mlflow@pgbouncer:6432/mlflow "
-                        "from inside the engine's network (password from PGPASSWORD); default $MLFLOW_BACKEND_STORE_URI")
-    p.set_defaults(func=_command(cleanup.cmd_cleanup))
+    p.set_defaults(func=cleanup.cmd_cleanup)

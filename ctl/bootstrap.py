@@ -18,24 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-ROOT = Path(__file__).resolve().parent.parent
+from ctl.settings import ROOT, parse_env
+
 SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
 # Static keys only for a self-hosted S3-compatible store; on AWS the instance role is used.
 LOCAL_S3_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-
-
-def parse_env(text: str) -> dict:
-    out = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            out[key.strip()] = value.strip()
-    return out
-
-
-def read_env(root: Path = ROOT) -> dict:
-    return parse_env((root / ".env").read_text())
 
 
 def write_private(path: Path, data: bytes):

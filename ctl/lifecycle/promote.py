@@ -8,7 +8,8 @@ the intent tag: the next `promote` refuses and `promote NAME --repair` finishes 
 """
 import json
 
-from scripts.lifecycle_common import LifecycleError, client, error_code, now_iso
+from ctl.errors import CommandError
+from ctl.lifecycle.common import client, error_code, now_iso
 
 ALIASES = ("candidate", "challenger", "champion")
 BELOW = {"challenger": "candidate", "champion": "challenger"}  # alias a promotion takes the version from
@@ -33,19 +34,19 @@ def check_gates(mlf, name: str, version: str, alias: str):
     model = mlf.get_registered_model(name)
     if INTENT_TAG in model.tags:
         intent = json.loads(model.tags[INTENT_TAG])
-        raise LifecycleError(f"{name} has a half-done promotion (v{intent['version']} to @{intent['alias']}, "
+        raise CommandError(f"{name} has a half-done promotion (v{intent['version']} to @{intent['alias']}, "
                              f"started {intent['started_at']}): run `{repair_command(name)}` first")
     mv = mlf.get_model_version(name, version)
     if mv.status != "READY":
-        raise LifecycleError(f"{name} v{version} is {mv.status}, not READY")
+        raise CommandError(f"{name} v{version} is {mv.status}, not READY")
     if alias == "champion":
         challenger = _alias_version(mlf, name, "challenger")
         if challenger != str(version):
-            raise LifecycleError(f"refused: {name} v{version} is not the current challenger "
+            raise CommandError(f"refused: {name} v{version} is not the current challenger "
                                  f"(@challenger is {'v' + challenger if challenger else 'unset'}); "
                                  f"promote it with --to challenger first")
     if alias in ("challenger", "champion") and mv.tags.get("validation_status") != "passed":
-        raise LifecycleError(f"refused: {name} v{version} has validation_status={mv.tags.get('validation_status', 'unset')}; "
+        raise CommandError(f"refused: {name} v{version} has validation_status={mv.tags.get('validation_status', 'unset')}; "
                              f"run `./mlflowctl validate models:/{name}/{version} --min-metric ...` first")
     return _alias_version(mlf, name, alias)
 
@@ -79,7 +80,7 @@ def _run_steps(mlf, intent):
             action()
         except Exception as exc:
             holder = _alias_version(mlf, intent["model"], intent["alias"])
-            raise LifecycleError(
+            raise CommandError(
                 f"promotion of {intent['model']} v{intent['version']} to @{intent['alias']} stopped after "
                 f"'{done}' at '{what}': {str(exc).splitlines()[0] if str(exc) else repr(exc)}; "
                 f"@{intent['alias']} resolves to {'v' + holder if holder else 'nothing'}; "
@@ -127,11 +128,11 @@ def cmd_promote(args):
     mlf = client()
     if args.repair:
         if args.version or args.to:
-            raise LifecycleError("--repair takes only MODEL")
+            raise CommandError("--repair takes only MODEL")
         repair(mlf, args.name)
         return 0
     if not args.version or not args.to:
-        raise LifecycleError("give MODEL VERSION --to candidate|challenger|champion (or MODEL --repair)")
+        raise CommandError("give MODEL VERSION --to candidate|challenger|champion (or MODEL --repair)")
     promote(mlf, args.name, args.version, args.to)
     return 0
 
@@ -145,21 +146,21 @@ def parse_thresholds(items) -> dict:
         except ValueError:
             sep = ""
         if not sep or not name.strip():
-            raise LifecycleError(f"threshold {item!r} is not NAME=NUMBER")
+            raise CommandError(f"threshold {item!r} is not NAME=NUMBER")
     return out
 
 
 def resolve_model_uri(mlf, uri: str):
     """models:/NAME/VERSION or models:/NAME@ALIAS -> ModelVersion."""
     if not uri.startswith("models:/"):
-        raise LifecycleError(f"{uri!r} is not models:/NAME/VERSION or models:/NAME@ALIAS")
+        raise CommandError(f"{uri!r} is not models:/NAME/VERSION or models:/NAME@ALIAS")
     ref = uri[len("models:/"):]
     if "@" in ref:
         name, alias = ref.rsplit("@", 1)
         return mlf.get_model_version_by_alias(name, alias)
     name, _, version = ref.rpartition("/")
     if not name or not version.isdigit():
-        raise LifecycleError(f"{uri!r} is not models:/NAME/VERSION or models:/NAME@ALIAS")
+        raise CommandError(f"{uri!r} is not models:/NAME/VERSION or models:/NAME@ALIAS")
     return mlf.get_model_version(name, version)
 
 
@@ -205,6 +206,6 @@ def cmd_validate(args):
     for key, value in (("validation_status", status), ("validation_reason", reason[:5000]), ("validated_at", now_iso())):
         mlf.set_model_version_tag(mv.name, mv.version, key, value)
     if failures:
-        raise LifecycleError(f"{mv.name} v{mv.version} failed validation: {reason}")
+        raise CommandError(f"{mv.name} v{mv.version} failed validation: {reason}")
     print(f"{mv.name} v{mv.version} passed validation ({reason})")
     return 0

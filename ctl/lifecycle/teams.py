@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from scripts.lifecycle_common import (MODEL_NAME_RE, PREFIX_RE, TEAM_RE, LifecycleError, auth_client, client,
+from ctl.errors import CommandError
+from ctl.lifecycle.common import (MODEL_NAME_RE, PREFIX_RE, TEAM_RE, auth_client, client,
                                       current_user, error_code)
 
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE")
@@ -38,35 +39,35 @@ def load_teams(path) -> TeamsFile:
     """Parse and check the YAML: names, permissions, and that no two teams claim the same prefix."""
     path = Path(path)
     if not path.exists():
-        raise LifecycleError(f"teams file {path} not found")
+        raise CommandError(f"teams file {path} not found")
     data = yaml.safe_load(path.read_text()) or {}
     types = list(data.get("experiment_types") or DEFAULT_EXPERIMENT_TYPES)
     teams = []
     for raw in data.get("teams") or []:
         name = str(raw.get("name", ""))
         if not TEAM_RE.match(name):
-            raise LifecycleError(f"{path}: team name {name!r} must match {TEAM_RE.pattern}")
+            raise CommandError(f"{path}: team name {name!r} must match {TEAM_RE.pattern}")
         prefixes = [str(p) for p in raw.get("project_prefixes") or []]
         bad = [p for p in prefixes if not PREFIX_RE.match(p)]
         if not prefixes or bad:
-            raise LifecycleError(f"{path}: team {name}: project_prefixes must be non-empty and match {PREFIX_RE.pattern}")
+            raise CommandError(f"{path}: team {name}: project_prefixes must be non-empty and match {PREFIX_RE.pattern}")
         members = {}
         for m in raw.get("members") or []:
             m = {"username": m} if isinstance(m, str) else m
             perm = str(m.get("permission", "EDIT")).upper()
             if perm not in PERMISSIONS:
-                raise LifecycleError(f"{path}: team {name}: member {m.get('username')}: permission must be one of {PERMISSIONS}")
+                raise CommandError(f"{path}: team {name}: member {m.get('username')}: permission must be one of {PERMISSIONS}")
             members[str(m["username"])] = perm
         teams.append(Team(name, prefixes, members))
     names = [t.name for t in teams]
     if len(set(names)) != len(names):
-        raise LifecycleError(f"{path}: duplicate team names")
+        raise CommandError(f"{path}: duplicate team names")
     claimed = [(p, t.name) for t in teams for p in t.prefixes]
     for p, owner in claimed:
         for q, other in claimed:
             # "reco" and "recommend" would both own model "recommend-als": ownership must be unique.
             if owner != other and q.startswith(p):
-                raise LifecycleError(f"{path}: prefix {q!r} of team {other} overlaps prefix {p!r} of team {owner}")
+                raise CommandError(f"{path}: prefix {q!r} of team {other} overlaps prefix {p!r} of team {owner}")
     return TeamsFile(teams, types)
 
 
@@ -120,7 +121,7 @@ def cmd_teams(args):
                 raise
             new_passwords[username] = secrets.token_urlsafe(24)
     if new_passwords and not args.credentials_out and not args.dry_run:
-        raise LifecycleError(f"{len(new_passwords)} new user(s) need a password: pass --credentials-out FILE")
+        raise CommandError(f"{len(new_passwords)} new user(s) need a password: pass --credentials-out FILE")
     if new_passwords and not args.dry_run:  # written first: a user whose password was lost is useless
         _write_credentials(Path(args.credentials_out), new_passwords)
     for username, password in new_passwords.items():
@@ -141,7 +142,7 @@ def cmd_teams(args):
                 changes(f"create experiment {exp_name}", lambda n=exp_name, t=tags: mlf.create_experiment(n, tags=t))
                 exp = None if args.dry_run else mlf.get_experiment_by_name(exp_name)
             elif exp.lifecycle_stage != "active":
-                raise LifecycleError(f"experiment {exp_name} is deleted: restore it (mlflow experiments restore) or purge it")
+                raise CommandError(f"experiment {exp_name} is deleted: restore it (mlflow experiments restore) or purge it")
             for username, perm in sorted(team.members.items()):
                 grant(username, perm, "experiment", exp and exp.experiment_id, exp_name)
         for model in sorted(m for m in models if team.owns_model(m)):
@@ -161,7 +162,7 @@ def _all_model_names(mlf) -> list:
         token = page.token
         if not token:
             return names
-    raise LifecycleError("search_registered_models did not finish paging")
+    raise CommandError("search_registered_models did not finish paging")
 
 
 def _write_credentials(path: Path, passwords: dict):
@@ -179,20 +180,20 @@ def team_for_model(spec: TeamsFile, name: str, username: str, is_admin: bool, te
     """The team that may register NAME for USERNAME, or a one-line refusal (the design's register_model_safe)."""
     m = MODEL_NAME_RE.match(name)
     if not m:
-        raise LifecycleError(f"model name {name!r} is not PROJECT-ALGORITHM (lowercase, e.g. reco-als)")
+        raise CommandError(f"model name {name!r} is not PROJECT-ALGORITHM (lowercase, e.g. reco-als)")
     mine = [t for t in spec.teams if username in t.members]
     if team:
         mine = [t for t in (spec.teams if is_admin else mine) if t.name == team]
         if not mine:
-            raise LifecycleError(f"user {username!r} is not a member of team {team!r}")
+            raise CommandError(f"user {username!r} is not a member of team {team!r}")
     elif not mine:
-        raise LifecycleError(f"user {username!r} is in no team of the teams file" + (": pass --team" if is_admin else ""))
+        raise CommandError(f"user {username!r} is in no team of the teams file" + (": pass --team" if is_admin else ""))
     for t in mine:
         if t.owns_model(name):
             return t
     allowed = "; ".join(f"{t.name}: {', '.join(p + '*-ALGORITHM' for p in t.prefixes)}" for t in mine)
     owner = next((t.name for t in spec.teams if t.owns_model(name)), None)
-    raise LifecycleError(f"model name {name!r} is outside the prefixes of your team(s) ({allowed})"
+    raise CommandError(f"model name {name!r} is outside the prefixes of your team(s) ({allowed})"
                          + (f"; it belongs to team {owner}" if owner else ""))
 
 
@@ -222,10 +223,10 @@ def register_model_safe(model_uri: str, name: str, spec: TeamsFile, team: str = 
         except Exception as exc:
             if error_code(exc) != "PERMISSION_DENIED":
                 raise
-            raise LifecycleError(f"registered model {name} exists and {username!r} has no permission on it: "
+            raise CommandError(f"registered model {name} exists and {username!r} has no permission on it: "
                                  f"ask an admin to run `mlflowctl teams`") from exc
         if existing.tags.get("team", owner.name) != owner.name:
-            raise LifecycleError(f"registered model {name} belongs to team {existing.tags['team']}")
+            raise CommandError(f"registered model {name} belongs to team {existing.tags['team']}")
     version = mlflow.register_model(model_uri, name, tags={"team": owner.name})
     if created:  # the creator holds MANAGE on a new model; share it with the team as the YAML says
         for member, perm in owner.members.items():

@@ -1,51 +1,33 @@
-"""mlflowctl: operate the MLflow deployment bundle.
-
-  install     apt packages, Python venv (.venv) from the lock file; run once, as root
-  bootstrap   create .env (random secrets, mode 0600) and certs/ (private CA + server cert)
-  up          bootstrap, images, then `docker compose up --wait` (Docker, or podman's Docker API)
-  down        stop and remove the containers; data volumes are kept unless --volumes
-  restart     restart some (or all) services and wait until they are healthy
-  status      each service's state and health; exit 3 if one is not running/healthy
-  logs        service logs (`docker compose logs`)
-  compose     any `docker compose` command, with this bundle's files, engine and images
-  config      check docker-compose.production.yml with the real Compose binary (both profiles)
-  test        `up`, then the whole test suite (unit, stack, infra); extra args go to pytest
-  backup, restore                              databases + artifact bucket (docs/security.md)
-  teams, register, promote, validate, cleanup  day-2 model operations (docs/lifecycle.md)
-  load, benchmark, faults                      load, comparison with plain MLflow, fault injection
-
-`bootstrap`, `up`, `down` and `restart` can be re-run safely. Run `./mlflowctl COMMAND --help`.
-"""
+"""Stack commands: bootstrap, up, down, restart, status, logs, compose, config, test."""
 import argparse
 import subprocess
 import sys
 import time
 
-from scripts import bootstrap as boot
-from scripts import backup, engine, faults, lifecycle, load
+from ctl import bootstrap as boot
+from ctl import engine
+from ctl.errors import CommandError
+from ctl.settings import ROOT, Settings
 
 ONE_SHOT_OK = "exited (0)"
 
 
-def wait_for_nginx(env: dict, deadline_s: float = 120) -> str:
-    """Poll /health through Nginx over HTTPS, trusting only our CA; returns the public URL."""
+def wait_for_nginx(settings: Settings, deadline_s: float = 120):
+    """Poll /health through Nginx over HTTPS (at localhost, before DNS), trusting only our CA."""
     import requests
-    session = requests.Session()
-    session.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would override verify=
-    port = env.get("HTTPS_PORT", "443")
+    session = settings.http()
     deadline = time.monotonic() + deadline_s
     last = None
     while time.monotonic() < deadline:
         try:
-            # The certificate always covers localhost too, so this works before DNS does.
-            r = session.get(f"https://localhost:{port}/health", verify=str(boot.ROOT / "certs" / "ca.crt"), timeout=5)
+            r = session.get(f"{settings.url('localhost')}/health", timeout=5)
             if r.status_code == 200:
-                return f"https://{env['MLFLOW_PUBLIC_HOST']}" + ("/" if port == "443" else f":{port}/")
+                return
             last = f"HTTP {r.status_code}"
         except requests.RequestException as exc:
             last = str(exc)
         time.sleep(1)
-    raise SystemExit(f"mlflowctl: /health through Nginx did not answer within {deadline_s:.0f}s: {last}")
+    raise CommandError(f"/health through Nginx did not answer within {deadline_s:.0f}s: {last}")
 
 
 def compose_up(eng, *services):
@@ -55,23 +37,24 @@ def compose_up(eng, *services):
     if proc.returncode:
         print_status(eng)
         engine.compose(eng, "logs", "--no-color", "--tail", "30", check=False)
-        raise SystemExit(f"mlflowctl: the stack did not become healthy (`./mlflowctl logs SERVICE` for more); "
+        raise CommandError(f"the stack did not become healthy (`./mlflowctl logs SERVICE` for more); "
                          f"if `migrate` failed on a password, the pgdata volume was made with another .env")
     engine.log(f"stack healthy in {time.monotonic() - started:.0f}s")
 
 
 def cmd_up(args):
     env = boot.bootstrap()
+    settings = Settings.load()
     eng = engine.ensure()
     chosen = engine.ensure_images(eng, env)
     engine.start_ticker(eng)
     compose_up(eng)
-    url = wait_for_nginx(env)
+    wait_for_nginx(settings)
     standins = engine.read_images_env()
-    print(f"\nMLflow is up: {url}  (engine: {eng.kind})\n"
-          f"  admin user:     {env['MLFLOW_ADMIN_USERNAME']}\n"
-          f"  admin password: MLFLOW_ADMIN_PASSWORD in {boot.ROOT / '.env'} (mode 0600)\n"
-          f"  CA to trust:    {boot.ROOT / 'certs' / 'ca.crt'} (MLFLOW_TRACKING_SERVER_CERT_PATH)\n"
+    print(f"\nMLflow is up: {settings.public_url}/  (engine: {eng.kind})\n"
+          f"  admin user:     {settings.admin_auth[0]}\n"
+          f"  admin password: MLFLOW_ADMIN_PASSWORD in {ROOT / '.env'} (mode 0600)\n"
+          f"  CA to trust:    {settings.ca_path} (MLFLOW_TRACKING_SERVER_CERT_PATH)\n"
           f"  logs:           ./mlflowctl logs [SERVICE]")
     if standins:
         print("  stand-in images (no registry reachable; README \"Stand-in images\"):")
@@ -106,7 +89,7 @@ def cmd_down(args):
     eng = engine.ensure()
     if args.volumes:
         engine.log("removing containers AND data volumes (databases, artifacts, rendered config)")
-    if (engine.ROOT / ".env").exists():
+    if (ROOT / ".env").exists():
         # With the benchmark profile too, so its plain-mlflow container and volume go as well.
         engine.compose(eng, "--profile", "benchmark", "down", "--remove-orphans",
                        *(["--volumes"] if args.volumes else []))
@@ -131,30 +114,36 @@ def cmd_logs(args):
 
 def cmd_compose(args):
     eng = engine.ensure()
-    return subprocess.run(engine.compose_args() + args.pytest_args, env=eng.env, cwd=engine.ROOT).returncode
+    return subprocess.run(engine.compose_args() + args.extra, env=eng.env, cwd=ROOT).returncode
 
 
 def cmd_config(args):
     for profiles in ((), ("local",)):
-        subprocess.run(engine.compose_args(profiles) + ["config", "--quiet"], check=True, cwd=engine.ROOT)
+        subprocess.run(engine.compose_args(profiles) + ["config", "--quiet"], check=True, cwd=ROOT)
         print(f"compose config ok{' (profile local)' if profiles else ''}")
 
 
+def needs_stack(pytest_args: list) -> bool:
+    """False when a `-m EXPR` selects no `stack` or `store` test (e.g. `-m unit`, `-m "unit or infra"`)."""
+    from _pytest.mark.expression import Expression
+    if "-m" not in pytest_args or pytest_args.index("-m") + 1 >= len(pytest_args):
+        return True
+    expr = Expression.compile(pytest_args[pytest_args.index("-m") + 1])
+    return any(expr.evaluate(lambda name, s=suite: name == s) for suite in ("stack", "store"))
+
+
 def cmd_test(args):
-    cmd_up(args)
-    return subprocess.run([sys.executable, "-m", "pytest", "tests", *args.pytest_args], cwd=engine.ROOT).returncode
+    if needs_stack(args.extra):
+        cmd_up(args)
+    return subprocess.run([sys.executable, "-m", "pytest", *args.extra], cwd=ROOT).returncode
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="mlflowctl", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("bootstrap", help="create .env and certs/ (idempotent)",
-                   description=boot.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-                   ).set_defaults(func=lambda a: boot.bootstrap() and 0)
+def register(sub):
+    fmt = argparse.RawDescriptionHelpFormatter
+    sub.add_parser("bootstrap", help="create .env and certs/ (idempotent)", description=boot.__doc__,
+                   formatter_class=fmt).set_defaults(func=lambda a: boot.bootstrap() and 0)
     sub.add_parser("up", help="build/pull images, start the stack, wait for /health through Nginx",
-                   description=engine.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-                   ).set_defaults(func=cmd_up)
+                   description=engine.__doc__, formatter_class=fmt).set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop and remove the containers (data volumes are kept)")
     down.add_argument("--volumes", action="store_true",
                       help="also DELETE the data volumes: databases, artifacts, rendered config")
@@ -168,21 +157,7 @@ def main(argv=None) -> int:
     logs.add_argument("--tail", type=int, default=200, help="lines per service (default 200)")
     logs.set_defaults(func=cmd_logs)
     sub.add_parser("compose", help="run any docker compose command with the bundle's settings",
-                   add_help=False).set_defaults(func=cmd_compose)
+                   add_help=False).set_defaults(func=cmd_compose, passthrough=True)
     sub.add_parser("config", help="validate the compose file with the real Compose binary").set_defaults(func=cmd_config)
-    test = sub.add_parser("test", help="bring the stack up, then run every test suite")
-    test.set_defaults(pytest_args=[])  # unknown arguments go to pytest (e.g. -k e2e -x)
-    test.set_defaults(func=cmd_test)
-    lifecycle.add_commands(sub)
-    backup.add_commands(sub)
-    load.add_commands(sub)
-    faults.add_commands(sub)
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("test", "compose"):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.pytest_args = extra
-    return args.func(args) or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    # Unknown arguments go to pytest (e.g. -m unit, -k e2e -x).
+    sub.add_parser("test", help="bring the stack up, then run every test suite").set_defaults(func=cmd_test, passthrough=True)

@@ -1,0 +1,54 @@
+"""mlflowctl: operate the MLflow deployment bundle.
+
+  install     apt packages, Python venv (.venv) from the lock file; run once, as root
+  bootstrap   create .env (random secrets, mode 0600) and certs/ (private CA + server cert)
+  up          bootstrap, images, then `docker compose up --wait` (Docker, or podman's Docker API)
+  down        stop and remove the containers; data volumes are kept unless --volumes
+  restart     restart some (or all) services and wait until they are healthy
+  status      each service's state and health; exit 3 if one is not running/healthy
+  logs        service logs (`docker compose logs`)
+  compose     any `docker compose` command, with this bundle's files, engine and images
+  config      check docker-compose.production.yml with the real Compose binary (both profiles)
+  test        `up`, then the whole test suite (unit, stack, infra); extra args go to pytest
+  backup, restore                              databases + artifact bucket (docs/security.md)
+  teams, register, promote, validate, cleanup  day-2 model operations (docs/lifecycle.md)
+  load, benchmark, faults                      load, comparison with plain MLflow, fault injection
+
+`bootstrap`, `up`, `down` and `restart` can be re-run safely. Run `./mlflowctl COMMAND --help`.
+"""
+import argparse
+import sys
+
+from ctl import backup, lifecycle, stack
+from ctl.errors import CommandError
+from ctl.perf import faults, load
+
+# Each group adds its subcommands (`register(subparsers)`); a new group is one more entry here.
+GROUPS = (stack, backup, lifecycle, load, faults)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="mlflowctl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    try:
+        return args.func(args) or 0
+    except CommandError as exc:
+        message = str(exc)
+    except Exception as exc:
+        mlflow_errors = sys.modules.get("mlflow.exceptions")  # imported only by commands that use MLflow
+        if not (mlflow_errors and isinstance(exc, mlflow_errors.MlflowException)):
+            raise
+        message = exc.message or repr(exc)
+    print(f"mlflowctl {args.command}: {message.splitlines()[0] if message else 'failed'}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
