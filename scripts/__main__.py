@@ -11,6 +11,7 @@
   config      check docker-compose.production.yml with the real Compose binary (both profiles)
   test        `up`, then the whole test suite (unit, stack, infra); extra args go to pytest
   backup, restore                              databases + artifact bucket (docs/security.md)
+  upgrade                                      backup, migrations once, roll MLflow to a new image (README)
   teams, register, promote, validate, cleanup  day-2 model operations (docs/lifecycle.md)
   load, benchmark, faults                      load, comparison with plain MLflow, fault injection
 
@@ -22,7 +23,7 @@ import sys
 import time
 
 from scripts import bootstrap as boot
-from scripts import backup, engine, faults, lifecycle, load
+from scripts import backup, engine, faults, lifecycle, load, upgrade
 
 ONE_SHOT_OK = "exited (0)"
 
@@ -177,6 +178,7 @@ def main(argv=None) -> int:
     backup.add_commands(sub)
     load.add_commands(sub)
     faults.add_commands(sub)
+    upgrade.add_commands(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in ("test", "compose"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
