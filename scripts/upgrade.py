@@ -29,6 +29,7 @@ tracking schema unchanged).
 """
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -54,7 +55,6 @@ def record_path() -> Path:
 
 def settings() -> dict:
     """.env, overridden by the environment (as Compose does)."""
-    import os
     from scripts.bootstrap import read_env
     return {**read_env(engine.ROOT), **os.environ}
 
