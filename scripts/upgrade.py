@@ -255,8 +255,8 @@ def upgrade(args) -> int:
         print(f"\nmlflowctl upgrade: FAILED at step {current}: {exc}\n\n{rollback_advice(record, current)}",
               file=sys.stderr)
         return 1
-    print(f"\nUpgraded: {previous} -> {new} (MLflow {version})"
-          + (f"; backup taken before: {record['backup']}" if record["backup"] else ""))
+    print(f"\nUpgraded: {previous} -> {new} (MLflow {version}); backup taken before: {record['backup']}"
+          if record["backup"] else f"\nAlready upgraded: {new} serves MLflow {version}")
     return 0
 
 
