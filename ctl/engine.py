@@ -271,7 +271,8 @@ def stale_services(engine: Engine, services=()) -> list:
     return stale
 
 
-def up(engine: Engine, *services, timeout_s: int = 600, capture: bool = False) -> subprocess.CompletedProcess:
+def up(engine: Engine, *services, timeout_s: int = 600, capture: bool = False,
+       options: tuple = ()) -> subprocess.CompletedProcess:
     """`compose up --detach --wait`, recreating only containers that changed.
 
     podman 4.3's Docker API reports a network's name where Compose expects the network's ID, so
@@ -287,7 +288,7 @@ def up(engine: Engine, *services, timeout_s: int = 600, capture: bool = False) -
             log(f"recreating {', '.join(stale)} (config or image changed)")
             compose(engine, "rm", "--stop", "--force", *stale, capture=True)
         args.append("--no-recreate")
-    return compose(engine, *args, *services, check=False, capture=capture, timeout=timeout_s + 120)
+    return compose(engine, *args, *options, *services, check=False, capture=capture, timeout=timeout_s + 120)
 
 
 def remove_project(engine: Engine, volumes: bool):
@@ -444,7 +445,8 @@ def ensure_our_image(engine: Engine, env: dict, chosen: dict):
 
 # --- health-check ticker (podman only) -------------------------------------------------------
 def ticker_pid() -> Path:
-    return VAR / "run" / "healthcheck-ticker.pid"
+    """One ticker per compose project: it checks only its own project's containers."""
+    return VAR / "run" / f"healthcheck-ticker-{PROJECT}.pid"
 
 
 def start_ticker(engine: Engine):
