@@ -111,8 +111,8 @@ class ScaleOutArgs:
     mlflow_image: pulumi.Input[str]
     image_present: pulumi.Input[bool]
     alarm_topic_arn: pulumi.Input[str]
-    min_tasks: int = 1
-    max_tasks: int = 4
+    min_tasks: int
+    max_tasks: int
 
 
 class ScaleOut(pulumi.ComponentResource):
