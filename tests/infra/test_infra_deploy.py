@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from infra.compose_model import (aws_env, connections_per_task, derive_container, on_rds,
-                                 resolve)
+from infra.compose_model import aws_env, derive_container, on_rds, resolve
 from infra.migrate_runner import handler
 from infra.mockrun import run_stack
 
@@ -160,14 +159,6 @@ def test_derivation_is_generic():
     with pytest.raises(ValueError, match="whole values"):
         derive_container({"services": {"a": {"environment": {"U": "x:secret-ref-X"}}}}, "a",
                          image="i", secrets={"X": "y"}, db_host="h")
-
-
-def test_connections_per_task_follow_the_service():
-    service = {"command": ["mlflow", "server", "--app-name", "some-auth", "--workers", "3"],
-               "environment": {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "4",
-                               "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "1"}}
-    assert connections_per_task(service) == 3 * 5 * 2
-    assert connections_per_task({"command": ["mlflow", "server"], "environment": {}}) == 4 * 15
 
 
 def test_parameter_group_is_sized_for_the_instance_class(dev_run, prod_run):
