@@ -23,9 +23,6 @@ SECRET_ENV = {"POSTGRES_PASSWORD": ("db", "password"),
               "MLFLOW_ADMIN_PASSWORD": ("app", "MLFLOW_ADMIN_PASSWORD"),
               "MLFLOW_FLASK_SERVER_SECRET_KEY": ("app", "MLFLOW_FLASK_SERVER_SECRET_KEY")}
 _SECRET_REF = "secret-ref-"  # stands in for a secret's value while the model is resolved
-# MLflow's own defaults, used when the service does not set them.
-MLFLOW_DEFAULT_WORKERS = 4
-SQLALCHEMY_DEFAULT_POOL, SQLALCHEMY_DEFAULT_OVERFLOW = 5, 10
 
 
 def compose_binary() -> str:
@@ -73,19 +70,14 @@ def bind_mounts(service: dict, root: Path = REPO_ROOT) -> list[tuple[str, str]]:
             for v in service.get("volumes") or [] if v.get("type") == "bind"]
 
 
-def arg_after(command: list[str], flag: str, default=None):
-    return command[command.index(flag) + 1] if flag in command else default
-
-
-def connections_per_task(service: dict) -> int:
-    """Database connections one MLflow server can open: workers x (pool + overflow), twice with
-    an auth app (--app-name: basic-auth or ours, with its own engine on the auth database)."""
-    command, env = service.get("command") or [], service.get("environment") or {}
-    workers = int(arg_after(command, "--workers", MLFLOW_DEFAULT_WORKERS))
-    pool = int(env.get("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE") or SQLALCHEMY_DEFAULT_POOL)
-    overflow = int(env.get("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW") or SQLALCHEMY_DEFAULT_OVERFLOW)
-    engines = 2 if arg_after(command, "--app-name") else 1  # the auth app's database engine
-    return workers * (pool + overflow) * engines
+def option(args: list[str], *names: str) -> str | None:
+    """The last value given to any of names, as `--name value` or `--name=value`."""
+    found = None
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in names:
+            found = value if eq else args[i + 1]
+    return found
 
 
 # Any URI whose scheme names PostgreSQL: postgresql://, postgresql+psycopg2://, plugin schemes.

@@ -91,10 +91,10 @@ class StackConfig:
                              f"{self.ecs_max_tasks}")
 
     @classmethod
-    def load(cls, config=None, region: str | None = None) -> "StackConfig":
+    def load(cls) -> "StackConfig":
         """Read each key with its declared type's getter; a missing key takes its Pulumi.yaml
-        default (a configured 0, false or "" is kept as given)."""
-        c = config or pulumi.Config()
+        default (a configured 0, false, "" or [] is kept as given)."""
+        c = pulumi.Config()
         declared = declared_config()
         values: dict = {}
         for f in fields(cls):
@@ -108,5 +108,5 @@ class StackConfig:
                     raise ValueError(f"config {key} is required (declared in Pulumi.yaml)")
                 value = spec["default"]
             values[f.name] = value
-        values["region"] = region or pulumi.Config("aws").require("region")
+        values["region"] = pulumi.Config("aws").require("region")
         return cls(**values)

@@ -13,11 +13,13 @@ from infra.components.scale_out import ScaleOut, ScaleOutArgs, connections_neede
 from infra.components.server_iam import ServerIam, ServerIamArgs
 from infra.components.tracking_db import TrackingDb, TrackingDbArgs
 from infra.config import StackConfig
+from infra.connection_budget import connection_budget
 
 
 def build(cfg: StackConfig) -> dict[str, pulumi.Input]:
     tags, prefix = cfg.tags, f"mlflow-{cfg.environment}"
     ecs = cfg.compute_mode == "ecs"
+    budget = connection_budget()  # refuses files that break the connection budget
     network = Network(prefix, NetworkArgs(tags=tags, region=cfg.region, vpc_id=cfg.vpc_id or None,
                                           cidr=cfg.vpc_cidr, public_subnet_ids=cfg.public_subnet_ids,
                                           private_subnet_ids=cfg.private_subnet_ids))
@@ -31,8 +33,8 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input]:
         engine_version=cfg.db_engine_version, instance_class=cfg.db_instance_class,
         allocated_storage=cfg.db_allocated_storage,
         backup_retention_days=cfg.db_backup_retention_days,
-        # EC2 goes through PgBouncer (postgresql.conf's max_connections covers its pools).
-        min_connections=connections_needed(cfg.ecs_max_tasks) if ecs else 0))
+        # EC2 goes through PgBouncer, whose pools postgresql.conf's max_connections covers.
+        min_connections=connections_needed(budget, cfg.ecs_max_tasks) if ecs else 0))
     alarms = Alarms(f"{prefix}-alarms", AlarmsArgs(tags=tags, db_identifier=db.identifier,
                                                    email=cfg.alarm_email))
     secrets = AppSecrets(f"{prefix}-app-secrets", AppSecretsArgs(

@@ -16,7 +16,7 @@ class AlarmsArgs:
 
     tags: dict[str, str]
     db_identifier: pulumi.Input[str]
-    email: str = ""
+    email: str
 
 
 # (metric, comparison, threshold, what it means): RDS instance metrics, 5-minute averages.

@@ -34,8 +34,8 @@ class ArtifactStoreArgs:
 
     tags: dict[str, str]
     environment: str
-    encryption: str = "sse-kms"
-    noncurrent_version_days: int = 30
+    encryption: str
+    noncurrent_version_days: int
     force_destroy: bool = False
 
 

@@ -53,8 +53,8 @@ class ComputeArgs:
     mlflow_image: pulumi.Input[str]
     image_present: pulumi.Input[bool]
     alarm_topic_arn: pulumi.Input[str]
-    tls_secret_arn: str = ""
-    instance_type: str = "t3.medium"
+    tls_secret_arn: str
+    instance_type: str
     root_volume_gb: int = 30
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
@@ -18,10 +18,10 @@ class NetworkArgs:
 
     tags: dict[str, str]
     region: str
-    vpc_id: str | None = None
-    public_subnet_ids: list[str] = field(default_factory=list)
-    private_subnet_ids: list[str] = field(default_factory=list)
-    cidr: str = "10.20.0.0/16"
+    vpc_id: str | None
+    public_subnet_ids: list[str]
+    private_subnet_ids: list[str]
+    cidr: str
     az_count: int = 2
 
 

@@ -13,11 +13,10 @@ import pulumi_aws as aws
 from pulumi import ResourceOptions
 
 from infra.components.compute import front_door_rules
-from infra.compose_model import (REPO_ROOT, SECRET_ENV, arg_after, aws_env, bind_mounts,
-                                 connections_per_task, derive_container, on_rds, placeholder_model,
-                                 resolve)
+from infra.compose_model import (REPO_ROOT, SECRET_ENV, aws_env, bind_mounts,
+                                 derive_container, on_rds, option, placeholder_model, resolve)
+from infra.connection_budget import Budget
 
-RESERVED_CONNECTIONS = 15  # the migrate task, admin sessions, RDS's own
 # A rolling deploy starts the new tasks before it stops the old ones: up to twice the tasks.
 DEPLOY_MAX_PERCENT = 200
 MIGRATE_RUNNER = Path(__file__).resolve().parent.parent / "migrate_runner.py"
@@ -27,11 +26,10 @@ WRITE_FILES = ("import json, os\n"
                "    open(path, 'w').write(text)\n")
 
 
-def connections_needed(max_tasks: int, model: dict | None = None) -> int:
-    """PostgreSQL connections ECS can open at once: every task at max scale, doubled while a
-    rolling deploy runs old and new tasks side by side (no PgBouncer in ECS mode)."""
-    service = (model or placeholder_model())["services"]["mlflow"]
-    return max_tasks * DEPLOY_MAX_PERCENT // 100 * connections_per_task(service) + RESERVED_CONNECTIONS
+def connections_needed(budget: Budget, max_tasks: int) -> int:
+    """max_connections for ECS: every task at max scale connects directly (no PgBouncer), twice
+    as many while a rolling deploy runs old and new tasks side by side."""
+    return budget.max_connections_needed(direct_servers=max_tasks * DEPLOY_MAX_PERCENT // 100)
 
 
 def config_volumes(service: dict) -> dict[str, str]:
@@ -59,7 +57,7 @@ def task_definitions(model: dict, *, image: str, db_host: str, secrets: dict[str
             "environment": [{"name": "CONFIG_FILES", "value": json.dumps(files)}],
             "mountPoints": mounts, "logConfiguration": logging("config")}
     mlflow = derive_container(model, "mlflow", image=image, secrets=secrets, db_host=db_host)
-    port = int(arg_after(mlflow["command"], "--port", 5000))
+    port = int(option(mlflow["command"], "--port") or 5000)
     mlflow.update(portMappings=[{"containerPort": port, "protocol": "tcp"}],
                   mountPoints=[{**m, "readOnly": True} for m in mounts],
                   dependsOn=[{"containerName": "config", "condition": "SUCCESS"}],
@@ -111,8 +109,8 @@ class ScaleOutArgs:
     mlflow_image: pulumi.Input[str]
     image_present: pulumi.Input[bool]
     alarm_topic_arn: pulumi.Input[str]
-    min_tasks: int = 1
-    max_tasks: int = 4
+    min_tasks: int
+    max_tasks: int
 
 
 class ScaleOut(pulumi.ComponentResource):
@@ -127,7 +125,7 @@ class ScaleOut(pulumi.ComponentResource):
         tags = {**args.tags, "Name": name}
         present = pulumi.Output.from_input(args.image_present)
         mlflow_service = placeholder_model()["services"]["mlflow"]
-        port = int(arg_after(mlflow_service["command"], "--port", 5000))
+        port = int(option(mlflow_service["command"], "--port") or 5000)
 
         logs = aws.cloudwatch.LogGroup(f"{name}-logs", retention_in_days=30, tags=tags, opts=child)
         aws.iam.RolePolicy(f"{name}-logs", role=args.task_role_name, opts=child,

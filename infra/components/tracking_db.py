@@ -33,12 +33,12 @@ class TrackingDbArgs:
     vpc_id: pulumi.Input[str]
     subnet_ids: list
     server_security_group_id: pulumi.Input[str]
-    engine_version: str = POSTGRES_MAJOR
-    instance_class: str = "db.t4g.small"
-    allocated_storage: int = 20
+    engine_version: str
+    instance_class: str
+    allocated_storage: int
+    backup_retention_days: int
+    min_connections: int
     max_allocated_storage: int = 100
-    backup_retention_days: int = 7
-    min_connections: int = 0
 
     @property
     def is_prod(self) -> bool:

@@ -11,6 +11,8 @@ import json
 import pytest
 
 import infra.components.compute as compute
+from infra.compose_model import placeholder_model
+from infra.connection_budget import read_budget
 from infra.mockrun import run_stack
 from infra.policy.rules import AUTONAME_SUFFIX, NAME_LIMITS
 
@@ -98,14 +100,13 @@ def test_max_connections_cover_a_rolling_deploy(max_tasks):
     (a rolling deploy runs old and new tasks side by side), counted from the registered task."""
     run = _ecs({"ecsMaxTasks": max_tasks})
     mlflow = _mlflow_container(run)
-    env = {e["name"]: e["value"] for e in mlflow["environment"]}
-    command = mlflow["command"]
-    workers = int(command[command.index("--workers") + 1]) if "--workers" in command else 4
-    pool = int(env.get("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", 5)) + int(env.get("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", 10))
-    engines = 2 if "--app-name" in command else 1  # an auth app has its own database engine
+    model = placeholder_model()
+    registered = {"command": mlflow["command"],
+                  "environment": {e["name"]: e["value"] for e in mlflow["environment"]}}
+    budget = read_budget({"services": {**model["services"], "mlflow": registered}})
     # ECS starts up to deploymentMaximumPercent of the tasks during a deploy (default 200).
-    surge = run.one("aws:ecs/service:Service").inputs.get("deploymentMaximumPercent", 200) / 100
+    surge = run.one("aws:ecs/service:Service").inputs.get("deploymentMaximumPercent", 200) // 100
     params = {p["name"]: p["value"] for p in run.one("aws:rds/parameterGroup:ParameterGroup").inputs["parameters"]}
     scaling = run.one("aws:appautoscaling/target:Target").inputs
     assert scaling["maxCapacity"] == max_tasks
-    assert int(params["max_connections"]) >= max_tasks * workers * pool * engines * surge
+    assert int(params["max_connections"]) >= budget.max_connections_needed(direct_servers=max_tasks * surge)

@@ -1,16 +1,13 @@
-"""Day one and day-N deploys, one source for the mlflow service, typed config, operator needs.
+"""Day one and day-N deploys, one source for the mlflow service, operator needs.
 
 Mock boundary: the program runs under Pulumi's mocks (no AWS, no Pulumi CLI). The ECS container
 definitions are compared with the model the real Compose binary resolves.
 """
 import json
-from dataclasses import MISSING, fields
 
 import pytest
 
-from infra.compose_model import (aws_env, connections_per_task, derive_container, on_rds,
-                                 resolve)
-from infra.config import GETTERS, StackConfig, config_key, declared_config
+from infra.compose_model import aws_env, derive_container, on_rds, resolve
 from infra.migrate_runner import handler
 from infra.mockrun import run_stack
 
@@ -162,45 +159,6 @@ def test_derivation_is_generic():
     with pytest.raises(ValueError, match="whole values"):
         derive_container({"services": {"a": {"environment": {"U": "x:secret-ref-X"}}}}, "a",
                          image="i", secrets={"X": "y"}, db_host="h")
-
-
-def test_connections_per_task_follow_the_service():
-    service = {"command": ["mlflow", "server", "--app-name", "some-auth", "--workers", "3"],
-               "environment": {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "4",
-                               "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "1"}}
-    assert connections_per_task(service) == 3 * 5 * 2
-    assert connections_per_task({"command": ["mlflow", "server"], "environment": {}}) == 4 * 15
-
-
-# --- Typed config, one default per key (item 7) --------------------------------------------
-
-def test_every_field_is_declared_once_with_its_type():
-    declared = declared_config()
-    for f in fields(StackConfig):
-        if f.name == "region":
-            continue
-        spec = declared[config_key(f.name)]
-        assert GETTERS[spec["type"]][1].__name__ == str(f.type).split("[")[0], f.name
-        assert f.default is MISSING and f.default_factory is MISSING, \
-            f"{f.name} has a default in config.py: defaults live in Pulumi.yaml only"
-
-
-class FakeConfig:
-    def __init__(self, values):
-        self.values = values
-
-    def get(self, key):
-        return self.values.get(key)
-
-    get_int = get_bool = get_object = get
-
-
-def test_configured_zero_false_and_empty_are_kept():
-    cfg = StackConfig.load(FakeConfig({
-        "environment": "dev", "publicHost": "h", "allowedCidrs": ["10.0.0.0/8"], "ecsMinTasks": 0,
-        "noncurrentVersionDays": 0, "dbReadReplica": False, "owner": ""}), region="us-east-1")
-    assert cfg.ecs_min_tasks == 0 and cfg.noncurrent_version_days == 0 and cfg.owner == ""
-    assert cfg.mlflow_image_tag == declared_config()["mlflowImageTag"]["default"]
 
 
 def test_parameter_group_is_sized_for_the_instance_class(dev_run, prod_run):

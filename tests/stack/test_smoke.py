@@ -1,6 +1,8 @@
 """testinfra smoke tests of the running stack, inside its containers: processes, listeners,
 mounted files and their modes, configs in force, and what the engine publishes.
 """
+import configparser
+
 import pytest
 
 from ctl import engine
@@ -148,7 +150,10 @@ def test_pgbouncer_settings_in_force(stack, service_host, stack_env):
     config = {line.split("|")[0]: line.split("|")[1] for line in rows.splitlines()}
     assert config["pool_mode"] == "transaction"
     assert config["auth_type"] == "scram-sha-256"
-    assert config["max_client_conn"] == "500" and config["default_pool_size"] == "30"
+    template = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
+    template.read_string((ROOT / "pgbouncer" / "pgbouncer.ini.template").read_text())
+    for key in ("max_client_conn", "default_pool_size", "reserve_pool_size"):
+        assert config[key] == template["pgbouncer"][key], key
 
 
 def conf_values(text: str) -> dict:
