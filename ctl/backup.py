@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -225,7 +224,7 @@ def safe_path(base: Path, key: str) -> Path:
 def cmd_backup(args) -> int:
     cfg = settings(args)
     os.umask(0o077)  # every file and directory below is private from its creation on
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     final = Path(args.out).resolve() / f"mlflow-backup-{stamp}"
     out = final.with_name(final.name + ".partial")  # renamed when complete: never mistaken for a backup
     out.mkdir(parents=True, mode=0o700)

@@ -55,8 +55,9 @@ def ensure_env(root: Path = ROOT) -> tuple[dict, list[str]]:
         # First run: keep .env.example's comments and order, with the secrets filled in.
         filled = parse_env("\n".join(lines))
         text = "\n".join(
-            f"{l.split('=', 1)[0]}={filled[l.split('=', 1)[0]]}" if l and not l.startswith("#") and "=" in l else l
-            for l in example.splitlines()) + "\n"
+            f"{line.split('=', 1)[0]}={filled[line.split('=', 1)[0]]}"
+            if line and not line.startswith("#") and "=" in line else line
+            for line in example.splitlines()) + "\n"
         write_private(env_file, text.encode())
     elif added:
         write_private(env_file, (current.rstrip("\n") + "\n" + "\n".join(lines) + "\n").encode())
@@ -88,7 +89,7 @@ def covers(cert: x509.Certificate, host: str) -> bool:
 def ensure_certs(host: str, certs: Path) -> list[str]:
     """Return the names of the files this call wrote."""
     certs.mkdir(mode=0o755, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     written = []
     if not (certs / "ca.crt").exists() or not (certs / "ca.key").exists():
         ca_key = ec.generate_private_key(ec.SECP256R1())

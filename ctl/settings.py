@@ -37,7 +37,7 @@ class Settings:
     root: Path = ROOT
 
     @classmethod
-    def load(cls, root: Path = ROOT) -> "Settings":
+    def load(cls, root: Path = ROOT) -> Settings:
         path = root / ".env"
         if not path.exists():
             raise CommandError(f"no {path}: run `./mlflowctl up` (or `./mlflowctl bootstrap`) first")

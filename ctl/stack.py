@@ -37,8 +37,8 @@ def compose_up(eng, *services):
     if proc.returncode:
         print_status(eng)
         engine.compose(eng, "logs", "--no-color", "--tail", "30", check=False)
-        raise CommandError(f"the stack did not become healthy (`./mlflowctl logs SERVICE` for more); "
-                         f"if `migrate` failed on a password, the pgdata volume was made with another .env")
+        raise CommandError("the stack did not become healthy (`./mlflowctl logs SERVICE` for more); "
+                         "if `migrate` failed on a password, the pgdata volume was made with another .env")
     engine.log(f"stack healthy in {time.monotonic() - started:.0f}s")
 
 

@@ -17,7 +17,7 @@ from ctl import engine
 from ctl.errors import CommandError
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def eng() -> engine.Engine:
     return engine.ensure(start=False)
 

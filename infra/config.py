@@ -91,7 +91,7 @@ class StackConfig:
                              f"{self.ecs_max_tasks}")
 
     @classmethod
-    def load(cls) -> "StackConfig":
+    def load(cls) -> StackConfig:
         """Read each key with its declared type's getter; a missing key takes its Pulumi.yaml
         default (a configured 0, false, "" or [] is kept as given)."""
         c = pulumi.Config()

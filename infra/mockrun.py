@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pulumi
-from pulumi.runtime.mocks import MockMonitor
 import yaml
+from pulumi.runtime.mocks import MockMonitor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT, REGION = "123456789012", "us-east-1"

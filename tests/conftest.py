@@ -15,6 +15,8 @@ from ctl.errors import CommandError
 from ctl.settings import CA_OVERRIDES, ROOT, Settings
 
 SUITES = ("unit", "store", "stack", "infra")
+# The lifecycle tests' fixtures (admin_env, teams_setup, trained); pytest takes plugins only here.
+pytest_plugins = ["tests.stack.lifecycle_fixtures"]
 
 
 def pytest_collection_modifyitems(items):

@@ -11,16 +11,13 @@ import inspect
 import os
 
 
-
 def _parser(sub, name, help_, doc):
     return sub.add_parser(name, help=help_, description=inspect.cleandoc(doc), formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def register(sub):
     """Register this module's subcommands on mlflowctl's subparsers."""
-    from ctl.lifecycle import cleanup
-    from ctl.lifecycle import promote
-    from ctl.lifecycle import teams
+    from ctl.lifecycle import cleanup, promote, teams
 
     default_teams = os.environ.get("MLFLOW_TEAMS_FILE", "examples/teams.yaml")
 

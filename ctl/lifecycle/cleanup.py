@@ -53,8 +53,8 @@ def registered_run_ids(mlf, run_ids) -> set:
     out, run_ids = set(), list(run_ids)
     for i in range(0, len(run_ids), 100):
         quoted = ", ".join(f"'{r}'" for r in run_ids[i:i + 100])
-        fetch = lambda token, q=quoted: mlf.search_model_versions(f"run_id IN ({quoted})", page_token=token)
-        out |= {mv.run_id for mv in _pages(fetch)}
+        out |= {mv.run_id for mv in _pages(
+            lambda token, q=quoted: mlf.search_model_versions(f"run_id IN ({q})", page_token=token))}
     return out
 
 
@@ -62,8 +62,9 @@ def plan(mlf, exp, max_age_days: float, keep_top_n: int, metric: str, lower_is_b
     """Which runs go: started before the cutoff, not in the top N by METRIC, not registered."""
     from mlflow.entities import ViewType
     cutoff = (now_ms or int(time.time() * 1000)) - int(max_age_days * DAY_MS)
-    fetch = lambda view: lambda token: mlf.search_runs([exp.experiment_id], run_view_type=view,
-                                                       max_results=1000, page_token=token)
+    def fetch(view):
+        return lambda token: mlf.search_runs([exp.experiment_id], run_view_type=view, max_results=1000,
+                                             page_token=token)
     active = list(_pages(fetch(ViewType.ACTIVE_ONLY)))
     ranked = sorted((r for r in active if metric in r.data.metrics),
                     key=lambda r: r.data.metrics[metric], reverse=not lower_is_better)

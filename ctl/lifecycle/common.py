@@ -16,7 +16,7 @@ MODEL_NAME_RE = re.compile(r"^(?P<project>[a-z][a-z0-9_]*)-(?P<algorithm>[a-z0-9
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def tracking_uri() -> str:

@@ -8,8 +8,7 @@ from pathlib import Path
 import yaml
 
 from ctl.errors import CommandError
-from ctl.lifecycle.common import (MODEL_NAME_RE, PREFIX_RE, TEAM_RE, auth_client, client,
-                                      current_user, error_code)
+from ctl.lifecycle.common import MODEL_NAME_RE, PREFIX_RE, TEAM_RE, auth_client, client, current_user, error_code
 
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE")
 DEFAULT_EXPERIMENT_TYPES = ("training", "tuning", "evaluation")

@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 from ctl import engine
-from ctl.perf import load
 from ctl import stackexec as sx
 from ctl.errors import CommandError
+from ctl.perf import load
 from ctl.settings import ROOT, Settings
 
 # What the bundle recommends to clients (README "Reliability"): ride out a restart of any

@@ -161,13 +161,13 @@ def _worker(run_ids, mode, duration, batch_size, metrics_per_step, client="mlflo
     results = [{"latencies": [], "acked": 0, "requests": 0, "pending": 0, "errors": Counter()} for _ in run_ids]
     target = _raw_log_for if client == "raw" else _log_for
     threads = [threading.Thread(target=target, args=(mode, rid, deadline, batch_size, metrics_per_step, res))
-               for rid, res in zip(run_ids, results)]
+               for rid, res in zip(run_ids, results, strict=True)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(duration + 300)  # bounded: a request stuck past its own timeout is reported as lost
     return {"latencies": [x for r in results for x in r["latencies"]],
-            "acked": {rid: r["acked"] for rid, r in zip(run_ids, results)},
+            "acked": {rid: r["acked"] for rid, r in zip(run_ids, results, strict=True)},
             "requests": sum(r["requests"] for r in results),
             "errors": dict(sum((r["errors"] for r in results), Counter()))}
 
@@ -179,7 +179,7 @@ def _start_workers(env: dict, jobs: list, timeout: float) -> list:
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in jobs]
     deadline = time.monotonic() + timeout
-    for proc, job in zip(procs, jobs):
+    for proc, job in zip(procs, jobs, strict=True):
         proc.stdin.write(json.dumps(job) + "\n")
         proc.stdin.flush()
     for proc in procs:

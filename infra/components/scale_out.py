@@ -13,8 +13,17 @@ import pulumi_aws as aws
 from pulumi import ResourceOptions
 
 from infra.components.compute import front_door_rules
-from infra.compose_model import (REPO_ROOT, SECRET_ENV, aws_env, bind_mounts,
-                                 derive_container, on_rds, option, placeholder_model, resolve)
+from infra.compose_model import (
+    REPO_ROOT,
+    SECRET_ENV,
+    aws_env,
+    bind_mounts,
+    derive_container,
+    on_rds,
+    option,
+    placeholder_model,
+    resolve,
+)
 from infra.connection_budget import Budget
 
 # A rolling deploy starts the new tasks before it stops the old ones: up to twice the tasks.

@@ -4,10 +4,16 @@ The PolicyPack itself is built in __main__.py (constructing it starts a gRPC ser
 from __future__ import annotations
 
 import json
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from pulumi_policy import (EnforcementLevel, ReportViolation, ResourceValidationArgs,
-                           ResourceValidationPolicy, StackValidationArgs, StackValidationPolicy)
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
 
 REQUIRED_TAGS = ("project", "environment", "owner", "managed-by")
 # Ports never open to the whole internet: SSH, RDP, PostgreSQL, PgBouncer.

@@ -12,9 +12,8 @@ import re
 
 import sqlalchemy.exc
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, InternalServerError
-
 from mlflow.exceptions import HTTP_STATUS_TO_ERROR_CODE, MlflowException
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 API_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/")  # with or without --static-prefix
 # Endpoints whose body is a JSON request message (not artifact bytes, not OTLP protobuf).

@@ -7,9 +7,6 @@ in the same transaction as the run check. Everything else (params, tags, model m
 tests/store/test_differential.py proves the rows equal to the stock store's; test_pin.py fails
 when an MLflow upgrade changes the methods this module stands in for.
 """
-from sqlalchemy import tuple_
-from sqlalchemy.dialects.postgresql import insert
-
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
@@ -23,6 +20,8 @@ from mlflow.utils.validation import (
     _validate_param_keys_unique,
     _validate_run_id,
 )
+from sqlalchemy import tuple_
+from sqlalchemy.dialects.postgresql import insert
 
 
 class BundleSqlAlchemyStore(SqlAlchemyStore):
@@ -54,7 +53,7 @@ class BundleSqlAlchemyStore(SqlAlchemyStore):
         except MlflowException:
             raise
         except Exception as e:
-            raise MlflowException(e, INTERNAL_ERROR)
+            raise MlflowException(e, INTERNAL_ERROR) from e
 
     def _log_metrics_once(self, run_id, metrics: list[Metric]):
         rows = {}

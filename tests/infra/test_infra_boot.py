@@ -20,8 +20,7 @@ import pytest
 
 from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files
 from infra.compose_model import AWS_COMPOSE_FILES
-from infra.userdata import (COMPOSE_PY_VERSION, BootSettings, render_user_data,
-                            ssm_deploy_document)
+from infra.userdata import COMPOSE_PY_VERSION, BootSettings, render_user_data, ssm_deploy_document
 
 VENV_BIN = Path(sys.executable).parent
 BASE = REPO_ROOT / "docker-compose.production.yml"

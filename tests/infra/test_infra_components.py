@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from infra.components.server_iam import (RESOURCE_WILDCARD_ONLY_ACTIONS, SSM_CORE_POLICY_ARN,
-                                         server_policy_document)
+from infra.components.server_iam import RESOURCE_WILDCARD_ONLY_ACTIONS, SSM_CORE_POLICY_ARN, server_policy_document
 from infra.mockrun import run_stack
 from infra.pgconf import rds_parameters
 from infra.policy.rules import REQUIRED_TAGS, TAGGABLE_TYPES
@@ -99,6 +98,7 @@ def test_server_policy_document_is_exact():
 def test_role_uses_that_document(stack_run):
     bucket = stack_run.one("aws:s3/bucket:Bucket").outputs
     import yaml
+
     from infra.mockrun import REPO_ROOT
     stack = stack_run.one("aws:s3/bucket:Bucket").inputs["tags"]["environment"]
     tls = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"].get(
@@ -129,6 +129,7 @@ def test_instance(stack_run):
 
 def test_front_door_only_from_configured_cidrs(stack_run):
     import yaml
+
     from infra.mockrun import REPO_ROOT
     stack = stack_run.one("aws:s3/bucket:Bucket").inputs["tags"]["environment"]
     cidrs = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]["mlflow-tracking:allowedCidrs"]

@@ -1,9 +1,18 @@
 """RDS parameter group from postgres/postgresql.conf (pure parsing; no mocks involved)."""
 import pytest
 
-from infra.pgconf import (CONF_SIZED_FOR_GIB, MEMORY_SCALED, POSTGRESQL_CONF, RDS_SKIPPED,
-                          RDS_TUNING_UNITS, instance_memory_gib, max_connections_ceiling,
-                          parse_postgresql_conf, rds_parameters, to_kb)
+from infra.pgconf import (
+    CONF_SIZED_FOR_GIB,
+    MEMORY_SCALED,
+    POSTGRESQL_CONF,
+    RDS_SKIPPED,
+    RDS_TUNING_UNITS,
+    instance_memory_gib,
+    max_connections_ceiling,
+    parse_postgresql_conf,
+    rds_parameters,
+    to_kb,
+)
 
 CLASS = "db.t4g.small"  # 2 GiB: the size postgresql.conf is written for
 

@@ -6,8 +6,7 @@ import json
 import pytest
 
 from infra.mockrun import run_stack
-from infra.policy.rules import (RESOURCE_CHECKS, bucket_companions, check_resource,
-                                iam_no_wildcards, policies)
+from infra.policy.rules import RESOURCE_CHECKS, bucket_companions, check_resource, iam_no_wildcards, policies
 
 TAGS = {"project": "mlflow-tracking", "environment": "prod", "owner": "p", "managed-by": "pulumi"}
 GOOD_DB = {"publiclyAccessible": False, "storageEncrypted": True, "backupRetentionPeriod": 14,

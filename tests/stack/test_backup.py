@@ -15,7 +15,6 @@ import pytest
 
 from ctl import stackexec
 from ctl.backup import COUNTS
-
 from tests.conftest import ROOT
 
 # In our image: BUCKET [delete] -> {key: sha256} of every object (then empties and removes the

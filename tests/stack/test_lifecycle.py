@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 
 from ctl.errors import CommandError
 from ctl.lifecycle.promote import INTENT_TAG, promote
-from tests.stack.lifecycle_fixtures import admin_env, poll, run_cli, teams_setup, trained  # noqa: F401
+from tests.stack.lifecycle_fixtures import poll, run_cli
 
 
 def registry_state(mlf, name) -> dict:
@@ -160,7 +160,7 @@ def test_concurrent_reader_always_loads_champion(teams_setup, trained, admin_mlf
         # Rotate the champion v1 -> v2 -> v1 -> v2 (a rollback is a promotion too), a load between each.
         for version in (v2, v1, v2):
             count = len(loads) + len(errors)
-            poll(lambda: len(loads) + len(errors) > count, 60, "the reader to load again")
+            poll(lambda count=count: len(loads) + len(errors) > count, 60, "the reader to load again")
             promote(admin_mlf, name, version, "challenger")
             promote(admin_mlf, name, version, "champion")
         count = len(loads) + len(errors)

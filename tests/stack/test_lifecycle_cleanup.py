@@ -14,7 +14,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from ctl import stackexec
-from tests.stack.lifecycle_fixtures import admin_env, run_cli  # noqa: F401
+from tests.stack.lifecycle_fixtures import run_cli
 
 DAY_MS = 86_400_000
 # In our image: BUCKET PREFIX... -> {prefix: {key: size}} (bounded pagination).
@@ -71,7 +71,8 @@ def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, stack_env, unique
     mlf.set_terminated(old_registered)
     mlflow.register_model(reg.model_uri, f"cleanup-{unique}".lower().replace("_", "-")[:60])
 
-    prefix = lambda run_id: f"{exp_id}/{run_id}/"
+    def prefix(run_id):
+        return f"{exp_id}/{run_id}/"
     runs = old_best + old_doomed + [old_registered, young]
     model_prefix = f"{exp_id}/models/{logged.model_id}/"
     seen = listing(bucket, model_prefix, *map(prefix, runs))

@@ -34,7 +34,7 @@ class Verified(HTTPAdapter):  # connect to nginx:443, verify the certificate for
         kw["server_hostname"] = host
         super().init_poolmanager(*a, **kw)
 s = requests.Session(); s.trust_env = False; s.verify = "/tmp/ca.crt"; s.mount("https://", Verified())
-url, headers = "https://nginx" + %r, {"Host": host}
+url, headers = "https://nginx" + SEARCH, {"Host": host}
 failed, valid, deadline = [], [], time.monotonic() + 60
 while len(failed) < 3 * int(burst) and time.monotonic() < deadline:
     failed.append(s.get(url, headers=headers, auth=(user, "wrong-" + os.urandom(4).hex()), timeout=10).status_code)
@@ -46,7 +46,7 @@ probe = socket.create_connection(("nginx", 443), timeout=10)  # the source addre
 print(json.dumps({"address": probe.getsockname()[0], "failed": failed, "valid": valid,
                   "after": after.status_code, "after_hsts": after.headers.get("Strict-Transport-Security", ""),
                   "valid_after": s.get(url, headers=headers, auth=(user, password), timeout=10).status_code}))
-""" % SEARCH
+""".replace("SEARCH", repr(SEARCH))
 
 
 def test_failed_logins_rate_limited_valid_user_unaffected(stack, admin_auth, stack_env, compose, run_in_image):

@@ -13,7 +13,6 @@ import pytest
 
 from ctl import engine
 from jobs import render
-
 from tests.conftest import ROOT
 
 SECRET_NAME_PARTS = ("PASSWORD", "SECRET", "ACCESS_KEY")

@@ -8,7 +8,6 @@ import pytest
 from ctl import engine
 from ctl.settings import long_running_services, one_shot_services
 from jobs import render
-
 from tests.conftest import ROOT
 
 # service -> a word of its main process's command line; none of these may run as root but nginx's

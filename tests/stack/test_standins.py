@@ -9,7 +9,6 @@ import subprocess
 import pytest
 
 from ctl import engine
-
 from tests.conftest import ROOT
 
 

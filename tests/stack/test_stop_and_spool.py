@@ -9,7 +9,6 @@ import time
 
 from ctl import engine
 
-
 LARGE_MB = 300
 
 

@@ -144,7 +144,7 @@ def seeded(project, client, http):
     shared, private = f"upgrade-shared-{tag}", f"upgrade-private-{tag}"
     exp_ids = {name: client.create_experiment(name, tags={"team": name.split("-")[1], "note": "ü ✓"})
                for name in (shared, private)}
-    files = {"notes/readme.txt": "old server\n".encode(), "weights.bin": os.urandom(300_000),
+    files = {"notes/readme.txt": b"old server\n", "weights.bin": os.urandom(300_000),
              "model/MLmodel": b"artifact_path: model\nflavors: {}\n"}
     runs = {}
     for i, name in enumerate((shared, shared, private)):

@@ -1,7 +1,7 @@
 """`mlflow server --app-name bundle-auth --backend-store-uri bundle-postgresql://...` as the stack
 runs it (gunicorn), on 127.0.0.1: the entry points resolve, metrics land, errors are JSON."""
-import base64
 import configparser
+import json
 import math
 import os
 import signal
@@ -112,7 +112,7 @@ def test_malformed_json_is_a_json_400(server, session, path, body):
 
 
 def test_legacy_double_encoded_body_still_works(server, session, run_id):
-    body = '"{\\"run_id\\": \\"%s\\", \\"metrics\\": []}"' % run_id
+    body = json.dumps(json.dumps({"run_id": run_id, "metrics": []}))
     r = session.post(f"{server}/api/2.0/mlflow/runs/log-batch", data=body,
                      headers={"Content-Type": "application/json"})
     assert r.status_code == 200, r.text

@@ -6,10 +6,10 @@ import random
 import tempfile
 
 import pytest
-
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
 from mlflow_bundle_store.tracking import BundleSqlAlchemyStore
 
 MAX_DOUBLE = 1.7976931348623157e308  # what MLflow stores for +inf (and -MAX_DOUBLE for -inf)
@@ -90,7 +90,7 @@ def _rows(store, run_ids: list[str], table: str) -> list[tuple]:
     with store.engine.connect() as conn:
         result = conn.exec_driver_sql(f"SELECT * FROM {table}")
         cols = list(result.keys())
-        rows = [dict(zip(cols, r)) for r in result]
+        rows = [dict(zip(cols, r, strict=True)) for r in result]
     for r in rows:
         r["run_uuid"] = index[r["run_uuid"]]
         if isinstance(r.get("value"), float):

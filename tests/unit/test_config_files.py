@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from ctl import engine
-from jobs import render
-from ctl.bootstrap import ensure_certs, parse_env
+from ctl.bootstrap import parse_env
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -111,6 +111,7 @@ class CountingMlflow(BaseHTTPRequestHandler):
 
 def test_per_step_metrics_are_batched_one_request_per_1000(monkeypatch):
     import mlflow
+
     from client.batching import MetricBatcher
     CountingMlflow.batches = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), CountingMlflow)
