@@ -6,6 +6,12 @@ MLflow 3.17.2 answers some malformed bodies with Flask's HTML 500 page: a JSON l
 Here a body that is not a JSON object gets 400 INVALID_PARAMETER_VALUE before anything reads
 it, and any other unhandled exception on an API path becomes a JSON 500 (503 when the database
 is unreachable, so clients retry). UI paths keep Flask's HTML.
+
+It also counts requests by endpoint (the Flask URL rule, so the label set stays bounded), method
+and status in `mlflow_bundle_http_requests_total`: MLflow's own request metrics are labelled by
+MLflow version only (`group_by=mlflow_version` in mlflow/server/prometheus_exporter.py). Under
+`--expose-prometheus` the workers write it to the multiprocess directory like MLflow's metrics,
+so one scrape of /metrics sums every worker.
 """
 import json
 import re
@@ -15,6 +21,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from mlflow.exceptions import HTTP_STATUS_TO_ERROR_CODE, MlflowException
+from prometheus_client import Counter
 
 API_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/")  # with or without --static-prefix
 # Endpoints whose body is a JSON request message (not artifact bytes, not OTLP protobuf).
@@ -22,6 +29,8 @@ JSON_BODY_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/\d+\.\d+/mlflow/(?!uplo
 # Errors of a database that is down or restarting: retryable, unlike a bug.
 DB_UNAVAILABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
                   sqlalchemy.exc.TimeoutError)
+REQUESTS = Counter("mlflow_bundle_http_requests", "HTTP requests by endpoint (Flask URL rule), method and status",
+                   ["endpoint", "method", "status"])
 
 
 def create_app(app: Flask | None = None):
@@ -30,6 +39,7 @@ def create_app(app: Flask | None = None):
 
     app = app or mlflow_app
     install_json_errors(app)
+    app.after_request(_count_request)
     return create_auth_app(app)
 
 
@@ -37,6 +47,12 @@ def install_json_errors(app: Flask) -> None:
     # First in line: the auth app's before_request parses the body too, and crashes on a list.
     app.before_request_funcs.setdefault(None, []).insert(0, _reject_malformed_json)
     app.register_error_handler(Exception, _json_error)
+
+
+def _count_request(response: Response) -> Response:
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    return response
 
 
 def _error(status: int, error_code: str, message: str) -> Response:
