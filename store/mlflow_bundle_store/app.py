@@ -35,12 +35,18 @@ REQUESTS = Counter("mlflow_bundle_http_requests", "HTTP requests by endpoint (Fl
 
 def create_app(app: Flask | None = None):
     from mlflow.server import app as mlflow_app
-    from mlflow.server.auth import create_app as create_auth_app
+    from mlflow.server import auth
 
     app = app or mlflow_app
     install_json_errors(app)
     app.after_request(_count_request)
-    return create_auth_app(app)
+    app = auth.create_app(app)
+    # MLflow's basic-auth denies non-admins every route it has no rule for (fail-closed), /metrics
+    # included: the monitoring profile's scraper would need an admin. /metrics holds aggregate
+    # counts and latencies (endpoint labels are URL rules, never names or ids), so any signed-in
+    # user may read it, and the scraper's user has no other permission.
+    auth.BEFORE_REQUEST_VALIDATORS[("/metrics", "GET")] = auth._allow_authenticated
+    return app
 
 
 def install_json_errors(app: Flask) -> None:
