@@ -36,6 +36,14 @@ DASHBOARDS = ROOT / "grafana" / "dashboards"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
 BACKUP_METRICS = {"mlflow_backup_last_success_timestamp_seconds", "mlflow_backup_interval_seconds",
                   "mlflow_backup_last_run_success"}
+# The official images' contract (their Dockerfiles): entrypoint, user, port; the stand-ins keep it.
+STANDIN_CONTRACTS = {
+    "PROMETHEUS_IMAGE": (["/bin/prometheus"], "nobody", "9090/tcp"),
+    "POSTGRES_EXPORTER_IMAGE": (["/bin/postgres_exporter"], "nobody", "9187/tcp"),
+    "PGBOUNCER_EXPORTER_IMAGE": (["/bin/pgbouncer_exporter"], "nobody", "9127/tcp"),
+    "NODE_EXPORTER_IMAGE": (["/bin/node_exporter"], "nobody", "9100/tcp"),
+    "BLACKBOX_EXPORTER_IMAGE": (["/bin/blackbox_exporter"], "blackbox_exporter", "9115/tcp"),
+}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset",
                 "bool", "inf", "nan"}
 
@@ -186,20 +194,21 @@ def test_series_values_make_sense(monitoring, eng, stack_env):
 
 def test_mlflow_request_counters_count_every_request_through_nginx(monitoring, eng, http, stack, admin_auth):
     """N requests through Nginx, spread over the gunicorn workers, are all in one scrape."""
-    series = 'sum(mlflow_bundle_http_requests_total{endpoint="/api/2.0/mlflow/experiments/search", status="200"})'
-    total = 'sum(mlflow_http_request_total{method="GET", status="200"})'
+    # `or vector(0)`: a counter appears with its first request after a restart.
+    series = 'sum(mlflow_bundle_http_requests_total{endpoint="/api/2.0/mlflow/experiments/search", status="200"}) or vector(0)'
+    total = 'sum(mlflow_http_request_total{method="GET", status="200"}) or vector(0)'
     scraped = lambda: targets(eng)["mlflow"]["lastScrape"]  # noqa: E731
     poll(lambda: query(eng, 'up{job="mlflow"} == 1'), "mlflow scraped")
     before_scrape = scraped()
-    before = (query(eng, series) or [{"value": [0, "0"]}])[0]["value"][1]
+    before = value(eng, series)
     before_total = value(eng, total)
     n = 24
     for _ in range(n):
         r = http.get(f"{stack}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=admin_auth, timeout=30)
         assert r.status_code == 200, r.text
-    poll(lambda: scraped() != before_scrape and float(query(eng, series)[0]["value"][1]) >= float(before) + n,
+    poll(lambda: scraped() != before_scrape and value(eng, series) >= before + n,
          f"{n} more experiments/search requests in Prometheus", deadline_s=120)
-    assert float(query(eng, series)[0]["value"][1]) == float(before) + n
+    assert value(eng, series) == before + n
     assert value(eng, total) >= before_total + n
 
 
@@ -278,3 +287,16 @@ def test_nothing_of_the_profile_is_published_but_grafana_on_loopback(monitoring,
             assert {p["URL"] for p in published} == {"127.0.0.1"}, published
         else:
             assert not published, f"{row['Service']} publishes {published}"
+
+
+@pytest.mark.parametrize("variable", sorted(STANDIN_CONTRACTS))
+def test_standin_keeps_the_official_contract(monitoring, eng, variable):
+    image = engine.read_images_env().get(variable)
+    if not image:
+        pytest.skip(f"{variable}: the official image is in use")
+    entrypoint, user, port = STANDIN_CONTRACTS[variable]
+    out = engine.run([*eng.cli, "image", "inspect", "--format", "{{json .Config}}", image], env=eng.env)
+    config = json.loads(out.stdout)
+    assert (config["Entrypoint"], config["User"], port in config["ExposedPorts"]) == (entrypoint, user, True)
+    if variable == "PROMETHEUS_IMAGE":  # the rule tests above ran its /bin/promtool; the data directory:
+        assert config["WorkingDir"] == "/prometheus" and "/prometheus" in config["Volumes"]
