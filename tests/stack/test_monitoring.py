@@ -160,16 +160,21 @@ def test_every_alert_has_a_firing_and_a_quiet_rule_test():
 def test_prometheus_scrapes_every_target(monitoring, eng, compose_services):
     jobs = expected_jobs(monitoring, compose_services)
 
-    def all_up():
+    def all_scraped():
         found = targets(eng)
-        return found if all(found.get(j, {}).get("health") == "up" for j in jobs) else None
+        return found if all(found.get(j, {}).get("health") == "up" for j in jobs) \
+            and found.get("backup", {}).get("health", "unknown") != "unknown" else None
 
-    found = poll(all_up, f"targets {sorted(jobs)} up")
-    assert "backup" in found, "the backup scrape job is missing"
+    found = poll(all_scraped, f"targets {sorted(jobs)} up and backup scraped")
     if "backup" not in compose_services:
         # No backup service in this compose model: its target is down, which BackupMetricsMissing reads.
         assert found["backup"]["health"] == "down"
         assert query(eng, 'absent(up{job="backup"} == 1)'), "BackupMetricsMissing's condition does not hold"
+
+
+def test_scrape_password_file_private(monitoring, service_host):
+    f = service_host("prometheus").file("/etc/prometheus/rendered/mlflow_password")
+    assert (f.mode, f.uid) == (0o600, 65534)  # Prometheus's `nobody`, and no one else
 
 
 def test_series_values_make_sense(monitoring, eng, stack_env):
