@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 
 from ctl.settings import ROOT, parse_env
 
-SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+           "MONITORING_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 # Static keys only for a self-hosted S3-compatible store; on AWS the instance role is used.
 LOCAL_S3_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 

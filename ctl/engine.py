@@ -241,20 +241,20 @@ def compose(engine: Engine, *args, check: bool = True, capture: bool = False, ti
     return proc
 
 
-def model(engine: Engine = None) -> dict:
+def model(engine: Engine = None, profiles: tuple = None) -> dict:
     """The resolved compose model (with the profiles in use)."""
     env = engine.env if engine else {**os.environ}
-    out = subprocess.run(compose_args() + ["config", "--format", "json"], env=env, cwd=ROOT,
+    out = subprocess.run(compose_args(profiles) + ["config", "--format", "json"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     if out.returncode:
         raise CommandError(f"docker-compose config failed: {out.stderr.strip()}")
     return json.loads(out.stdout)
 
 
-def stale_services(engine: Engine, services=()) -> list:
+def stale_services(engine: Engine, services=(), profiles: tuple = None) -> list:
     """Services whose container no longer matches the compose file or its image."""
-    hashes = dict(line.split() for line in compose(engine, "config", "--hash=*", capture=True).stdout.splitlines()
-                  if line.strip())
+    hashes = dict(line.split() for line in compose(engine, "config", "--hash=*", capture=True,
+                                                   profiles=profiles).stdout.splitlines() if line.strip())
     stale = []
     for service, expected in hashes.items():
         if services and service not in services:
@@ -272,7 +272,7 @@ def stale_services(engine: Engine, services=()) -> list:
 
 
 def up(engine: Engine, *services, timeout_s: int = 600, capture: bool = False,
-       options: tuple = ()) -> subprocess.CompletedProcess:
+       options: tuple = (), profiles: tuple = None) -> subprocess.CompletedProcess:
     """`compose up --detach --wait`, recreating only containers that changed.
 
     podman 4.3's Docker API reports a network's name where Compose expects the network's ID, so
@@ -283,12 +283,13 @@ def up(engine: Engine, *services, timeout_s: int = 600, capture: bool = False,
     """
     args = ["up", "--detach", "--wait", "--wait-timeout", str(timeout_s), "--remove-orphans"]
     if engine.kind == "podman":
-        stale = stale_services(engine, services)
+        stale = stale_services(engine, services, profiles)
         if stale:
             log(f"recreating {', '.join(stale)} (config or image changed)")
-            compose(engine, "rm", "--stop", "--force", *stale, capture=True)
+            compose(engine, "rm", "--stop", "--force", *stale, capture=True, profiles=profiles)
         args.append("--no-recreate")
-    return compose(engine, *args, *options, *services, check=False, capture=capture, timeout=timeout_s + 120)
+    return compose(engine, *args, *options, *services, check=False, capture=capture, timeout=timeout_s + 120,
+                   profiles=profiles)
 
 
 def remove_project(engine: Engine, volumes: bool):
@@ -410,10 +411,11 @@ def read_images_env() -> dict:
     return parse_env(IMAGES_ENV.read_text()) if IMAGES_ENV.exists() else {}
 
 
-def ensure_images(engine: Engine, env: dict) -> dict:
-    """Every image the stack uses is present: official (present or pulled), else a stand-in."""
+def ensure_images(engine: Engine, env: dict, profiles: tuple = None) -> dict:
+    """Every image the stack uses is present: official (present or pulled), else a stand-in; an
+    image with neither (Grafana: Debian packages none) is left out, see missing_images."""
     chosen = {}
-    services = model(engine)["services"].values()
+    services = model(engine, profiles)["services"].values()
     in_use = {svc.get("image") for svc in services} | {a for svc in services for a in svc.get("build", {}).get("args", {}).values()}
     recorded, officials = read_images_env(), image_variables()
     for variable, official in officials.items():
@@ -423,14 +425,25 @@ def ensure_images(engine: Engine, env: dict) -> dict:
         if engine.image_exists(wanted) or pull(engine, wanted):
             chosen[variable] = wanted
             continue
+        if not (standin_dir(variable) / "Containerfile").exists():
+            log(f"{wanted} cannot be pulled (no registry reachable?) and has no stand-in: its services are left out")
+            continue
         log(f"{wanted} cannot be pulled (no registry reachable?): using a local stand-in built from Debian packages")
         chosen[variable] = ensure_standin(engine, variable, official)
     standins = {k: v for k, v in chosen.items() if v != (env.get(k) or officials[k])}
+    # Stand-ins of profiles not in use this time (e.g. monitoring) stay recorded for the next `up` that uses them.
+    standins.update({k: v for k, v in recorded.items() if k in officials and k not in chosen})
     VAR.mkdir(exist_ok=True)
     IMAGES_ENV.write_text("# Written by `./mlflowctl up`: stand-ins for images no registry could provide.\n"
                           + "".join(f"{k}={v}\n" for k, v in sorted(standins.items())))
     ensure_our_image(engine, env, chosen)
     return chosen
+
+
+def missing_images(engine: Engine, profiles: tuple = None) -> dict:
+    """Service -> image, for services whose image is absent after ensure_images (left out)."""
+    return {name: svc["image"] for name, svc in model(engine, profiles)["services"].items()
+            if not engine.image_exists(svc["image"])}
 
 
 def ensure_our_image(engine: Engine, env: dict, chosen: dict):

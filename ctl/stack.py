@@ -30,15 +30,15 @@ def wait_for_nginx(settings: Settings, deadline_s: float = 120):
     raise CommandError(f"/health through Nginx did not answer within {deadline_s:.0f}s: {last}")
 
 
-def compose_up(eng, *services):
+def compose_up(eng, *services, profiles: tuple = None):
     started = time.monotonic()
     engine.log(f"docker compose up --wait {' '.join(services) or '(every service)'}")
-    proc = engine.up(eng, *services)
+    proc = engine.up(eng, *services, profiles=profiles)
     if proc.returncode:
         print_status(eng)
         engine.compose(eng, "logs", "--no-color", "--tail", "30", check=False)
         raise CommandError("the stack did not become healthy (`./mlflowctl logs SERVICE` for more); "
-                         "if `migrate` failed on a password, the pgdata volume was made with another .env")
+                           "if `migrate` failed on a password, the pgdata volume was made with another .env")
     engine.log(f"stack healthy in {time.monotonic() - started:.0f}s")
 
 
@@ -46,9 +46,13 @@ def cmd_up(args):
     env = boot.bootstrap()
     settings = Settings.load()
     eng = engine.ensure()
-    chosen = engine.ensure_images(eng, env)
+    profiles = engine.default_profiles() + tuple(args.profile)
+    chosen = engine.ensure_images(eng, env, profiles)
+    left_out = engine.missing_images(eng, profiles)
     engine.start_ticker(eng)
-    compose_up(eng)
+    # With a service left out, name the others: `up` alone would try to pull the missing image.
+    services = [s for s in engine.model(eng, profiles)["services"] if s not in left_out] if left_out else []
+    compose_up(eng, *services, profiles=profiles)
     wait_for_nginx(settings)
     standins = engine.read_images_env()
     print(f"\nMLflow is up: {settings.public_url}/  (engine: {eng.kind})\n"
@@ -63,6 +67,10 @@ def cmd_up(args):
     if chosen.get("S3_IMAGE", "").startswith("localhost/mlflow-bundle/standin-s3"):
         print("  WARNING: the S3 stand-in keeps artifacts IN MEMORY: they are lost when the `s3` container\n"
               "  stops or restarts. Point MLFLOW_S3_ENDPOINT_URL at a real S3 store to keep them.")
+    for service, image in left_out.items():
+        print(f"  LEFT OUT: {service} ({image}): no registry is reachable and docker/standins/ has no stand-in\n"
+              f"  for it (stand-ins are built from Debian packages; Debian does not package it). The rest of\n"
+              f"  the profile runs; set {service.upper().replace('-', '_')}_IMAGE to an image you can provide.")
 
 
 def print_status(eng) -> bool:
@@ -91,7 +99,7 @@ def cmd_down(args):
         engine.log("removing containers AND data volumes (databases, artifacts, rendered config)")
     if (ROOT / ".env").exists():
         # With the benchmark profile too, so its plain-mlflow container and volume go as well.
-        engine.compose(eng, "--profile", "benchmark", "down", "--remove-orphans",
+        engine.compose(eng, "--profile", "benchmark", "--profile", "monitoring", "down", "--remove-orphans",
                        *(["--volumes"] if args.volumes else []))
     else:
         engine.remove_project(eng, args.volumes)
@@ -118,9 +126,9 @@ def cmd_compose(args):
 
 
 def cmd_config(args):
-    for profiles in ((), ("local",)):
+    for profiles in ((), ("local",), ("local", "monitoring")):
         subprocess.run(engine.compose_args(profiles) + ["config", "--quiet"], check=True, cwd=ROOT)
-        print(f"compose config ok{' (profile local)' if profiles else ''}")
+        print(f"compose config ok{' (profiles ' + ', '.join(profiles) + ')' if profiles else ''}")
 
 
 def needs_stack(pytest_args: list) -> bool:
@@ -142,8 +150,11 @@ def register(sub):
     fmt = argparse.RawDescriptionHelpFormatter
     sub.add_parser("bootstrap", help="create .env and certs/ (idempotent)", description=boot.__doc__,
                    formatter_class=fmt).set_defaults(func=lambda a: boot.bootstrap() and 0)
-    sub.add_parser("up", help="build/pull images, start the stack, wait for /health through Nginx",
-                   description=engine.__doc__, formatter_class=fmt).set_defaults(func=cmd_up)
+    up = sub.add_parser("up", help="build/pull images, start the stack, wait for /health through Nginx",
+                        description=engine.__doc__, formatter_class=fmt)
+    up.add_argument("--profile", action="append", default=[], metavar="PROFILE",
+                    help="also start a compose profile, e.g. `monitoring` (README \"Monitoring\"); repeatable")
+    up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop and remove the containers (data volumes are kept)")
     down.add_argument("--volumes", action="store_true",
                       help="also DELETE the data volumes: databases, artifacts, rendered config")
@@ -160,4 +171,5 @@ def register(sub):
                    add_help=False).set_defaults(func=cmd_compose, passthrough=True)
     sub.add_parser("config", help="validate the compose file with the real Compose binary").set_defaults(func=cmd_config)
     # Unknown arguments go to pytest (e.g. -m unit, -k e2e -x).
-    sub.add_parser("test", help="bring the stack up, then run every test suite").set_defaults(func=cmd_test, passthrough=True)
+    sub.add_parser("test", help="bring the stack up, then run every test suite").set_defaults(
+        func=cmd_test, passthrough=True, profile=[])

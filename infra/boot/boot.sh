@@ -71,7 +71,7 @@ install_self() {
 
 write_env() {
   log "writing ${APP_DIR}/.env from Secrets Manager"
-  local app db db_user db_password tmp key
+  local app db db_user db_password tmp key value
   app=$(secret_json "$APP_SECRET_ARN")
   db=$(secret_json "$DB_SECRET_ARN")  # the RDS-managed master secret: rotates every 7 days
   db_user=$(jq -er .username <<<"$db")  # -e: a missing key fails instead of writing "null"
@@ -94,6 +94,11 @@ write_env() {
     echo "AWS_DEFAULT_REGION=$(env_quote "$REGION")"
     for key in "${!values[@]}"; do
       echo "${key}=$(env_quote "${values[$key]}")"
+    done
+    # Secrets of the local monitoring profile (not in Secrets Manager): generated once, then kept.
+    for key in $BOOT_GENERATED; do
+      value=$(grep -m1 "^${key}=" "${APP_DIR}/.env" 2>/dev/null | cut -d= -f2- || true)
+      echo "${key}=${value:-$(openssl rand -hex 24)}"
     done
   } >"$tmp"
   # Defaults for every other variable come from the bundle's .env.example; our values win.

@@ -6,6 +6,12 @@ MLflow 3.17.2 answers some malformed bodies with Flask's HTML 500 page: a JSON l
 Here a body that is not a JSON object gets 400 INVALID_PARAMETER_VALUE before anything reads
 it, and any other unhandled exception on an API path becomes a JSON 500 (503 when the database
 is unreachable, so clients retry). UI paths keep Flask's HTML.
+
+It also counts requests by endpoint (the Flask URL rule, so the label set stays bounded), method
+and status in `mlflow_bundle_http_requests_total`: MLflow's own request metrics are labelled by
+MLflow version only (`group_by=mlflow_version` in mlflow/server/prometheus_exporter.py). Under
+`--expose-prometheus` the workers write it to the multiprocess directory like MLflow's metrics,
+so one scrape of /metrics sums every worker.
 """
 import json
 import re
@@ -13,6 +19,7 @@ import re
 import sqlalchemy.exc
 from flask import Flask, Response, request
 from mlflow.exceptions import HTTP_STATUS_TO_ERROR_CODE, MlflowException
+from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 API_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/")  # with or without --static-prefix
@@ -21,21 +28,36 @@ JSON_BODY_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/\d+\.\d+/mlflow/(?!uplo
 # Errors of a database that is down or restarting: retryable, unlike a bug.
 DB_UNAVAILABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
                   sqlalchemy.exc.TimeoutError)
+REQUESTS = Counter("mlflow_bundle_http_requests", "HTTP requests by endpoint (Flask URL rule), method and status",
+                   ["endpoint", "method", "status"])
 
 
 def create_app(app: Flask | None = None):
     from mlflow.server import app as mlflow_app
-    from mlflow.server.auth import create_app as create_auth_app
+    from mlflow.server import auth
 
     app = app or mlflow_app
     install_json_errors(app)
-    return create_auth_app(app)
+    app.after_request(_count_request)
+    app = auth.create_app(app)
+    # MLflow's basic-auth denies non-admins every route it has no rule for (fail-closed), /metrics
+    # included: the monitoring profile's scraper would need an admin. /metrics holds aggregate
+    # counts and latencies (endpoint labels are URL rules, never names or ids), so any signed-in
+    # user may read it, and the scraper's user has no other permission.
+    auth.BEFORE_REQUEST_VALIDATORS[("/metrics", "GET")] = auth._allow_authenticated
+    return app
 
 
 def install_json_errors(app: Flask) -> None:
     # First in line: the auth app's before_request parses the body too, and crashes on a list.
     app.before_request_funcs.setdefault(None, []).insert(0, _reject_malformed_json)
     app.register_error_handler(Exception, _json_error)
+
+
+def _count_request(response: Response) -> Response:
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    return response
 
 
 def _error(status: int, error_code: str, message: str) -> Response:

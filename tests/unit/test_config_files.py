@@ -30,7 +30,7 @@ def compose(env_file, *args, profile=None):
                           capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("profile", [None, "local"])
+@pytest.mark.parametrize("profile", [None, "local", "monitoring"])
 def test_compose_config_quiet(env_file, profile):
     result = compose(env_file, "config", "--quiet", profile=profile)
     assert result.returncode == 0, result.stderr
@@ -95,9 +95,14 @@ def test_our_image_has_no_health_check_for_one_shots_to_inherit():
 
 
 def test_every_image_is_a_variable_with_an_official_default_and_a_standin():
-    """Each image but ours: `${NAME_IMAGE:-official}`, and docker/standins/NAME to build offline."""
+    """Each image but ours: `${NAME_IMAGE:-official}`, and docker/standins/NAME to build offline;
+    Grafana has none (Debian does not package it; `up` leaves it out offline)."""
     variables = engine.image_variables((ROOT / "docker-compose.production.yml").read_text())
-    assert set(variables) == {"POSTGRES_IMAGE", "PGBOUNCER_IMAGE", "NGINX_IMAGE", "S3_IMAGE", "PYTHON_IMAGE"}
+    assert set(variables) == {"POSTGRES_IMAGE", "PGBOUNCER_IMAGE", "NGINX_IMAGE", "S3_IMAGE", "PYTHON_IMAGE",
+                              "PROMETHEUS_IMAGE", "POSTGRES_EXPORTER_IMAGE", "PGBOUNCER_EXPORTER_IMAGE",
+                              "NODE_EXPORTER_IMAGE", "BLACKBOX_EXPORTER_IMAGE", "GRAFANA_IMAGE"}
+    assert not engine.standin_dir("GRAFANA_IMAGE").exists()
+    variables.pop("GRAFANA_IMAGE")
     standin_tags = {engine.standin_tag(v, o) for v, o in variables.items()}
     for variable, official in variables.items():
         assert not official.startswith("localhost/"), official

@@ -29,7 +29,7 @@ def test_public_url_omits_default_port():
 def test_render_tree_secret_files_private(tmp_path):
     templates = [t for d in render.TEMPLATE_DIRS for t in (ROOT / d).glob("*.template")]
     env = {name: "x" for t in templates for name in render.PLACEHOLDER.findall(t.read_text())}
-    env.update(PGBOUNCER_UID=str(os.getuid()), SEAWEEDFS_UID=str(os.getuid()))
+    env.update(PGBOUNCER_UID=str(os.getuid()), SEAWEEDFS_UID=str(os.getuid()), PROMETHEUS_UID=str(os.getuid()))
     written = {p.relative_to(tmp_path).as_posix(): p for p in render.render_tree(ROOT, tmp_path, env)}
     assert set(render.SECRET_FILES) <= set(written)
     for rel, path in written.items():
