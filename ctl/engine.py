@@ -14,6 +14,7 @@ Where the registry cannot be reached, a local stand-in is built from Debian pack
 Compose call reads after .env. Our own image is built from docker/Dockerfile whenever its inputs
 change (their hash is a label of the image).
 """
+import datetime
 import hashlib
 import json
 import os
@@ -481,6 +482,12 @@ def duration_s(ns) -> float:
     return (ns or 0) / 1e9
 
 
+def in_start_period(info: dict, check: dict) -> bool:
+    started = datetime.datetime.fromisoformat(info.get("State", {}).get("StartedAt") or "1970-01-01T00:00:00Z")
+    elapsed = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    return elapsed < duration_s(check.get("StartPeriod"))
+
+
 def tick(idle_exit_s: float = 60, max_hours: float = 24 * 30):
     """Run each project container's health check when due; exit when the project stays empty."""
     due: dict = {}
@@ -503,9 +510,8 @@ def tick(idle_exit_s: float = 60, max_hours: float = 24 * 30):
                 check = info.get("Config", {}).get("Healthcheck") or {}
                 if not check.get("Test") or check["Test"][0] == "NONE":
                     continue
-                status = (info.get("State", {}).get("Health") or {}).get("Status", "starting")
                 interval = duration_s(check.get("Interval")) or 30
-                if status == "starting":
+                if in_start_period(info, check):  # as Docker: start_interval only in the start period
                     interval = min(interval, duration_s(check.get("StartInterval")) or 2)
                 cid = info["Id"]
                 if now >= due.get(cid, 0):

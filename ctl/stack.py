@@ -53,6 +53,9 @@ def cmd_up(args):
     # With a service left out, name the others: `up` alone would try to pull the missing image.
     services = [s for s in engine.model(eng, profiles)["services"] if s not in left_out] if left_out else []
     compose_up(eng, *services, profiles=profiles)
+    # render-config re-renders from .env on every `up`, but a running daemon keeps the files it
+    # read at start: both reload theirs on SIGHUP (a changed password or auth file, new users).
+    engine.compose(eng, "kill", "-s", "SIGHUP", "pgbouncer", "nginx", check=False, capture=True)
     wait_for_nginx(settings)
     standins = engine.read_images_env()
     print(f"\nMLflow is up: {settings.public_url}/  (engine: {eng.kind})\n"
