@@ -52,6 +52,8 @@ INPUTS_LABEL = "org.mlflow-bundle.inputs"
 # Inputs of our image: what docker/Dockerfile copies (kept in step with .dockerignore).
 IMAGE_INPUTS = ("docker/Dockerfile", "docker/requirements.txt", "docker/entrypoint.sh", "requirements.lock", "jobs",
                 "store")
+# Inputs of the `backup` service's image (docker/backup/Containerfile, on the PostgreSQL image).
+BACKUP_INPUTS = ("docker/backup", "jobs")
 PODMAN_CONF = Path("/etc/containers/containers.conf")
 # The process lacks CAP_SYS_RESOURCE (setrlimit fails when podman raises limits), and crun
 # refuses the hybrid cgroup layout: runc with cgroupfs works.
@@ -430,17 +432,23 @@ def ensure_images(engine: Engine, env: dict) -> dict:
     IMAGES_ENV.write_text("# Written by `./mlflowctl up`: stand-ins for images no registry could provide.\n"
                           + "".join(f"{k}={v}\n" for k, v in sorted(standins.items())))
     ensure_our_image(engine, env, chosen)
+    # apt only: with the host CA mounted in, apt could not update ca-certificates.
+    ensure_built(engine, env["BACKUP_IMAGE"], "docker/backup/Containerfile", BACKUP_INPUTS, "POSTGRES_IMAGE", chosen,
+                 pypi=False)
     return chosen
 
 
 def ensure_our_image(engine: Engine, env: dict, chosen: dict):
-    tag = env["MLFLOW_IMAGE"]
-    digest = inputs_hash(IMAGE_INPUTS, extra=chosen["PYTHON_IMAGE"])
+    ensure_built(engine, env["MLFLOW_IMAGE"], "docker/Dockerfile", IMAGE_INPUTS, "PYTHON_IMAGE", chosen, pypi=True)
+
+
+def ensure_built(engine: Engine, tag: str, dockerfile: str, inputs: tuple, base: str, chosen: dict, pypi: bool):
+    """Build TAG from DOCKERFILE on the image chosen for the variable BASE, unless it is up to date."""
+    digest = inputs_hash(inputs, extra=chosen[base])
     if engine.label(tag, INPUTS_LABEL) == digest:
         log(f"{tag} is up to date")
         return
-    engine.build(tag, ROOT, ROOT / "docker" / "Dockerfile", {"PYTHON_IMAGE": chosen["PYTHON_IMAGE"]},
-                 {INPUTS_LABEL: digest}, pypi=True)
+    engine.build(tag, ROOT, ROOT / dockerfile, {base: chosen[base]}, {INPUTS_LABEL: digest}, pypi=pypi)
 
 
 # --- health-check ticker (podman only) -------------------------------------------------------
