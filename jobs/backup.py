@@ -410,9 +410,9 @@ class Config:
         self.keep = int(env.get("BACKUP_KEEP") or 7)
         self.port = int(env.get("BACKUP_METRICS_PORT") or 9188)
         self.bucket = env.get("MLFLOW_ARTIFACT_BUCKET", "")
-        if self.interval < 1 or self.keep < 1 or not self.bucket:
-            raise SystemExit("backup: BACKUP_INTERVAL_SECONDS and BACKUP_KEEP must be >= 1, "
-                             "MLFLOW_ARTIFACT_BUCKET must be set")
+        if self.interval < 1 or self.keep < 1 or not self.bucket or not env.get("PGPASSWORD"):
+            raise SystemExit("backup: BACKUP_INTERVAL_SECONDS and BACKUP_KEEP must be >= 1; MLFLOW_ARTIFACT_BUCKET and "
+                             "BACKUP_DB_PASSWORD must be set (./mlflowctl bootstrap fills the password)")
 
 
 def run_once(cfg: Config, lock: Lock, stop: threading.Event = None, wait: float = 3600) -> bool:
