@@ -11,6 +11,7 @@
   config      check docker-compose.production.yml with the real Compose binary (both profiles)
   test        `up`, then the whole test suite (unit, stack, infra); extra args go to pytest
   backup, restore                              databases + artifact bucket (docs/security.md)
+  restore-drill                                restore a backup into scratch targets and compare (README)
   upgrade                                      backup, migrations once, roll MLflow to a new image (README)
   teams, register, promote, validate, cleanup  day-2 model operations (docs/lifecycle.md)
   load, benchmark, faults                      load, comparison with plain MLflow, fault injection
@@ -20,12 +21,12 @@
 import argparse
 import sys
 
-from ctl import backup, lifecycle, stack, upgrade
+from ctl import backup, drill, lifecycle, stack, upgrade
 from ctl.errors import CommandError
 from ctl.perf import faults, load
 
 # Each group adds its subcommands (`register(subparsers)`); a new group is one more entry here.
-GROUPS = (stack, backup, upgrade, lifecycle, load, faults)
+GROUPS = (stack, backup, drill, upgrade, lifecycle, load, faults)
 
 
 def main(argv=None) -> int:

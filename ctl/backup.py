@@ -22,69 +22,27 @@ a command line. --bucket and --s3-endpoint choose another bucket or store (e.g. 
 a restore test). The bucket is copied after the dump: artifacts written meanwhile may be in the copy
 without a run that points at them, never the reverse (unless they are deleted meanwhile).
 docs/security.md has the procedure.
+
+The format (dump, counts, checksums, manifest) is jobs/backup.py's, which the `backup` service also
+runs on a schedule into its `backups` volume: `backup --now` has it take one at once, `backup --list`
+lists them, `restore --from-volume NAME|latest` restores one of them (copied out into --dir first).
 """
 import argparse
-import datetime
-import hashlib
 import json
-import os
 import subprocess
 import tarfile
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ctl import stackexec as sx
 from ctl.errors import CommandError
 from ctl.settings import ROOT, Settings
+from jobs import backup as fmt
+from jobs.backup import COUNTS, TOOL_TIMEOUT, BackupError, last_line, log
 
-# What the manifest counts, per database: proves a restore brought the rows back.
-COUNTS = {"tracking": {"experiments": "SELECT count(*) FROM experiments", "runs": "SELECT count(*) FROM runs",
-                       "metrics": "SELECT count(*) FROM metrics", "params": "SELECT count(*) FROM params"},
-          "auth": {"users": "SELECT count(*) FROM users"}}
-TOOL_TIMEOUT = 3600  # seconds for one pg_dump / pg_restore / bucket copy (bounded, generous)
-
-# Runs in our image (the `mlflow` container): OP BUCKET. `state` prints the object count (0/1
-# looked at) or "none"; `create` makes the bucket; `dump` writes every object as a tar stream to
-# stdout; `load` uploads every member of a tar stream from stdin.
-BUCKET_CODE = r"""
-import os, sys, tarfile
-import boto3
-from botocore.exceptions import ClientError
-op, bucket = sys.argv[1], sys.argv[2]
-s3 = boto3.client("s3", endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None)
-if op == "state":
-    try:
-        print(s3.list_objects_v2(Bucket=bucket, MaxKeys=1).get("KeyCount", 0))
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("NoSuchBucket", "404"):
-            raise
-        print("none")
-elif op == "create":
-    s3.create_bucket(Bucket=bucket)
-elif op == "dump":
-    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for obj in page.get("Contents", []):
-                if obj["Key"].endswith("/"):
-                    continue  # a "directory" marker: no content, recreated by the keys below it
-                got = s3.get_object(Bucket=bucket, Key=obj["Key"])
-                info = tarfile.TarInfo(obj["Key"])
-                info.size, info.mode = got["ContentLength"], 0o600
-                tar.addfile(info, got["Body"])
-elif op == "load":
-    class Reader:  # a member of a streamed tar is readable, not seekable: say so to boto3
-        def __init__(self, f):
-            self.f = f
-        def read(self, n=-1):
-            return self.f.read(n)
-    count = 0
-    with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
-        for member in tar:
-            if member.isfile():
-                s3.upload_fileobj(Reader(tar.extractfile(member)), bucket, member.name)
-                count += 1
-    print(count)
-"""
+SERVICE = "backup"  # the compose service with the `backups` volume (jobs/backup.py serve)
 
 
 def settings(args) -> dict:
@@ -99,10 +57,26 @@ def settings(args) -> dict:
     return {"tcp": tcp, "bucket": args.bucket or env.get("MLFLOW_ARTIFACT_BUCKET", ""), "s3_env": s3_env}
 
 
-def last_line(text) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return (text.strip().splitlines() or ["?"])[-1]
+@contextmanager
+def step(what: str):
+    """Print WHAT, then how long it took; a format error becomes the command's one-line error."""
+    started = time.monotonic()
+    log(f"{what} ...")
+    try:
+        yield
+    except BackupError as exc:
+        raise CommandError(str(exc)) from None
+    log(f"{what}: done in {time.monotonic() - started:.1f}s")
+
+
+def spawn(cfg: dict):
+    """jobs.backup's way to start a PostgreSQL tool: in the postgres container (the server's own
+    version), with the TCP password, if any, as the first line of its stdin."""
+    def start(argv: list, **kw) -> subprocess.Popen:
+        proc = sx.popen(*sx.pg_argv(argv, cfg["tcp"]), **kw)
+        proc.stdin.write(sx.pg_stdin_prefix(cfg["tcp"]))
+        return proc
+    return start
 
 
 def psql(cfg: dict, sql: str, db: str = "postgres", **variables) -> list:
@@ -113,223 +87,156 @@ def psql(cfg: dict, sql: str, db: str = "postgres", **variables) -> list:
         raise CommandError(f"psql on database {db} failed: {exc}") from None
 
 
-def bucket(cfg: dict, op: str, name: str, **kw) -> str:
+def bucket(cfg: dict, op: str, name: str, timeout: float = 300) -> str:
+    """jobs.backup's bucket OP on NAME, run by our image in the mlflow container."""
     try:
-        return sx.python(BUCKET_CODE, op, name, env=cfg["s3_env"], timeout=kw.pop("timeout", 300), **kw).stdout.strip()
+        return sx.python(BUCKET_CODE, op, name, env=cfg["s3_env"], timeout=timeout).stdout.strip()
     except CommandError as exc:
         raise CommandError(f"bucket {op} of {name} failed: {exc}") from None
 
 
-class Session:
-    """One psql session in the postgres container, driven line by line over exec's stdin/stdout."""
-
-    def __init__(self, cfg: dict, db: str):
-        self.db = db
-        self.proc = sx.popen(*sx.psql_argv(db, tcp=cfg["tcp"]), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-        self.proc.stdin.write(sx.pg_stdin_prefix(cfg["tcp"]))
-
-    def send(self, sql: str):
-        """A statement that prints nothing (BEGIN, COMMIT: psql runs with -q)."""
-        self.proc.stdin.write(sql.encode() + b";\n")
-        self.proc.stdin.flush()
-
-    def query(self, sql: str, timeout: float = 120) -> str:
-        """One statement that returns one row; its value (columns tab-separated)."""
-        self.send(sql)
-        got = []
-        reader = threading.Thread(target=lambda: got.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not got or not got[0]:
-            self.close()
-            raise CommandError(f"psql on database {self.db} did not answer {sql!r}: "
-                              f"{last_line(self.proc.stderr.read() or b'')}")
-        return got[0].decode().rstrip("\n")
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(b"\\q\n")
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+BUCKET_CODE = "import sys; from jobs.backup import bucket_command; sys.exit(bucket_command(*sys.argv[1:]))"
 
 
-def stream_tool(cfg: dict, tool_argv: list, what: str, stdout=None, stdin_path: Path = None):
-    """pg_dump/pg_restore in the postgres container, streamed to a file or from one."""
-    argv = sx.pg_argv(tool_argv, cfg["tcp"])
-    proc = sx.popen(*argv, stdin=subprocess.PIPE, stdout=stdout or subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = []
-    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
-    reader.start()
-    try:
-        proc.stdin.write(sx.pg_stdin_prefix(cfg["tcp"]))
-        if stdin_path:
-            with open(stdin_path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    proc.stdin.write(block)
-        proc.stdin.close()
-        proc.wait(TOOL_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired):
-        proc.kill()
-        proc.wait(30)
-    reader.join(60)
-    if proc.returncode:
-        raise CommandError(f"{what} failed: {last_line(err[0] if err else b'')}")
+class Pipe:
+    """A process's stdout/stdin stream with its stderr collected and a TOOL_TIMEOUT kill."""
+
+    def __init__(self, argv: list, env: dict, **kw):
+        self.proc = sx.popen(*argv, env=env, stderr=subprocess.PIPE, **kw)
+        self.err = []
+        self.reader = threading.Thread(target=lambda: self.err.append(self.proc.stderr.read()), daemon=True)
+        self.reader.start()
+        self.timer = threading.Timer(TOOL_TIMEOUT, self.proc.kill)
+        self.timer.start()
+
+    def finish(self, what: str, kill: bool = False):
+        if kill:
+            self.proc.kill()
+        try:
+            self.proc.wait(TOOL_TIMEOUT)
+        finally:
+            self.timer.cancel()
+        self.reader.join(60)
+        if self.proc.returncode:
+            raise CommandError(f"{what} failed: {last_line(self.err[0] if self.err else b'')}")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def dump_database(cfg: dict, db: str, kind: str, out: Path) -> dict:
-    """pg_dump and the row counts in one snapshot, so the manifest describes exactly the dump.
-
-    A psql session holds a REPEATABLE READ transaction and exports its snapshot; pg_dump (in the
-    same container, streaming to OUT over exec's stdout) imports it; the session then counts."""
-    session = Session(cfg, db)
-    try:
-        session.send("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        snapshot, server_major = session.query(
-            "SELECT pg_export_snapshot(), current_setting('server_version_num')::int / 10000").split("\t")
-        target = out / f"{kind}.dump"
-        with open(target, "wb") as fh:
-            stream_tool(cfg, ["pg_dump", "--format=custom", f"--snapshot={snapshot}", "-d", db], f"pg_dump of {db}",
-                        stdout=fh)
-        counts = {name: int(session.query(query)) for name, query in COUNTS[kind].items()}
-        session.send("COMMIT")
-    finally:
-        session.close()
-    return {"database": db, "file": target.name, "sha256": sha256(target), "counts": counts,
-            "server_major": int(server_major)}
-
-
-def safe_path(base: Path, key: str) -> Path:
-    path = (base / key).resolve()
-    if key.startswith("/") or ".." in Path(key).parts or base.resolve() not in path.parents:
-        raise CommandError(f"refusing bucket key {key!r}: it would land outside {base}")
-    return path
+def tar_objects(tar: tarfile.TarFile):
+    for member in tar:
+        if member.isfile():
+            yield member.name, member.size, tar.extractfile(member)
 
 
 def cmd_backup(args) -> int:
+    if args.now:
+        return backup_in_volume()
     cfg = settings(args)
-    os.umask(0o077)  # every file and directory below is private from its creation on
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    final = Path(args.out).resolve() / f"mlflow-backup-{stamp}"
-    out = final.with_name(final.name + ".partial")  # renamed when complete: never mistaken for a backup
-    out.mkdir(parents=True, mode=0o700)
-    manifest = {"created": stamp, "databases": {}, "bucket": {"name": cfg["bucket"], "objects": {}}}
-    for kind, db in (("tracking", args.tracking_db), ("auth", args.auth_db)):
-        print(f"backup: dumping database {db}", flush=True)
-        manifest["databases"][kind] = dump_database(cfg, db, kind, out)
-    print(f"backup: copying bucket {cfg['bucket']}", flush=True)
-    artifacts = out / "artifacts"
-    artifacts.mkdir(mode=0o700)
-    manifest["bucket"]["objects"] = copy_bucket_out(cfg, artifacts)
-    manifest["bucket"]["count"] = len(manifest["bucket"]["objects"])
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    out.rename(final)
-    counts = ", ".join(f"{k}={v}" for d in manifest["databases"].values() for k, v in d["counts"].items())
-    print(f"backup: {final} ({counts}, objects={manifest['bucket']['count']})")
+    pipe = Pipe(sx.python_argv(BUCKET_CODE, "dump", cfg["bucket"], env=cfg["s3_env"]), None,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        with tarfile.open(fileobj=pipe.proc.stdout, mode="r|") as tar:
+            fmt.make_backup(Path(args.out), spawn(cfg), tar_objects(tar), cfg["bucket"])
+    except (tarfile.TarError, BackupError) as exc:
+        try:
+            pipe.finish(f"copying bucket {cfg['bucket']}", kill=True)
+        except CommandError as died:
+            raise CommandError(f"backup failed: {died}") from None
+        raise CommandError(f"backup failed: {exc}") from None
+    pipe.finish(f"copying bucket {cfg['bucket']}")
     return 0
 
 
-def copy_bucket_out(cfg: dict, artifacts: Path) -> dict:
-    """Every object of the bucket, streamed as tar by our image; key -> size and sha256."""
-    proc = sx.popen(*sx.python_argv(BUCKET_CODE, "dump", cfg["bucket"], env=cfg["s3_env"]),
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    err = []
-    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
-    reader.start()
-    objects, timer = {}, threading.Timer(TOOL_TIMEOUT, proc.kill)
-    timer.start()
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                target = safe_path(artifacts, member.name)
-                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                digest, source = hashlib.sha256(), tar.extractfile(member)
-                with open(target, "wb") as fh:
-                    for block in iter(lambda: source.read(1 << 20), b""):
-                        digest.update(block)
-                        fh.write(block)
-                objects[member.name] = {"size": target.stat().st_size, "sha256": digest.hexdigest()}
-    except (tarfile.TarError, CommandError) as exc:
-        proc.kill()
-        proc.wait(60)
-        reader.join(60)
-        if isinstance(exc, CommandError):
-            raise
-        raise CommandError(f"copying bucket {cfg['bucket']} failed: {last_line(err[0] if err else b'') or exc}")
-    finally:
-        timer.cancel()
-    proc.wait(60)
-    reader.join(60)
-    if proc.returncode:
-        raise CommandError(f"copying bucket {cfg['bucket']} failed: {last_line(err[0] if err else b'')}")
-    return objects
+# --- the `backups` volume of the backup service -----------------------------------------------------
+def backup_in_volume() -> int:
+    """`backup --now`: the service takes a backup now (after the one in progress), output shown."""
+    started = time.monotonic()
+    rc = subprocess.run(sx.compose_argv("exec", "-T", SERVICE, "python3", "-m", "jobs.backup", "now"),
+                        env=sx.eng().env, cwd=ROOT, timeout=TOOL_TIMEOUT + 120).returncode
+    if rc:
+        raise CommandError(f"the backup in the `{SERVICE}` service failed (exit {rc}); its output is above, and "
+                           f"`./mlflowctl backup --list` shows its manifest")
+    log(f"backup --now: done in {time.monotonic() - started:.1f}s")
+    return 0
 
 
-def copy_bucket_in(cfg: dict, backup: Path, keys) -> int:
+def volume_backups() -> list:
+    """Every attempt in the volume (name, success, started, finished, error), oldest first."""
+    out = sx.run("exec", "-T", SERVICE, "python3", "-m", "jobs.backup", "list", timeout=120).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def cmd_list(args) -> int:
+    for b in volume_backups():
+        print(f"{b['name']}  {'ok    ' if b['success'] else 'FAILED'}  "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(b['finished'] or 0))} UTC"
+              + (f"  {b['error']}" if b["error"] else ""))
+    return 0
+
+
+def fetch_from_volume(name: str, dest: Path) -> Path:
+    """Copy backup NAME ("latest": the newest successful one) out of the volume into DEST."""
+    good = [b["name"] for b in volume_backups() if b["success"]]
+    if name == "latest":
+        if not good:
+            raise CommandError(f"the `{SERVICE}` service's volume holds no successful backup yet "
+                               "(`./mlflowctl backup --now` takes one)")
+        name = good[-1]
+    elif name not in good:
+        raise CommandError(f"no successful backup {name} in the volume; there are: {', '.join(good) or 'none'}")
+    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (dest / name).exists():
+        log(f"{dest / name} is there already: not copied again")
+        return dest / name
+    with step(f"copying {name} out of the `{SERVICE}` volume into {dest}"):
+        pipe = Pipe(["exec", "-T", SERVICE, "tar", "-C", "/backups", "-cf", "-", name], None,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        partial = dest / f".{name}.partial"
+        partial.mkdir(mode=0o700, exist_ok=True)
+        untar = subprocess.run(["tar", "--no-same-owner", "-x", "-C", str(partial)], stdin=pipe.proc.stdout,
+                               capture_output=True, timeout=TOOL_TIMEOUT)
+        pipe.finish(f"reading {name} from the volume")
+        if untar.returncode:
+            raise CommandError(f"unpacking {name} failed: {last_line(untar.stderr)}")
+        (partial / name).rename(dest / name)
+        partial.rmdir()
+    return dest / name
+
+
+def copy_bucket_in(cfg: dict, backup: Path, objects: dict) -> int:
     """Upload the backup's objects into the bucket: a tar stream into our image."""
-    proc = sx.popen(*sx.python_argv(BUCKET_CODE, "load", cfg["bucket"], env=cfg["s3_env"]),
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = [], []
-    readers = [threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),
-               threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)]
-    for r in readers:
-        r.start()
-    timer = threading.Timer(TOOL_TIMEOUT, proc.kill)
-    timer.start()
+    pipe = Pipe(sx.python_argv(BUCKET_CODE, "load", cfg["bucket"], env=cfg["s3_env"]), None,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    out = []
+    reader = threading.Thread(target=lambda: out.append(pipe.proc.stdout.read()), daemon=True)
+    reader.start()
+    progress = fmt.Progress(f"restore: bucket {cfg['bucket']}", len(objects))
     try:
-        with tarfile.open(fileobj=proc.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for key in keys:
-                path = safe_path(backup / "artifacts", key)
+        with tarfile.open(fileobj=pipe.proc.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for key in objects:
+                path = fmt.safe_path(backup / "artifacts", key)
                 info = tarfile.TarInfo(key)
                 info.size, info.mode = path.stat().st_size, 0o600
                 with open(path, "rb") as fh:
                     tar.addfile(info, fh)
+                progress.add(info.size)
     except OSError:
         pass  # the uploader died: its stderr says why
     finally:
         try:
-            proc.stdin.close()
+            pipe.proc.stdin.close()
         except OSError:
             pass
-    try:
-        proc.wait(TOOL_TIMEOUT)
-    finally:
-        timer.cancel()
-    for r in readers:
-        r.join(60)
-    if proc.returncode:
-        raise CommandError(f"uploading into bucket {cfg['bucket']} failed: {last_line(err[0] if err else b'')}")
+    pipe.finish(f"uploading into bucket {cfg['bucket']}")
+    reader.join(60)
+    progress.show(" (sent)")
     return int((out[0] if out else b"").strip() or 0)
 
 
 def verify(backup: Path) -> dict:
     try:
-        manifest = json.loads((backup / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"{backup} is not a backup made by `mlflowctl backup`: {exc}")
-    files = {backup / d["file"]: d["sha256"] for d in manifest["databases"].values()}
-    files.update({safe_path(backup / "artifacts", k): o["sha256"] for k, o in manifest["bucket"]["objects"].items()})
-    for path, digest in files.items():
-        if not path.is_file() or sha256(path) != digest:
-            raise CommandError(f"{path} is missing or does not match its checksum in manifest.json")
-    return manifest
+        return fmt.verify(backup)
+    except BackupError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def table_count(cfg: dict, db: str):
@@ -346,39 +253,57 @@ def create_database(cfg: dict, db: str, owner: str):
     psql(cfg, 'CREATE DATABASE :"target" OWNER :"owner"', target=db, owner=owner)
 
 
-def cmd_restore(args) -> int:
-    cfg = settings(args)
-    backup = Path(args.backup).resolve()
-    manifest = verify(backup)
-    targets = {"tracking": args.tracking_db, "auth": args.auth_db}
-    # Refuse before changing anything: every target is checked first.
-    tables = {kind: table_count(cfg, db) for kind, db in targets.items()}
+def count_mismatches(cfg: dict, targets: dict, manifest: dict) -> list:
+    """(database, table, in the backup, restored) for every count that differs from the manifest."""
+    out = []
+    for kind, db in targets.items():
+        for name, query in COUNTS[kind].items():
+            expected, got = manifest["databases"][kind]["counts"][name], int(psql(cfg, query, db=db)[0][0])
+            log(f"  {db}.{name}: backup {expected}, restored {got}" + ("" if expected == got else "  MISMATCH"))
+            if got != expected:
+                out.append((db, name, expected, got))
+    return out
+
+
+def restore_into(cfg: dict, backup: Path, manifest: dict, targets: dict, force: bool, owner: str):
+    """pg_restore into TARGETS (kind -> database) and upload into cfg's bucket; refuses targets
+    holding tables or objects unless FORCE."""
+    tables = {kind: table_count(cfg, db) for kind, db in targets.items()}  # every target checked first
     state = bucket(cfg, "state", cfg["bucket"])
     objects = None if state == "none" else int(state)
     busy = [f"database {targets[k]} has {n} tables" for k, n in tables.items() if n] \
         + ([f"bucket {cfg['bucket']} has objects"] if objects else [])
-    if busy and not args.force:
+    if busy and not force:
         raise CommandError(f"refusing to overwrite: {'; '.join(busy)} (pass --force to replace them)")
     for kind, db in targets.items():
         if tables[kind] is None:
-            create_database(cfg, db, args.owner)
-        print(f"restore: database {db} from {manifest['databases'][kind]['file']}", flush=True)
-        clean = ["--clean", "--if-exists"] if tables[kind] else []
-        stream_tool(cfg, ["pg_restore", "--exit-on-error", "--single-transaction", *clean, "-d", db],
-                    f"pg_restore into {db}", stdin_path=backup / manifest["databases"][kind]["file"])
+            create_database(cfg, db, owner)
+        with step(f"restore: database {db} from {manifest['databases'][kind]['file']}"):
+            clean = ["--clean", "--if-exists"] if tables[kind] else []
+            fmt.stream_tool(spawn(cfg), ["pg_restore", "--exit-on-error", "--single-transaction", *clean, "-d", db],
+                            f"pg_restore into {db}", stdin_path=backup / manifest["databases"][kind]["file"])
     if objects is None:
         bucket(cfg, "create", cfg["bucket"])
-    print(f"restore: {manifest['bucket']['count']} objects into bucket {cfg['bucket']}", flush=True)
-    uploaded = copy_bucket_in(cfg, backup, manifest["bucket"]["objects"])
+    with step(f"restore: {manifest['bucket']['count']} objects into bucket {cfg['bucket']}"):
+        uploaded = copy_bucket_in(cfg, backup, manifest["bucket"]["objects"])
     if uploaded != manifest["bucket"]["count"]:
-        raise CommandError(f"uploaded {uploaded} objects into {cfg['bucket']}; the backup has {manifest['bucket']['count']}")
-    for kind, db in targets.items():  # the rows are back: same counts as when the dump was taken
-        for name, query in COUNTS[kind].items():
-            if int(psql(cfg, query, db=db)[0][0]) != manifest["databases"][kind]["counts"][name]:
-                raise CommandError(f"restored {db} has a different {name} count than the backup")
-    print(f"restore: done from {backup}")
-    return 0
+        raise CommandError(f"uploaded {uploaded} objects into {cfg['bucket']}; "
+                           f"the backup has {manifest['bucket']['count']}")
 
+
+def cmd_restore(args) -> int:
+    cfg = settings(args)
+    if bool(args.backup) == bool(args.from_volume):
+        raise CommandError("name a backup: a directory, or --from-volume NAME|latest")
+    backup = fetch_from_volume(args.from_volume, Path(args.dir)) if args.from_volume else Path(args.backup).resolve()
+    with step(f"restore: checking the checksums of {backup}"):
+        manifest = verify(backup)
+    targets = {"tracking": args.tracking_db, "auth": args.auth_db}
+    restore_into(cfg, backup, manifest, targets, args.force, args.owner)
+    if count_mismatches(cfg, targets, manifest):  # the rows are back: same counts as when the dump was taken
+        raise CommandError("restored databases have other row counts than the backup (listed above)")
+    log(f"restore: done from {backup}")
+    return 0
 
 
 def _connection_options(p):
@@ -396,16 +321,23 @@ def _connection_options(p):
 
 def register(sub):
     """Register `backup` and `restore` on mlflowctl's subparsers."""
-    fmt = argparse.RawDescriptionHelpFormatter
+    formatter = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("backup", help="dump both databases and copy the artifact bucket (with a manifest)",
-                       description=__doc__, formatter_class=fmt)
+                       description=__doc__, formatter_class=formatter)
     p.add_argument("--out", default=str(ROOT / "var" / "backups"),
                    help="directory for the backup; var/ is git-ignored (default: %(default)s)")
+    p.add_argument("--now", action="store_true",
+                   help="instead: the `backup` service takes one now, into its `backups` volume (shown by --list)")
+    p.add_argument("--list", action="store_true", help="instead: list the backups in the `backups` volume")
     _connection_options(p)
-    p.set_defaults(func=cmd_backup)
+    p.set_defaults(func=lambda args: cmd_list(args) if args.list else cmd_backup(args))
     p = sub.add_parser("restore", help="restore a backup into the databases and the bucket",
-                       description=__doc__, formatter_class=fmt)
-    p.add_argument("backup", metavar="BACKUP_DIR", help="a directory made by `mlflowctl backup`")
+                       description=__doc__, formatter_class=formatter)
+    p.add_argument("backup", nargs="?", metavar="BACKUP_DIR", help="a directory made by `mlflowctl backup`")
+    p.add_argument("--from-volume", metavar="NAME", help="a backup in the `backups` volume (`latest`: the newest "
+                   "successful one), first copied into --dir")
+    p.add_argument("--dir", default=str(ROOT / "var" / "backups"),
+                   help="where --from-volume copies the backup (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace targets that already hold tables or objects")
     p.add_argument("--owner", default="mlflow", help="owner of databases that restore creates (default %(default)s)")
     _connection_options(p)

@@ -21,9 +21,10 @@ from cryptography.x509.oid import NameOID
 from ctl.settings import ROOT, parse_env
 
 SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
-           "MONITORING_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+           "MONITORING_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "BACKUP_DB_PASSWORD")
 # Static keys only for a self-hosted S3-compatible store; on AWS the instance role is used.
-LOCAL_S3_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+LOCAL_S3_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "BACKUP_S3_ACCESS_KEY_ID",
+                    "BACKUP_S3_SECRET_ACCESS_KEY")
 
 
 def write_private(path: Path, data: bytes):

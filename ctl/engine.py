@@ -53,6 +53,8 @@ INPUTS_LABEL = "org.mlflow-bundle.inputs"
 # Inputs of our image: what docker/Dockerfile copies (kept in step with .dockerignore).
 IMAGE_INPUTS = ("docker/Dockerfile", "docker/requirements.txt", "docker/entrypoint.sh", "requirements.lock", "jobs",
                 "store")
+# Inputs of the `backup` service's image (docker/backup/Containerfile, on the PostgreSQL image).
+BACKUP_INPUTS = ("docker/backup", "jobs")
 PODMAN_CONF = Path("/etc/containers/containers.conf")
 # The process lacks CAP_SYS_RESOURCE (setrlimit fails when podman raises limits), and crun
 # refuses the hybrid cgroup layout: runc with cgroupfs works.
@@ -438,6 +440,9 @@ def ensure_images(engine: Engine, env: dict, profiles: tuple = None) -> dict:
     IMAGES_ENV.write_text("# Written by `./mlflowctl up`: stand-ins for images no registry could provide.\n"
                           + "".join(f"{k}={v}\n" for k, v in sorted(standins.items())))
     ensure_our_image(engine, env, chosen)
+    # apt only: with the host CA mounted in, apt could not update ca-certificates.
+    ensure_built(engine, env["BACKUP_IMAGE"], "docker/backup/Containerfile", BACKUP_INPUTS, "POSTGRES_IMAGE", chosen,
+                 pypi=False)
     return chosen
 
 
@@ -448,13 +453,16 @@ def missing_images(engine: Engine, profiles: tuple = None) -> dict:
 
 
 def ensure_our_image(engine: Engine, env: dict, chosen: dict):
-    tag = env["MLFLOW_IMAGE"]
-    digest = inputs_hash(IMAGE_INPUTS, extra=chosen["PYTHON_IMAGE"])
+    ensure_built(engine, env["MLFLOW_IMAGE"], "docker/Dockerfile", IMAGE_INPUTS, "PYTHON_IMAGE", chosen, pypi=True)
+
+
+def ensure_built(engine: Engine, tag: str, dockerfile: str, inputs: tuple, base: str, chosen: dict, pypi: bool):
+    """Build TAG from DOCKERFILE on the image chosen for the variable BASE, unless it is up to date."""
+    digest = inputs_hash(inputs, extra=chosen[base])
     if engine.label(tag, INPUTS_LABEL) == digest:
         log(f"{tag} is up to date")
         return
-    engine.build(tag, ROOT, ROOT / "docker" / "Dockerfile", {"PYTHON_IMAGE": chosen["PYTHON_IMAGE"]},
-                 {INPUTS_LABEL: digest}, pypi=True)
+    engine.build(tag, ROOT, ROOT / dockerfile, {base: chosen[base]}, {INPUTS_LABEL: digest}, pypi=pypi)
 
 
 # --- health-check ticker (podman only) -------------------------------------------------------
@@ -484,7 +492,7 @@ def duration_s(ns) -> float:
 
 def in_start_period(info: dict, check: dict) -> bool:
     started = datetime.datetime.fromisoformat(info.get("State", {}).get("StartedAt") or "1970-01-01T00:00:00Z")
-    elapsed = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    elapsed = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
     return elapsed < duration_s(check.get("StartPeriod"))
 
 

@@ -14,10 +14,12 @@ from psycopg2 import sql
 
 ROLE = "mlflow"
 DATABASES = ("mlflow", "mlflow_auth")
+# The `backup` service's role: reads every table (pg_read_all_data, PostgreSQL 14+), writes nothing.
+BACKUP_ROLE = "mlflow_backup"
 
 
 def ensure_role_and_databases(host: str, port: str, admin: str, admin_password: str, password: str,
-                              databases: tuple = DATABASES):
+                              databases: tuple = DATABASES, backup_password: str = ""):
     conn = psycopg2.connect(host=host, port=port, user=admin, password=admin_password, dbname="postgres")
     conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
     with conn.cursor() as cur:
@@ -34,6 +36,12 @@ def ensure_role_and_databases(host: str, port: str, admin: str, admin_password: 
             if not cur.fetchone():
                 print(f"migrate: creating database {db}", flush=True)
                 cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(ROLE)))
+        if backup_password:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (BACKUP_ROLE,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(BACKUP_ROLE)),
+                        (backup_password,))
+            cur.execute(sql.SQL("GRANT pg_read_all_data TO {}").format(sql.Identifier(BACKUP_ROLE)))
     conn.close()
 
 
@@ -41,9 +49,11 @@ def main() -> int:
     env = os.environ
     host, port = env["POSTGRES_HOST"], env["POSTGRES_PORT"]
     ensure_role_and_databases(host, port, env.get("POSTGRES_USER", "postgres"),
-                              env["POSTGRES_PASSWORD"], env["MLFLOW_DB_PASSWORD"])
+                              env["POSTGRES_PASSWORD"], env["MLFLOW_DB_PASSWORD"],
+                              backup_password=env.get("BACKUP_DB_PASSWORD", ""))
     tool_env = {**env, "PGPASSWORD": env["MLFLOW_DB_PASSWORD"]}
     tool_env.pop("POSTGRES_PASSWORD")
+    tool_env.pop("BACKUP_DB_PASSWORD", None)
     # psycopg2 explicitly: SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3, whose prepared statements break behind PgBouncer.
     uri = f"postgresql+psycopg2://{ROLE}@{host}:{port}/"
     steps = [

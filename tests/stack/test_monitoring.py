@@ -186,7 +186,7 @@ def test_series_values_make_sense(monitoring, eng, stack_env):
     assert value(eng, "pg_settings_max_connections") == int(conf.group(1))
     assert value(eng, "sum(pg_stat_database_numbackends)") >= 1
     # The data volumes, seen by node-exporter.
-    for volume in ("pgdata", "mlflow-spool"):
+    for volume in ("pgdata", "mlflow-spool", "backups"):
         size = value(eng, f'node_filesystem_size_bytes{{mountpoint="/volumes/{volume}"}}')
         free = value(eng, f'node_filesystem_avail_bytes{{mountpoint="/volumes/{volume}"}}')
         assert size > 0 and 0 <= free <= size, volume

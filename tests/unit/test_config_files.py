@@ -66,7 +66,7 @@ def test_config_mounts_read_only(model):
     for name, svc in model["services"].items():
         for vol in svc.get("volumes", []):
             writable = vol["target"].startswith(("/var/lib/postgresql", "/data", "/rendered", "/var/spool/mlflow",
-                                               "/var/run/postgresql"))
+                                               "/var/run/postgresql", "/backups"))
             assert vol.get("read_only", False) != writable, f"{name}: {vol['target']}"
 
 

@@ -45,7 +45,7 @@ def test_secrets_only_in_environment(services, env_file):  # noqa: F811
 
 def test_data_volumes_mounted_read_only_into_node_exporter(services):
     mounts = {v["target"]: v for v in services["node-exporter"]["volumes"]}
-    assert {"/volumes/pgdata", "/volumes/mlflow-spool", "/volumes/prometheus-data"} == set(mounts)
+    assert {"/volumes/pgdata", "/volumes/mlflow-spool", "/volumes/backups", "/volumes/prometheus-data"} == set(mounts)
     assert all(v["read_only"] and v["volume"]["nocopy"] for v in mounts.values())
 
 
