@@ -42,7 +42,7 @@ import boto3
 import requests
 
 from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files, bundle_hash
-from infra.userdata import BootSettings, render_user_data
+from infra.userdata import COMPOSE_PY_VERSION, BootSettings, render_user_data
 from scripts import engine
 from scripts.bootstrap import read_env
 
@@ -216,8 +216,14 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
         boot = lambda *args: ns.run(["bash", *args], boot_env, timeout=BOOT_TIMEOUT_S)  # noqa: E731
         status = lambda: engine.json_rows(must(boot(app_dir / "mlflow-boot", "compose", "ps", "--all", "--format", "json"), "compose ps"))  # noqa: E731,E501
 
+        # boot.sh installs Docker and the Compose plugin where `docker compose version` differs: here
+        # that would be this machine's, so the test stops first.
+        compose_version = must(ns.run([docker, "compose", "version"], base_env), "docker compose version")
+        assert compose_version.strip().endswith(f"v{COMPOSE_PY_VERSION.rsplit('.', 1)[0]}"), compose_version
+
         # --- first boot: user-data ---------------------------------------------------------------
-        must(boot(user_data), "the boot script (first boot)")
+        first_boot = must(boot(user_data), "the boot script (first boot)")
+        assert "installing" not in first_boot, first_boot
         assert stat.S_IMODE((app_dir / ".env").stat().st_mode) == 0o600
         written = env_file(app_dir)
         assert "MLFLOW_S3_ENDPOINT_URL" not in written and written["POSTGRES_PASSWORD"] == quoted(first)
