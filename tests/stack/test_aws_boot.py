@@ -21,9 +21,9 @@ What stands in for AWS, which cannot be reached from here (all inside the namesp
   `-d 0.0.0.0/32`, which no packet has (containers/netavark#636, fixed in 1.6), so the port would
   not forward at all. Docker on the instance treats 0.0.0.0 as any address.
 
-The namespace keeps the instance's 0.0.0.0:443/80 away from the main stack. It has its own podman
-service and its own /run/containers/networks (a tmpfs): rootful podman keeps its network state and
-DNS server config at that fixed path, so a second network namespace needs its own.
+The namespace keeps the instance's ports away from the main stack. It has its own podman service
+and its own /run/containers/networks (a tmpfs): rootful podman keeps its network state and DNS
+server config at that fixed path, so a second network namespace needs its own.
 """
 import ctypes
 import json
@@ -54,11 +54,15 @@ CLONE_NEWNET = 0x40000000
 SERVICES = {"render-config", "migrate", "pgbouncer", "mlflow", "nginx"}
 ONE_SHOT = {"render-config", "migrate"}
 
-# Holds the namespaces open and prints its pid; bounded, like the test.
+# Holds the namespaces open and prints its pid; bounded, like the test. Mounts keep the host's
+# propagation, so the network namespaces podman binds under /run/netns (a shared mount) show on the
+# host too, where every podman that lists containers looks them up; the tmpfs mounts stay in here
+# (the mount holding each is made a slave first).
 HOLDER = """set -e
+hide() { mount --make-slave "$(findmnt -no TARGET -T "$1")"; mount -t tmpfs -o size=16m,mode=0755 tmpfs "$1"; }
 mkdir -p /run/containers/networks
-mount -t tmpfs -o size=16m,mode=0755 tmpfs /run/containers/networks
-if [ -d /run/systemd/system ]; then mount -t tmpfs -o size=1m tmpfs /run/systemd; fi
+hide /run/containers/networks
+if [ -d /run/systemd/system ]; then hide /run/systemd; fi
 ip link set lo up
 echo $$
 exec sleep 1200
@@ -70,7 +74,7 @@ class Namespace:
     requests) in a worker thread that joined its network namespace (setns is per thread)."""
 
     def __init__(self):
-        self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "slave", "--fork",
+        self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "unchanged", "--fork",
                                         "--", "sh", "-c", HOLDER], stdout=subprocess.PIPE, text=True,
                                        start_new_session=True)
         self.pid = int(self.holder.stdout.readline())
@@ -190,8 +194,12 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
 
         # AWS's side: one network whose gateway (an address of the namespace) serves moto, and RDS.
         label = f"com.docker.compose.project={project}"  # so the cleanup finds them with the stack
-        must(dk("network", "create", "--label", label, f"{project}-aws"), "network create")
-        gateway = json.loads(must(dk("network", "inspect", f"{project}-aws"), "network inspect"))[0]["IPAM"]["Config"][0]["Gateway"]
+        # No DNS on it: else podman's DNS server outlives `mlflow-boot down` and, reloaded for the
+        # stack's new networks at `up`, did not always answer on them.
+        must(ns.run(["podman", "network", "create", "--disable-dns", "--label", label, f"{project}-aws"], base_env),
+             "network create")
+        gateway = must(ns.run(["podman", "network", "inspect", "--format", "{{(index .Subnets 0).Gateway}}",
+                               f"{project}-aws"], base_env), "network inspect").strip()
         endpoint = f"http://{gateway}:{MOTO_PORT}"
         ns.spawn([sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", MOTO_PORT], base_env, tmp_path / "moto.log")
         rds_ip = start_fake_rds(dk, project, label, postgres_image, tmp_path, first)
