@@ -363,8 +363,10 @@ def cleanup(ns: Namespace, project: str, env: dict, ecr_image: str):
     label = f"label=com.docker.compose.project={project}"
     for ls, rm in ((["ps", "-aq"], ["rm", "-f", "-t", "5"]), (["network", "ls", "-q"], ["network", "rm"]),
                    (["volume", "ls", "-q"], ["volume", "rm", "-f"])):
-        ids = ns.run(["podman", *ls, "--filter", label], env, timeout=120).stdout.split()
-        if ids:
+        for _ in range(3):  # a network can still be in use while its last container goes
+            ids = ns.run(["podman", *ls, "--filter", label], env, timeout=120).stdout.split()
+            if not ids:
+                break
             ns.run(["podman", *rm, *ids], env, timeout=180)
     # NAME twice: `podman untag IMAGE` alone would strip every name the image has, others' too.
     subprocess.run(["podman", "untag", ecr_image, ecr_image], capture_output=True, timeout=60)
