@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Install what the bundle's tools and tests need on Debian 12 (bookworm), as root. Idempotent.
 #   apt: Chromium (UI test), testssl.sh, nginx-light (Nginx template tests), iproute2, procps, git,
-#        curl, Python venv. Debian's nginx service is NOT started (policy-rc.d): 443/80 are the stack's.
+#        curl, Python venv, jq (the EC2 boot script). Debian's nginx service is NOT started
+#        (policy-rc.d): 443/80 are the stack's. Where no `docker` command exists, Debian's docker.io
+#        for its CLI only (the real boot-script test drives podman with it): its daemon is neither
+#        started nor enabled, so the engine stays what it was.
 #   pip: .venv from requirements.lock (every package pinned), including the Compose binary
 # The container engine is Docker where one runs; otherwise `./mlflowctl up` installs podman.
 set -eEuo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(chromium testssl.sh nginx-light iproute2 procps git python3 python3-venv curl ca-certificates util-linux)
+APT_PACKAGES=(chromium testssl.sh nginx-light iproute2 procps git python3 python3-venv curl ca-certificates util-linux jq)
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -18,6 +21,8 @@ missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+docker_cli_only=0
+command -v docker >/dev/null || { missing+=(docker.io); docker_cli_only=1; }
 if ((${#missing[@]})); then
     step "apt-get install ${missing[*]}"
     apt-get update -qq
@@ -26,6 +31,10 @@ if ((${#missing[@]})); then
     ((had_policy)) || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"; }
     trap '((had_policy)) || rm -f /usr/sbin/policy-rc.d' EXIT
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if ((docker_cli_only)) && command -v systemctl >/dev/null; then
+        # docker.io's postinst enabled its daemon for the next boot; --root: works without systemd too.
+        systemctl --root=/ disable docker.service docker.socket containerd.service
+    fi
 else
     step "apt packages present"
 fi

@@ -165,7 +165,7 @@ up() {
 }
 
 # The stack as a service: every (re)start, reboot included, first re-reads the secrets (the RDS
-# master password rotates); a timer keeps .env current for backups and renews the certificate.
+# master password rotates); an hourly timer keeps .env current and renews the certificate.
 install_units() {
   local dir=${1:-$UNIT_DIR}
   cat >"${dir}/mlflow-stack.service" <<EOF
