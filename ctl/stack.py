@@ -3,6 +3,7 @@ import argparse
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from ctl import bootstrap as boot
 from ctl import engine
@@ -135,8 +136,14 @@ def cmd_config(args):
 
 
 def needs_stack(pytest_args: list) -> bool:
-    """False when a `-m EXPR` selects no `stack` or `store` test (e.g. `-m unit`, `-m "unit or infra"`)."""
+    """False when the selection holds no `stack` or `store` test: paths outside tests/stack and
+    tests/store (e.g. `tests/infra`), or a `-m EXPR` without them (`-m unit`, `-m "unit or infra"`)."""
     from _pytest.mark.expression import Expression
+    paths = [Path(a.split("::")[0]).resolve() for a in pytest_args
+             if not a.startswith("-") and Path(a.split("::")[0]).exists()]
+    suites = [ROOT / "tests" / "stack", ROOT / "tests" / "store"]
+    if paths and not any(p in (ROOT, ROOT / "tests") or any(p.is_relative_to(s) for s in suites) for p in paths):
+        return False
     if "-m" not in pytest_args or pytest_args.index("-m") + 1 >= len(pytest_args):
         return True
     expr = Expression.compile(pytest_args[pytest_args.index("-m") + 1])
