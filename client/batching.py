@@ -10,6 +10,7 @@ points buffered (the next flush retries them) and raises, so nothing is dropped 
         for step in range(steps):
             batcher.log({"loss": loss, "acc": acc}, step=step)
 """
+
 import time
 
 from mlflow.entities import Metric
@@ -42,7 +43,7 @@ class MetricBatcher:
     def _send(self, n: int):
         batch = self.buffer[:n]
         self.client.log_batch(self.run_id, metrics=batch)  # raises: the points stay buffered
-        del self.buffer[:len(batch)]
+        del self.buffer[: len(batch)]
         self.requests += 1
         self.oldest = time.monotonic() if self.buffer else None
 

@@ -18,6 +18,7 @@
 
 `bootstrap`, `up`, `down` and `restart` can be re-run safely. Run `./mlflowctl COMMAND --help`.
 """
+
 import argparse
 import sys
 
@@ -30,8 +31,9 @@ GROUPS = (stack, backup, drill, upgrade, lifecycle, load, faults)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="mlflowctl", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mlflowctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)

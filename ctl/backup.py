@@ -27,6 +27,7 @@ The format (dump, counts, checksums, manifest) is jobs/backup.py's, which the `b
 runs on a schedule into its `backups` volume: `backup --now` has it take one at once, `backup --list`
 lists them, `restore --from-volume NAME|latest` restores one of them (copied out into --dir first).
 """
+
 import argparse
 import json
 import subprocess
@@ -49,9 +50,12 @@ def settings(args) -> dict:
     env = Settings.load().env
     tcp = None
     if args.pg_host or args.pg_port or args.pg_user != "postgres":
-        tcp = {"host": args.pg_host or env.get("POSTGRES_HOST", "postgres"),
-               "port": str(args.pg_port or env.get("POSTGRES_PORT", "5432")),
-               "user": args.pg_user, "password": env.get("POSTGRES_PASSWORD", "")}
+        tcp = {
+            "host": args.pg_host or env.get("POSTGRES_HOST", "postgres"),
+            "port": str(args.pg_port or env.get("POSTGRES_PORT", "5432")),
+            "user": args.pg_user,
+            "password": env.get("POSTGRES_PASSWORD", ""),
+        }
     # None: the mlflow service's own endpoint; "": AWS S3; anything else: that endpoint.
     s3_env = {} if args.s3_endpoint is None else {"MLFLOW_S3_ENDPOINT_URL": args.s3_endpoint}
     return {"tcp": tcp, "bucket": args.bucket or env.get("MLFLOW_ARTIFACT_BUCKET", ""), "s3_env": s3_env}
@@ -72,10 +76,12 @@ def step(what: str):
 def spawn(cfg: dict):
     """jobs.backup's way to start a PostgreSQL tool: in the postgres container (the server's own
     version), with the TCP password, if any, as the first line of its stdin."""
+
     def start(argv: list, **kw) -> subprocess.Popen:
         proc = sx.popen(*sx.pg_argv(argv, cfg["tcp"]), **kw)
         proc.stdin.write(sx.pg_stdin_prefix(cfg["tcp"]))
         return proc
+
     return start
 
 
@@ -131,8 +137,12 @@ def cmd_backup(args) -> int:
     if args.now:
         return backup_in_volume()
     cfg = settings(args)
-    pipe = Pipe(sx.python_argv(BUCKET_CODE, "dump", cfg["bucket"], env=cfg["s3_env"]), None,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    pipe = Pipe(
+        sx.python_argv(BUCKET_CODE, "dump", cfg["bucket"], env=cfg["s3_env"]),
+        None,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
     try:
         with tarfile.open(fileobj=pipe.proc.stdout, mode="r|") as tar:
             fmt.make_backup(Path(args.out), spawn(cfg), tar_objects(tar), cfg["bucket"])
@@ -150,11 +160,17 @@ def cmd_backup(args) -> int:
 def backup_in_volume() -> int:
     """`backup --now`: the service takes a backup now (after the one in progress), output shown."""
     started = time.monotonic()
-    rc = subprocess.run(sx.compose_argv("exec", "-T", SERVICE, "python3", "-m", "jobs.backup", "now"),
-                        env=sx.eng().env, cwd=ROOT, timeout=TOOL_TIMEOUT + 120).returncode
+    rc = subprocess.run(
+        sx.compose_argv("exec", "-T", SERVICE, "python3", "-m", "jobs.backup", "now"),
+        env=sx.eng().env,
+        cwd=ROOT,
+        timeout=TOOL_TIMEOUT + 120,
+    ).returncode
     if rc:
-        raise CommandError(f"the backup in the `{SERVICE}` service failed (exit {rc}); its output is above, and "
-                           f"`./mlflowctl backup --list` shows its manifest")
+        raise CommandError(
+            f"the backup in the `{SERVICE}` service failed (exit {rc}); its output is above, and "
+            f"`./mlflowctl backup --list` shows its manifest"
+        )
     log(f"backup --now: done in {time.monotonic() - started:.1f}s")
     return 0
 
@@ -167,9 +183,11 @@ def volume_backups() -> list:
 
 def cmd_list(args) -> int:
     for b in volume_backups():
-        print(f"{b['name']}  {'ok    ' if b['success'] else 'FAILED'}  "
-              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(b['finished'] or 0))} UTC"
-              + (f"  {b['error']}" if b["error"] else ""))
+        print(
+            f"{b['name']}  {'ok    ' if b['success'] else 'FAILED'}  "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(b['finished'] or 0))} UTC"
+            + (f"  {b['error']}" if b["error"] else "")
+        )
     return 0
 
 
@@ -178,8 +196,10 @@ def fetch_from_volume(name: str, dest: Path) -> Path:
     good = [b["name"] for b in volume_backups() if b["success"]]
     if name == "latest":
         if not good:
-            raise CommandError(f"the `{SERVICE}` service's volume holds no successful backup yet "
-                               "(`./mlflowctl backup --now` takes one)")
+            raise CommandError(
+                f"the `{SERVICE}` service's volume holds no successful backup yet "
+                "(`./mlflowctl backup --now` takes one)"
+            )
         name = good[-1]
     elif name not in good:
         raise CommandError(f"no successful backup {name} in the volume; there are: {', '.join(good) or 'none'}")
@@ -188,12 +208,20 @@ def fetch_from_volume(name: str, dest: Path) -> Path:
         log(f"{dest / name} is there already: not copied again")
         return dest / name
     with step(f"copying {name} out of the `{SERVICE}` volume into {dest}"):
-        pipe = Pipe(["exec", "-T", SERVICE, "tar", "-C", "/backups", "-cf", "-", name], None,
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        pipe = Pipe(
+            ["exec", "-T", SERVICE, "tar", "-C", "/backups", "-cf", "-", name],
+            None,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )
         partial = dest / f".{name}.partial"
         partial.mkdir(mode=0o700, exist_ok=True)
-        untar = subprocess.run(["tar", "--no-same-owner", "-x", "-C", str(partial)], stdin=pipe.proc.stdout,
-                               capture_output=True, timeout=TOOL_TIMEOUT)
+        untar = subprocess.run(
+            ["tar", "--no-same-owner", "-x", "-C", str(partial)],
+            stdin=pipe.proc.stdout,
+            capture_output=True,
+            timeout=TOOL_TIMEOUT,
+        )
         pipe.finish(f"reading {name} from the volume")
         if untar.returncode:
             raise CommandError(f"unpacking {name} failed: {last_line(untar.stderr)}")
@@ -204,8 +232,12 @@ def fetch_from_volume(name: str, dest: Path) -> Path:
 
 def copy_bucket_in(cfg: dict, backup: Path, objects: dict) -> int:
     """Upload the backup's objects into the bucket: a tar stream into our image."""
-    pipe = Pipe(sx.python_argv(BUCKET_CODE, "load", cfg["bucket"], env=cfg["s3_env"]), None,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    pipe = Pipe(
+        sx.python_argv(BUCKET_CODE, "load", cfg["bucket"], env=cfg["s3_env"]),
+        None,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     out = []
     reader = threading.Thread(target=lambda: out.append(pipe.proc.stdout.read()), daemon=True)
     reader.start()
@@ -243,8 +275,11 @@ def table_count(cfg: dict, db: str):
     """Tables outside the system schemas, or None when the database does not exist."""
     if not psql(cfg, "SELECT 1 FROM pg_database WHERE datname = :'target'", target=db):
         return None
-    return int(psql(cfg, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
-                    db=db)[0][0])
+    return int(
+        psql(cfg, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", db=db)[
+            0
+        ][0]
+    )
 
 
 def create_database(cfg: dict, db: str, owner: str):
@@ -271,8 +306,9 @@ def restore_into(cfg: dict, backup: Path, manifest: dict, targets: dict, force: 
     tables = {kind: table_count(cfg, db) for kind, db in targets.items()}  # every target checked first
     state = bucket(cfg, "state", cfg["bucket"])
     objects = None if state == "none" else int(state)
-    busy = [f"database {targets[k]} has {n} tables" for k, n in tables.items() if n] \
-        + ([f"bucket {cfg['bucket']} has objects"] if objects else [])
+    busy = [f"database {targets[k]} has {n} tables" for k, n in tables.items() if n] + (
+        [f"bucket {cfg['bucket']} has objects"] if objects else []
+    )
     if busy and not force:
         raise CommandError(f"refusing to overwrite: {'; '.join(busy)} (pass --force to replace them)")
     for kind, db in targets.items():
@@ -280,15 +316,20 @@ def restore_into(cfg: dict, backup: Path, manifest: dict, targets: dict, force: 
             create_database(cfg, db, owner)
         with step(f"restore: database {db} from {manifest['databases'][kind]['file']}"):
             clean = ["--clean", "--if-exists"] if tables[kind] else []
-            fmt.stream_tool(spawn(cfg), ["pg_restore", "--exit-on-error", "--single-transaction", *clean, "-d", db],
-                            f"pg_restore into {db}", stdin_path=backup / manifest["databases"][kind]["file"])
+            fmt.stream_tool(
+                spawn(cfg),
+                ["pg_restore", "--exit-on-error", "--single-transaction", *clean, "-d", db],
+                f"pg_restore into {db}",
+                stdin_path=backup / manifest["databases"][kind]["file"],
+            )
     if objects is None:
         bucket(cfg, "create", cfg["bucket"])
     with step(f"restore: {manifest['bucket']['count']} objects into bucket {cfg['bucket']}"):
         uploaded = copy_bucket_in(cfg, backup, manifest["bucket"]["objects"])
     if uploaded != manifest["bucket"]["count"]:
-        raise CommandError(f"uploaded {uploaded} objects into {cfg['bucket']}; "
-                           f"the backup has {manifest['bucket']['count']}")
+        raise CommandError(
+            f"uploaded {uploaded} objects into {cfg['bucket']}; the backup has {manifest['bucket']['count']}"
+        )
 
 
 def cmd_restore(args) -> int:
@@ -307,37 +348,66 @@ def cmd_restore(args) -> int:
 
 
 def _connection_options(p):
-    p.add_argument("--pg-host", help="connect over TCP to this host, as seen from the postgres container (default: "
-                                     "its local socket as the OS user postgres, no password)")
+    p.add_argument(
+        "--pg-host",
+        help="connect over TCP to this host, as seen from the postgres container (default: "
+        "its local socket as the OS user postgres, no password)",
+    )
     p.add_argument("--pg-port", help="with TCP: port (default: POSTGRES_PORT from .env, else 5432)")
-    p.add_argument("--pg-user", default="postgres", help="with TCP: superuser; password from POSTGRES_PASSWORD "
-                                                        "(default %(default)s)")
+    p.add_argument(
+        "--pg-user",
+        default="postgres",
+        help="with TCP: superuser; password from POSTGRES_PASSWORD (default %(default)s)",
+    )
     p.add_argument("--tracking-db", default="mlflow", help="tracking database (default %(default)s)")
     p.add_argument("--auth-db", default="mlflow_auth", help="basic-auth database (default %(default)s)")
     p.add_argument("--bucket", help="artifact bucket (default: MLFLOW_ARTIFACT_BUCKET from .env)")
-    p.add_argument("--s3-endpoint", help="S3 endpoint URL as seen from the mlflow container; empty string = AWS "
-                                         "(default: the mlflow service's MLFLOW_S3_ENDPOINT_URL)")
+    p.add_argument(
+        "--s3-endpoint",
+        help="S3 endpoint URL as seen from the mlflow container; empty string = AWS "
+        "(default: the mlflow service's MLFLOW_S3_ENDPOINT_URL)",
+    )
 
 
 def register(sub):
     """Register `backup` and `restore` on mlflowctl's subparsers."""
     formatter = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("backup", help="dump both databases and copy the artifact bucket (with a manifest)",
-                       description=__doc__, formatter_class=formatter)
-    p.add_argument("--out", default=str(ROOT / "var" / "backups"),
-                   help="directory for the backup; var/ is git-ignored (default: %(default)s)")
-    p.add_argument("--now", action="store_true",
-                   help="instead: the `backup` service takes one now, into its `backups` volume (shown by --list)")
+    p = sub.add_parser(
+        "backup",
+        help="dump both databases and copy the artifact bucket (with a manifest)",
+        description=__doc__,
+        formatter_class=formatter,
+    )
+    p.add_argument(
+        "--out",
+        default=str(ROOT / "var" / "backups"),
+        help="directory for the backup; var/ is git-ignored (default: %(default)s)",
+    )
+    p.add_argument(
+        "--now",
+        action="store_true",
+        help="instead: the `backup` service takes one now, into its `backups` volume (shown by --list)",
+    )
     p.add_argument("--list", action="store_true", help="instead: list the backups in the `backups` volume")
     _connection_options(p)
     p.set_defaults(func=lambda args: cmd_list(args) if args.list else cmd_backup(args))
-    p = sub.add_parser("restore", help="restore a backup into the databases and the bucket",
-                       description=__doc__, formatter_class=formatter)
+    p = sub.add_parser(
+        "restore",
+        help="restore a backup into the databases and the bucket",
+        description=__doc__,
+        formatter_class=formatter,
+    )
     p.add_argument("backup", nargs="?", metavar="BACKUP_DIR", help="a directory made by `mlflowctl backup`")
-    p.add_argument("--from-volume", metavar="NAME", help="a backup in the `backups` volume (`latest`: the newest "
-                   "successful one), first copied into --dir")
-    p.add_argument("--dir", default=str(ROOT / "var" / "backups"),
-                   help="where --from-volume copies the backup (default: %(default)s)")
+    p.add_argument(
+        "--from-volume",
+        metavar="NAME",
+        help="a backup in the `backups` volume (`latest`: the newest successful one), first copied into --dir",
+    )
+    p.add_argument(
+        "--dir",
+        default=str(ROOT / "var" / "backups"),
+        help="where --from-volume copies the backup (default: %(default)s)",
+    )
     p.add_argument("--force", action="store_true", help="replace targets that already hold tables or objects")
     p.add_argument("--owner", default="mlflow", help="owner of databases that restore creates (default %(default)s)")
     _connection_options(p)

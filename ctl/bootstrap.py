@@ -7,6 +7,7 @@
   longer covers MLFLOW_PUBLIC_HOST is re-issued from the same CA. Replace both server files with
   your own to use a certificate from a real CA.
 """
+
 import datetime
 import ipaddress
 import os
@@ -20,11 +21,22 @@ from cryptography.x509.oid import NameOID
 
 from ctl.settings import ROOT, parse_env
 
-SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
-           "MONITORING_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "BACKUP_DB_PASSWORD")
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "MONITORING_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+    "BACKUP_DB_PASSWORD",
+)
 # Static keys only for a self-hosted S3-compatible store; on AWS the instance role is used.
-LOCAL_S3_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "BACKUP_S3_ACCESS_KEY_ID",
-                    "BACKUP_S3_SECRET_ACCESS_KEY")
+LOCAL_S3_SECRETS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "BACKUP_S3_ACCESS_KEY_ID",
+    "BACKUP_S3_SECRET_ACCESS_KEY",
+)
 
 
 def write_private(path: Path, data: bytes):
@@ -56,10 +68,15 @@ def ensure_env(root: Path = ROOT) -> tuple[dict, list[str]]:
     if not env_file.exists():
         # First run: keep .env.example's comments and order, with the secrets filled in.
         filled = parse_env("\n".join(lines))
-        text = "\n".join(
-            f"{line.split('=', 1)[0]}={filled[line.split('=', 1)[0]]}"
-            if line and not line.startswith("#") and "=" in line else line
-            for line in example.splitlines()) + "\n"
+        text = (
+            "\n".join(
+                f"{line.split('=', 1)[0]}={filled[line.split('=', 1)[0]]}"
+                if line and not line.startswith("#") and "=" in line
+                else line
+                for line in example.splitlines()
+            )
+            + "\n"
+        )
         write_private(env_file, text.encode())
     elif added:
         write_private(env_file, (current.rstrip("\n") + "\n" + "\n".join(lines) + "\n").encode())
@@ -68,13 +85,15 @@ def ensure_env(root: Path = ROOT) -> tuple[dict, list[str]]:
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mlflow-bundle"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mlflow-bundle"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
 
 
 def _key_bytes(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _sans(host: str) -> list:
@@ -95,30 +114,45 @@ def ensure_certs(host: str, certs: Path) -> list[str]:
     written = []
     if not (certs / "ca.crt").exists() or not (certs / "ca.key").exists():
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = (x509.CertificateBuilder().subject_name(_name("mlflow-bundle local CA"))
-              .issuer_name(_name("mlflow-bundle local CA")).public_key(ca_key.public_key())
-              .serial_number(x509.random_serial_number()).not_valid_before(now)
-              .not_valid_after(now + datetime.timedelta(days=3650))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-              .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-              .sign(ca_key, hashes.SHA256()))
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(_name("mlflow-bundle local CA"))
+            .issuer_name(_name("mlflow-bundle local CA"))
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
         write_private(certs / "ca.key", _key_bytes(ca_key))
         (certs / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
         (certs / "server.crt").unlink(missing_ok=True)  # a new CA invalidates the old server cert
         written += ["ca.key", "ca.crt"]
     server_crt = certs / "server.crt"
-    if server_crt.exists() and (certs / "server.key").exists() and covers(x509.load_pem_x509_certificate(server_crt.read_bytes()), host):
+    if (
+        server_crt.exists()
+        and (certs / "server.key").exists()
+        and covers(x509.load_pem_x509_certificate(server_crt.read_bytes()), host)
+    ):
         return written
     ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
     ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name(host)).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=825))
-            .add_extension(x509.SubjectAlternativeName(_sans(host)), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(host))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(_sans(host)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     write_private(certs / "server.key", _key_bytes(key))
     server_crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return written + ["server.key", "server.crt"]
@@ -128,6 +162,8 @@ def bootstrap(root: Path = ROOT) -> dict:
     values, added = ensure_env(root)
     print(f"bootstrap: .env {'added ' + ', '.join(added) if added else 'unchanged'} (mode 0600)")
     written = ensure_certs(values["MLFLOW_PUBLIC_HOST"], root / "certs")
-    print(f"bootstrap: certs/ {'wrote ' + ', '.join(written) if written else 'unchanged'}"
-          f" (clients trust {root / 'certs' / 'ca.crt'})")
+    print(
+        f"bootstrap: certs/ {'wrote ' + ', '.join(written) if written else 'unchanged'}"
+        f" (clients trust {root / 'certs' / 'ca.crt'})"
+    )
     return values

@@ -14,6 +14,7 @@ It prints each step with its timing and a report, and exits 1 on any mismatch. I
 `./mlflowctl restore` runs: pg_restore in the postgres container, the bucket through our image in
 the mlflow container.
 """
+
 import argparse
 import json
 import shutil
@@ -64,8 +65,10 @@ def cmd_drill(args) -> int:
         else:
             copy = backup.fetch_from_volume(args.from_volume, work)
         manifest = fmt.read_manifest(copy)
-        log(f"drill: backup {copy.name} ({manifest['bucket']['count']} objects, "
-            f"{manifest.get('size_bytes', 0) / 1e6:.1f} MB)")
+        log(
+            f"drill: backup {copy.name} ({manifest['bucket']['count']} objects, "
+            f"{manifest.get('size_bytes', 0) / 1e6:.1f} MB)"
+        )
         with step("drill: checking every file of the backup against its manifest"):
             bad = fmt.mismatched_files(copy, manifest)
         problems += [f"file {p.relative_to(copy)} does not match its sha256 in the manifest" for p in bad]
@@ -74,20 +77,25 @@ def cmd_drill(args) -> int:
         targets = {kind: scratch[kind] for kind in fmt.DATABASES}
         backup.restore_into(cfg, copy, manifest, targets, force=False, owner=args.owner)
         with step("drill: comparing row counts with the manifest"):
-            problems += [f"{db}.{name}: {got} rows restored, {expected} in the backup"
-                         for db, name, expected, got in backup.count_mismatches(cfg, targets, manifest)]
+            problems += [
+                f"{db}.{name}: {got} rows restored, {expected} in the backup"
+                for db, name, expected, got in backup.count_mismatches(cfg, targets, manifest)
+            ]
         with step(f"drill: checksums of the restored bucket {scratch['bucket']}"):
             restored = sums(cfg, scratch["bucket"])
         expected = {k: o["sha256"] for k, o in manifest["bucket"]["objects"].items()}
-        problems += [f"object {k}: restored sha256 differs from the manifest" for k in expected
-                     if restored.get(k) != expected[k]]
+        problems += [
+            f"object {k}: restored sha256 differs from the manifest" for k in expected if restored.get(k) != expected[k]
+        ]
         problems += [f"object {k}: in the restored bucket, not in the manifest" for k in set(restored) - set(expected)]
         with step(f"drill: checksums of the live bucket {live_bucket} (read only)"):
             live = sums({**cfg, "bucket": live_bucket}, live_bucket)
         still = [k for k in expected if k in live]
         problems += [f"object {k}: live sha256 differs from the backup" for k in still if live[k] != expected[k]]
-        log(f"drill: {len(expected)} objects in the backup, {len(still)} still in the live bucket, "
-            f"{len(expected) - len(still)} deleted since")
+        log(
+            f"drill: {len(expected)} objects in the backup, {len(still)} still in the live bucket, "
+            f"{len(expected) - len(still)} deleted since"
+        )
     finally:
         with step("drill: dropping the scratch databases and bucket, removing the scratch copy"):
             try:
@@ -105,11 +113,18 @@ def cmd_drill(args) -> int:
 
 def register(sub):
     """Register `restore-drill` on mlflowctl's subparsers."""
-    p = sub.add_parser("restore-drill", help="restore a backup into scratch databases and a scratch bucket and "
-                       "compare counts and checksums", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--from-volume", default="latest", metavar="NAME",
-                   help="a backup in the `backup` service's volume (default: %(default)s, the newest successful one)")
+    p = sub.add_parser(
+        "restore-drill",
+        help="restore a backup into scratch databases and a scratch bucket and compare counts and checksums",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--from-volume",
+        default="latest",
+        metavar="NAME",
+        help="a backup in the `backup` service's volume (default: %(default)s, the newest successful one)",
+    )
     p.add_argument("--dir", help="instead: a backup directory on this machine (it is copied; never changed)")
     p.add_argument("--owner", default="mlflow", help="owner of the scratch databases (default %(default)s)")
     p.set_defaults(func=cmd_drill)

@@ -14,6 +14,7 @@ Where the registry cannot be reached, a local stand-in is built from Debian pack
 Compose call reads after .env. Our own image is built from docker/Dockerfile whenever its inputs
 change (their hash is a label of the image).
 """
+
 import datetime
 import hashlib
 import json
@@ -41,8 +42,11 @@ def _project() -> str:
     """`name:` in the compose file, unless COMPOSE_PROJECT_NAME (environment, then .env) overrides
     it, as it does for Compose: a second checkout on one engine needs its own project."""
     dotenv = ROOT / ".env"
-    return (os.environ.get("COMPOSE_PROJECT_NAME")
-            or (parse_env(dotenv.read_text()).get("COMPOSE_PROJECT_NAME") if dotenv.exists() else None) or "mlflow")
+    return (
+        os.environ.get("COMPOSE_PROJECT_NAME")
+        or (parse_env(dotenv.read_text()).get("COMPOSE_PROJECT_NAME") if dotenv.exists() else None)
+        or "mlflow"
+    )
 
 
 PROJECT = _project()
@@ -51,15 +55,23 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 BASE_PREFIX = "localhost/mlflow-bundle/debian:"
 INPUTS_LABEL = "org.mlflow-bundle.inputs"
 # Inputs of our image: what docker/Dockerfile copies (kept in step with .dockerignore).
-IMAGE_INPUTS = ("docker/Dockerfile", "docker/requirements.txt", "docker/entrypoint.sh", "requirements.lock", "jobs",
-                "store")
+IMAGE_INPUTS = (
+    "docker/Dockerfile",
+    "docker/requirements.txt",
+    "docker/entrypoint.sh",
+    "requirements.lock",
+    "jobs",
+    "store",
+)
 # Inputs of the `backup` service's image (docker/backup/Containerfile, on the PostgreSQL image).
 BACKUP_INPUTS = ("docker/backup", "jobs")
 PODMAN_CONF = Path("/etc/containers/containers.conf")
 # The process lacks CAP_SYS_RESOURCE (setrlimit fails when podman raises limits), and crun
 # refuses the hybrid cgroup layout: runc with cgroupfs works.
-PODMAN_SETTINGS = {"containers": {"default_ulimits": "[]", "pids_limit": "0"},
-                   "engine": {"runtime": '"runc"', "cgroup_manager": '"cgroupfs"'}}
+PODMAN_SETTINGS = {
+    "containers": {"default_ulimits": "[]", "pids_limit": "0"},
+    "engine": {"runtime": '"runc"', "cgroup_manager": '"cgroupfs"'},
+}
 PODMAN_PACKAGES = ("podman", "runc", "debootstrap", "netavark", "aardvark-dns", "fuse-overlayfs", "uidmap", "iptables")
 
 
@@ -73,8 +85,8 @@ def run(cmd: list, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
 
 @dataclass
 class Engine:
-    kind: str          # "docker" or "podman"
-    env: dict          # environment for Compose and the engine CLI
+    kind: str  # "docker" or "podman"
+    env: dict  # environment for Compose and the engine CLI
 
     @property
     def cli(self) -> list:
@@ -119,8 +131,10 @@ class Engine:
 
 # --- the engine ------------------------------------------------------------------------------
 def docker_works() -> bool:
-    return bool(shutil.which("docker")) and run(["docker", "info", "--format", "{{.OperatingSystem}}"],
-                                                timeout=20).returncode == 0
+    return (
+        bool(shutil.which("docker"))
+        and run(["docker", "info", "--format", "{{.OperatingSystem}}"], timeout=20).returncode == 0
+    )
 
 
 def podman_socket() -> Path:
@@ -129,14 +143,19 @@ def podman_socket() -> Path:
 
 
 def ensure_podman_installed():
-    missing = [p for p in PODMAN_PACKAGES if run(["dpkg-query", "-W", "-f=${Status}", p]).stdout.find("ok installed") < 0]
+    missing = [
+        p for p in PODMAN_PACKAGES if run(["dpkg-query", "-W", "-f=${Status}", p]).stdout.find("ok installed") < 0
+    ]
     if missing:
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             raise CommandError(f"no Docker engine, and podman needs installing as root on Debian: {' '.join(missing)}")
         log(f"no Docker engine: installing podman ({' '.join(missing)})")
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     ensure_podman_conf()
 
 
@@ -186,8 +205,9 @@ def start_daemon(argv: list, pidfile: Path, logname: str) -> int:
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     (VAR / "log").mkdir(parents=True, exist_ok=True)
     with open(VAR / "log" / logname, "ab") as fh:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=ROOT)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
+        )
     pidfile.write_text(str(proc.pid))
     return proc.pid
 
@@ -208,7 +228,9 @@ def ensure(start: bool = True) -> Engine:
         deadline = time.monotonic() + 30
         while not sock.exists():
             if time.monotonic() > deadline:
-                raise CommandError(f"podman's API socket {sock} did not appear; see {VAR / 'log' / 'podman-service.log'}")
+                raise CommandError(
+                    f"podman's API socket {sock} did not appear; see {VAR / 'log' / 'podman-service.log'}"
+                )
             time.sleep(0.2)
         log(f"podman API on {sock}")
     return Engine("podman", env)
@@ -224,8 +246,15 @@ def default_profiles() -> tuple:
 
 def compose_args(profiles: tuple = None) -> list:
     profiles = default_profiles() if profiles is None else profiles
-    args = [str(VENV_BIN / "docker-compose"), "-f", str(COMPOSE_FILE), "--project-directory", str(ROOT),
-            "--env-file", str(ROOT / ".env")]
+    args = [
+        str(VENV_BIN / "docker-compose"),
+        "-f",
+        str(COMPOSE_FILE),
+        "--project-directory",
+        str(ROOT),
+        "--env-file",
+        str(ROOT / ".env"),
+    ]
     if IMAGES_ENV.exists():
         args += ["--env-file", str(IMAGES_ENV)]
     for profile in profiles:
@@ -233,11 +262,11 @@ def compose_args(profiles: tuple = None) -> list:
     return args
 
 
-def compose(engine: Engine, *args, check: bool = True, capture: bool = False, timeout: float = 900,
-            profiles: tuple = None) -> subprocess.CompletedProcess:
+def compose(
+    engine: Engine, *args, check: bool = True, capture: bool = False, timeout: float = 900, profiles: tuple = None
+) -> subprocess.CompletedProcess:
     cmd = compose_args(profiles) + list(args)
-    proc = subprocess.run(cmd, env=engine.env, cwd=ROOT, text=True, timeout=timeout,
-                          capture_output=capture)
+    proc = subprocess.run(cmd, env=engine.env, cwd=ROOT, text=True, timeout=timeout, capture_output=capture)
     if check and proc.returncode:
         detail = f": {proc.stderr.strip()[-2000:]}" if capture else ""
         raise CommandError(f"`docker compose {' '.join(args)}` failed ({proc.returncode}){detail}")
@@ -247,8 +276,14 @@ def compose(engine: Engine, *args, check: bool = True, capture: bool = False, ti
 def model(engine: Engine = None, profiles: tuple = None) -> dict:
     """The resolved compose model (with the profiles in use)."""
     env = engine.env if engine else {**os.environ}
-    out = subprocess.run(compose_args(profiles) + ["config", "--format", "json"], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        compose_args(profiles) + ["config", "--format", "json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if out.returncode:
         raise CommandError(f"docker-compose config failed: {out.stderr.strip()}")
     return json.loads(out.stdout)
@@ -256,15 +291,25 @@ def model(engine: Engine = None, profiles: tuple = None) -> dict:
 
 def stale_services(engine: Engine, services=(), profiles: tuple = None) -> list:
     """Services whose container no longer matches the compose file or its image."""
-    hashes = dict(line.split() for line in compose(engine, "config", "--hash=*", capture=True,
-                                                   profiles=profiles).stdout.splitlines() if line.strip())
+    hashes = dict(
+        line.split()
+        for line in compose(engine, "config", "--hash=*", capture=True, profiles=profiles).stdout.splitlines()
+        if line.strip()
+    )
     stale = []
     for service, expected in hashes.items():
         if services and service not in services:
             continue
-        out = run([*engine.cli, "inspect", "--format",
-                   '{{index .Config.Labels "com.docker.compose.config-hash"}} {{.Image}} {{.Config.Image}}',
-                   container_name(service)], env=engine.env)
+        out = run(
+            [
+                *engine.cli,
+                "inspect",
+                "--format",
+                '{{index .Config.Labels "com.docker.compose.config-hash"}} {{.Image}} {{.Config.Image}}',
+                container_name(service),
+            ],
+            env=engine.env,
+        )
         if out.returncode:
             continue  # not created yet: `up` creates it
         label, image_id, ref = (out.stdout.split() + ["", "", ""])[:3]
@@ -274,8 +319,9 @@ def stale_services(engine: Engine, services=(), profiles: tuple = None) -> list:
     return stale
 
 
-def up(engine: Engine, *services, timeout_s: int = 600, capture: bool = False,
-       options: tuple = (), profiles: tuple = None) -> subprocess.CompletedProcess:
+def up(
+    engine: Engine, *services, timeout_s: int = 600, capture: bool = False, options: tuple = (), profiles: tuple = None
+) -> subprocess.CompletedProcess:
     """`compose up --detach --wait`, recreating only containers that changed.
 
     podman 4.3's Docker API reports a network's name where Compose expects the network's ID, so
@@ -291,8 +337,9 @@ def up(engine: Engine, *services, timeout_s: int = 600, capture: bool = False,
             log(f"recreating {', '.join(stale)} (config or image changed)")
             compose(engine, "rm", "--stop", "--force", *stale, capture=True, profiles=profiles)
         args.append("--no-recreate")
-    return compose(engine, *args, *options, *services, check=False, capture=capture, timeout=timeout_s + 120,
-                   profiles=profiles)
+    return compose(
+        engine, *args, *options, *services, check=False, capture=capture, timeout=timeout_s + 120, profiles=profiles
+    )
 
 
 def remove_project(engine: Engine, volumes: bool):
@@ -312,7 +359,9 @@ def remove_project(engine: Engine, volumes: bool):
 def json_rows(text: str) -> list:
     """The engine's `--format json` output: one JSON array (Docker) or one object per line (Compose, podman)."""
     text = text.strip()
-    return json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    return (
+        json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    )
 
 
 def ps(engine: Engine, *services) -> list:
@@ -358,8 +407,11 @@ def ensure_debian_base(engine: Engine, ref: str):
     log(f"debootstrap {suite} (minbase) for the stand-in images")
     started = time.monotonic()
     with open(VAR / "log" / "build.log", "a") as fh:
-        rc = subprocess.run(["debootstrap", "--variant=minbase", suite, str(target), "http://deb.debian.org/debian"],
-                            stdout=fh, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            ["debootstrap", "--variant=minbase", suite, str(target), "http://deb.debian.org/debian"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        ).returncode
     if rc:
         raise CommandError(f"debootstrap {suite} failed; see {VAR / 'log' / 'build.log'}")
     tar = subprocess.Popen(["tar", "-C", str(target), "-c", "."], stdout=subprocess.PIPE)
@@ -386,8 +438,14 @@ def ensure_standin(engine: Engine, variable: str, official: str) -> str:
         variable_of = {standin_tag(v, o): (v, o) for v, o in image_variables().items()}
         ensure_standin(engine, *variable_of[base])
     # On a debootstrap base the build needs only the Debian mirror; on another stand-in, PyPI.
-    engine.build(tag, containerfile.parent, containerfile, {"BASE": base}, {INPUTS_LABEL: digest},
-                 pypi=not base.startswith(BASE_PREFIX))
+    engine.build(
+        tag,
+        containerfile.parent,
+        containerfile,
+        {"BASE": base},
+        {INPUTS_LABEL: digest},
+        pypi=not base.startswith(BASE_PREFIX),
+    )
     return tag
 
 
@@ -403,8 +461,17 @@ def inputs_hash(paths, extra: str = "") -> str:
     digest = hashlib.sha256(extra.encode())
     for rel in paths:
         base = ROOT / rel
-        files = sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                       and not any(part.endswith(".egg-info") for part in p.parts)) if base.is_dir() else [base]
+        files = (
+            sorted(
+                p
+                for p in base.rglob("*")
+                if p.is_file()
+                and "__pycache__" not in p.parts
+                and not any(part.endswith(".egg-info") for part in p.parts)
+            )
+            if base.is_dir()
+            else [base]
+        )
         for f in files:
             digest.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
@@ -419,7 +486,9 @@ def ensure_images(engine: Engine, env: dict, profiles: tuple = None) -> dict:
     image with neither (Grafana: Debian packages none) is left out, see missing_images."""
     chosen = {}
     services = model(engine, profiles)["services"].values()
-    in_use = {svc.get("image") for svc in services} | {a for svc in services for a in svc.get("build", {}).get("args", {}).values()}
+    in_use = {svc.get("image") for svc in services} | {
+        a for svc in services for a in svc.get("build", {}).get("args", {}).values()
+    }
     recorded, officials = read_images_env(), image_variables()
     for variable, official in officials.items():
         wanted = env.get(variable) or official
@@ -437,19 +506,25 @@ def ensure_images(engine: Engine, env: dict, profiles: tuple = None) -> dict:
     # Stand-ins of profiles not in use this time (e.g. monitoring) stay recorded for the next `up` that uses them.
     standins.update({k: v for k, v in recorded.items() if k in officials and k not in chosen})
     VAR.mkdir(exist_ok=True)
-    IMAGES_ENV.write_text("# Written by `./mlflowctl up`: stand-ins for images no registry could provide.\n"
-                          + "".join(f"{k}={v}\n" for k, v in sorted(standins.items())))
+    IMAGES_ENV.write_text(
+        "# Written by `./mlflowctl up`: stand-ins for images no registry could provide.\n"
+        + "".join(f"{k}={v}\n" for k, v in sorted(standins.items()))
+    )
     ensure_our_image(engine, env, chosen)
     # apt only: with the host CA mounted in, apt could not update ca-certificates.
-    ensure_built(engine, env["BACKUP_IMAGE"], "docker/backup/Containerfile", BACKUP_INPUTS, "POSTGRES_IMAGE", chosen,
-                 pypi=False)
+    ensure_built(
+        engine, env["BACKUP_IMAGE"], "docker/backup/Containerfile", BACKUP_INPUTS, "POSTGRES_IMAGE", chosen, pypi=False
+    )
     return chosen
 
 
 def missing_images(engine: Engine, profiles: tuple = None) -> dict:
     """Service -> image, for services whose image is absent after ensure_images (left out)."""
-    return {name: svc["image"] for name, svc in model(engine, profiles)["services"].items()
-            if not engine.image_exists(svc["image"])}
+    return {
+        name: svc["image"]
+        for name, svc in model(engine, profiles)["services"].items()
+        if not engine.image_exists(svc["image"])
+    }
 
 
 def ensure_our_image(engine: Engine, env: dict, chosen: dict):
@@ -503,8 +578,10 @@ def tick(idle_exit_s: float = 60, max_hours: float = 24 * 30):
     stop = time.monotonic() + max_hours * 3600
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while time.monotonic() < stop:
-        out = run(["podman", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "{{.ID}}"],
-                  timeout=30)
+        out = run(
+            ["podman", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "{{.ID}}"],
+            timeout=30,
+        )
         ids = out.stdout.split()
         now = time.monotonic()
         if ids:

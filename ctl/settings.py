@@ -2,6 +2,7 @@
 model. Every tool and test reaches the stack through this object, and hands what a client or
 child process needs to it explicitly (client_env()): no module writes os.environ.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ def without_ca_overrides(env) -> dict:
 
 @dataclass(frozen=True)
 class Settings:
-    env: dict            # the values of .env
+    env: dict  # the values of .env
     root: Path = ROOT
 
     @classmethod
@@ -80,14 +81,19 @@ class Settings:
         and downloads through the server's artifact proxy (presigned URLs would name the S3 store's
         internal address)."""
         user, password = auth or self.admin_auth
-        return {**without_ca_overrides(os.environ if base is None else base),
-                "MLFLOW_TRACKING_URI": url or self.public_url, "MLFLOW_TRACKING_USERNAME": user,
-                "MLFLOW_TRACKING_PASSWORD": password, "MLFLOW_TRACKING_SERVER_CERT_PATH": str(self.ca_path),
-                "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}
+        return {
+            **without_ca_overrides(os.environ if base is None else base),
+            "MLFLOW_TRACKING_URI": url or self.public_url,
+            "MLFLOW_TRACKING_USERNAME": user,
+            "MLFLOW_TRACKING_PASSWORD": password,
+            "MLFLOW_TRACKING_SERVER_CERT_PATH": str(self.ca_path),
+            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+        }
 
     def http(self, auth: tuple = None):
         """A requests session trusting only our CA, without retries, optionally authenticated."""
         import requests
+
         session = requests.Session()
         session.trust_env = False  # the CA overrides above, and proxies, come from the environment
         session.verify = str(self.ca_path)
@@ -97,8 +103,12 @@ class Settings:
 
 def one_shot_services(model: dict) -> set:
     """Services another service waits on to complete (render-config, migrate, create-bucket)."""
-    return {dep for svc in model["services"].values() for dep, cond in (svc.get("depends_on") or {}).items()
-            if cond.get("condition") == "service_completed_successfully"}
+    return {
+        dep
+        for svc in model["services"].values()
+        for dep, cond in (svc.get("depends_on") or {}).items()
+        if cond.get("condition") == "service_completed_successfully"
+    }
 
 
 def long_running_services(model: dict) -> list:

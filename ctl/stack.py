@@ -1,4 +1,5 @@
 """Stack commands: bootstrap, up, down, restart, status, logs, compose, config, test."""
+
 import argparse
 import subprocess
 import sys
@@ -16,6 +17,7 @@ ONE_SHOT_OK = "exited (0)"
 def wait_for_nginx(settings: Settings, deadline_s: float = 120):
     """Poll /health through Nginx over HTTPS (at localhost, before DNS), trusting only our CA."""
     import requests
+
     session = settings.http()
     deadline = time.monotonic() + deadline_s
     last = None
@@ -38,8 +40,10 @@ def compose_up(eng, *services, profiles: tuple = None):
     if proc.returncode:
         print_status(eng)
         engine.compose(eng, "logs", "--no-color", "--tail", "30", check=False)
-        raise CommandError("the stack did not become healthy (`./mlflowctl logs SERVICE` for more); "
-                           "if `migrate` failed on a password, the pgdata volume was made with another .env")
+        raise CommandError(
+            "the stack did not become healthy (`./mlflowctl logs SERVICE` for more); "
+            "if `migrate` failed on a password, the pgdata volume was made with another .env"
+        )
     engine.log(f"stack healthy in {time.monotonic() - started:.0f}s")
 
 
@@ -59,22 +63,28 @@ def cmd_up(args):
     engine.compose(eng, "kill", "-s", "SIGHUP", "pgbouncer", "nginx", check=False, capture=True)
     wait_for_nginx(settings)
     standins = engine.read_images_env()
-    print(f"\nMLflow is up: {settings.public_url}/  (engine: {eng.kind})\n"
-          f"  admin user:     {settings.admin_auth[0]}\n"
-          f"  admin password: MLFLOW_ADMIN_PASSWORD in {ROOT / '.env'} (mode 0600)\n"
-          f"  CA to trust:    {settings.ca_path} (MLFLOW_TRACKING_SERVER_CERT_PATH)\n"
-          f"  logs:           ./mlflowctl logs [SERVICE]")
+    print(
+        f"\nMLflow is up: {settings.public_url}/  (engine: {eng.kind})\n"
+        f"  admin user:     {settings.admin_auth[0]}\n"
+        f"  admin password: MLFLOW_ADMIN_PASSWORD in {ROOT / '.env'} (mode 0600)\n"
+        f"  CA to trust:    {settings.ca_path} (MLFLOW_TRACKING_SERVER_CERT_PATH)\n"
+        f"  logs:           ./mlflowctl logs [SERVICE]"
+    )
     if standins:
-        print("  stand-in images (no registry reachable; README \"Stand-in images\"):")
+        print('  stand-in images (no registry reachable; README "Stand-in images"):')
         for variable, tag in standins.items():
             print(f"    {variable}={tag}")
     if chosen.get("S3_IMAGE", "").startswith("localhost/mlflow-bundle/standin-s3"):
-        print("  WARNING: the S3 stand-in keeps artifacts IN MEMORY: they are lost when the `s3` container\n"
-              "  stops or restarts. Point MLFLOW_S3_ENDPOINT_URL at a real S3 store to keep them.")
+        print(
+            "  WARNING: the S3 stand-in keeps artifacts IN MEMORY: they are lost when the `s3` container\n"
+            "  stops or restarts. Point MLFLOW_S3_ENDPOINT_URL at a real S3 store to keep them."
+        )
     for service, image in left_out.items():
-        print(f"  LEFT OUT: {service} ({image}): no registry is reachable and docker/standins/ has no stand-in\n"
-              f"  for it (stand-ins are built from Debian packages; Debian does not package it). The rest of\n"
-              f"  the profile runs; set {service.upper().replace('-', '_')}_IMAGE to an image you can provide.")
+        print(
+            f"  LEFT OUT: {service} ({image}): no registry is reachable and docker/standins/ has no stand-in\n"
+            f"  for it (stand-ins are built from Debian packages; Debian does not package it). The rest of\n"
+            f"  the profile runs; set {service.upper().replace('-', '_')}_IMAGE to an image you can provide."
+        )
 
 
 def print_status(eng) -> bool:
@@ -103,8 +113,16 @@ def cmd_down(args):
         engine.log("removing containers AND data volumes (databases, artifacts, rendered config)")
     if (ROOT / ".env").exists():
         # With the benchmark profile too, so its plain-mlflow container and volume go as well.
-        engine.compose(eng, "--profile", "benchmark", "--profile", "monitoring", "down", "--remove-orphans",
-                       *(["--volumes"] if args.volumes else []))
+        engine.compose(
+            eng,
+            "--profile",
+            "benchmark",
+            "--profile",
+            "monitoring",
+            "down",
+            "--remove-orphans",
+            *(["--volumes"] if args.volumes else []),
+        )
     else:
         engine.remove_project(eng, args.volumes)
     engine.stop_daemon(engine.ticker_pid())
@@ -139,8 +157,12 @@ def needs_stack(pytest_args: list) -> bool:
     """False when the selection holds no `stack` or `store` test: paths outside tests/stack and
     tests/store (e.g. `tests/infra`), or a `-m EXPR` without them (`-m unit`, `-m "unit or infra"`)."""
     from _pytest.mark.expression import Expression
-    paths = [Path(a.split("::")[0]).resolve() for a in pytest_args
-             if not a.startswith("-") and Path(a.split("::")[0]).exists()]
+
+    paths = [
+        Path(a.split("::")[0]).resolve()
+        for a in pytest_args
+        if not a.startswith("-") and Path(a.split("::")[0]).exists()
+    ]
     suites = [ROOT / "tests" / "stack", ROOT / "tests" / "store"]
     if paths and not any(p in (ROOT, ROOT / "tests") or any(p.is_relative_to(s) for s in suites) for p in paths):
         return False
@@ -158,28 +180,45 @@ def cmd_test(args):
 
 def register(sub):
     fmt = argparse.RawDescriptionHelpFormatter
-    sub.add_parser("bootstrap", help="create .env and certs/ (idempotent)", description=boot.__doc__,
-                   formatter_class=fmt).set_defaults(func=lambda a: boot.bootstrap() and 0)
-    up = sub.add_parser("up", help="build/pull images, start the stack, wait for /health through Nginx",
-                        description=engine.__doc__, formatter_class=fmt)
-    up.add_argument("--profile", action="append", default=[], metavar="PROFILE",
-                    help="also start a compose profile, e.g. `monitoring` (README \"Monitoring\"); repeatable")
+    sub.add_parser(
+        "bootstrap", help="create .env and certs/ (idempotent)", description=boot.__doc__, formatter_class=fmt
+    ).set_defaults(func=lambda a: boot.bootstrap() and 0)
+    up = sub.add_parser(
+        "up",
+        help="build/pull images, start the stack, wait for /health through Nginx",
+        description=engine.__doc__,
+        formatter_class=fmt,
+    )
+    up.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="PROFILE",
+        help='also start a compose profile, e.g. `monitoring` (README "Monitoring"); repeatable',
+    )
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop and remove the containers (data volumes are kept)")
-    down.add_argument("--volumes", action="store_true",
-                      help="also DELETE the data volumes: databases, artifacts, rendered config")
+    down.add_argument(
+        "--volumes", action="store_true", help="also DELETE the data volumes: databases, artifacts, rendered config"
+    )
     down.set_defaults(func=cmd_down)
     restart = sub.add_parser("restart", help="restart the named services (default: all), wait until healthy")
     restart.add_argument("services", nargs="*", metavar="SERVICE")
     restart.set_defaults(func=cmd_restart)
-    sub.add_parser("status", help="each service's state and health; exit 3 if one is down").set_defaults(func=cmd_status)
+    sub.add_parser("status", help="each service's state and health; exit 3 if one is down").set_defaults(
+        func=cmd_status
+    )
     logs = sub.add_parser("logs", help="service logs")
     logs.add_argument("services", nargs="*", metavar="SERVICE")
     logs.add_argument("--tail", type=int, default=200, help="lines per service (default 200)")
     logs.set_defaults(func=cmd_logs)
-    sub.add_parser("compose", help="run any docker compose command with the bundle's settings",
-                   add_help=False).set_defaults(func=cmd_compose, passthrough=True)
-    sub.add_parser("config", help="validate the compose file with the real Compose binary").set_defaults(func=cmd_config)
+    sub.add_parser(
+        "compose", help="run any docker compose command with the bundle's settings", add_help=False
+    ).set_defaults(func=cmd_compose, passthrough=True)
+    sub.add_parser("config", help="validate the compose file with the real Compose binary").set_defaults(
+        func=cmd_config
+    )
     # Unknown arguments go to pytest (e.g. -m unit, -k e2e -x).
     sub.add_parser("test", help="bring the stack up, then run every test suite").set_defaults(
-        func=cmd_test, passthrough=True, profile=[])
+        func=cmd_test, passthrough=True, profile=[]
+    )

@@ -10,6 +10,7 @@ Code is passed with `-c` and data streamed on stdin/stdout. Secrets never go on 
 (the host's or the container's): `compose exec -e NAME` without a value is refused ("badly
 formed"), so a secret a command needs goes as the first line of its stdin.
 """
+
 import functools
 import subprocess
 
@@ -30,11 +31,19 @@ def _env(extra: dict = None) -> dict:
     return {**eng().env, **(extra or {})}
 
 
-def run(*args, input=None, timeout: float = 300, check: bool = True, text: bool = True, env: dict = None,
-        profiles=None) -> subprocess.CompletedProcess:
+def run(
+    *args, input=None, timeout: float = 300, check: bool = True, text: bool = True, env: dict = None, profiles=None
+) -> subprocess.CompletedProcess:
     """`docker compose ARGS` for the stack, captured; `input` goes to its stdin."""
-    proc = subprocess.run(compose_argv(*args, profiles=profiles), input=input, env=_env(env), cwd=engine.ROOT,
-                          capture_output=True, text=text, timeout=timeout)
+    proc = subprocess.run(
+        compose_argv(*args, profiles=profiles),
+        input=input,
+        env=_env(env),
+        cwd=engine.ROOT,
+        capture_output=True,
+        text=text,
+        timeout=timeout,
+    )
     if check and proc.returncode:
         err = proc.stderr if text else proc.stderr.decode(errors="replace")
         last = (err.strip().splitlines() or ["?"])[-1]
@@ -67,8 +76,24 @@ def pg_argv(tool_argv: list, tcp: dict = None) -> list:
     if not tcp:
         return ["exec", "-T", "-u", "postgres", "postgres", *tool_argv]
     wrapped = 'IFS= read -r PGPASSWORD; export PGPASSWORD; exec "$@"'
-    return ["exec", "-T", "-u", "postgres", "postgres", "sh", "-c", wrapped, "sh", *tool_argv,
-            "-h", tcp["host"], "-p", str(tcp["port"]), "-U", tcp["user"]]
+    return [
+        "exec",
+        "-T",
+        "-u",
+        "postgres",
+        "postgres",
+        "sh",
+        "-c",
+        wrapped,
+        "sh",
+        *tool_argv,
+        "-h",
+        tcp["host"],
+        "-p",
+        str(tcp["port"]),
+        "-U",
+        tcp["user"],
+    ]
 
 
 def pg_stdin_prefix(tcp: dict = None) -> bytes:
@@ -93,8 +118,9 @@ def python_argv(code: str, *args, service: str = "mlflow", env: dict = None, use
     return argv + [service, "python", "-c", code, *map(str, args)]
 
 
-def python(code: str, *args, service: str = "mlflow", env: dict = None, input=None, timeout: float = 300,
-           check: bool = True) -> subprocess.CompletedProcess:
+def python(
+    code: str, *args, service: str = "mlflow", env: dict = None, input=None, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run CODE in our image and return the CompletedProcess (text); INPUT goes to its stdin."""
     return run(*python_argv(code, *args, service=service, env=env), input=input, timeout=timeout, check=check)
 
@@ -103,4 +129,3 @@ def container_ids() -> dict:
     """Service -> id of its running container (the project's, `compose ps -q SERVICE` for each)."""
     out = run("ps", "--format", "{{.Service}} {{.ID}}", timeout=60).stdout
     return dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
-

@@ -27,6 +27,7 @@ it is; after a failed migration a re-run takes a new backup and migrates from wh
 (`mlflow db upgrade` runs its revisions in one transaction on PostgreSQL: a failure leaves the
 tracking schema unchanged).
 """
+
 import argparse
 import json
 import re
@@ -64,8 +65,10 @@ def running_image(eng) -> tuple:
     """(image reference, image id) of the running `mlflow` container."""
     rows = [r for r in engine.ps(eng, SERVER) if r.get("State") == "running"]
     if not rows:
-        raise CommandError(f"no running `{SERVER}` container in project {engine.PROJECT}: `upgrade` upgrades a "
-                           "running stack (start it with `./mlflowctl up`)")
+        raise CommandError(
+            f"no running `{SERVER}` container in project {engine.PROJECT}: `upgrade` upgrades a "
+            "running stack (start it with `./mlflowctl up`)"
+        )
     out = engine.run([*eng.cli, "inspect", "--format", "{{.Config.Image}} {{.Image}}", rows[0]["Name"]], env=eng.env)
     ref, image_id = out.stdout.split()
     return ref, image_id.removeprefix("sha256:")
@@ -86,11 +89,15 @@ def checkout_tag(env: dict, python_image: str) -> str:
 def ensure_new_image(eng, env: dict, wanted: str) -> str:
     if wanted:
         if not (eng.image_exists(wanted) or engine.pull(eng, wanted)):
-            raise CommandError(f"image {wanted} is not here and could not be pulled; omit --image to build this "
-                               "checkout's image")
+            raise CommandError(
+                f"image {wanted} is not here and could not be pulled; omit --image to build this checkout's image"
+            )
         return wanted
-    python_image = (engine.read_images_env().get("PYTHON_IMAGE") or env.get("PYTHON_IMAGE")
-                    or engine.image_variables()["PYTHON_IMAGE"])
+    python_image = (
+        engine.read_images_env().get("PYTHON_IMAGE")
+        or env.get("PYTHON_IMAGE")
+        or engine.image_variables()["PYTHON_IMAGE"]
+    )
     tag = checkout_tag(env, python_image)
     engine.ensure_our_image(eng, {"MLFLOW_IMAGE": tag}, {"PYTHON_IMAGE": python_image})
     return tag
@@ -130,6 +137,7 @@ def run_one_shot(eng, service: str, deadline_s: float):
 def wait_for_version(settings: Settings, expected: str, deadline_s: float) -> str:
     """Poll /version through Nginx (admin credentials, our CA) until it answers EXPECTED."""
     import requests
+
     session = settings.http(auth=settings.admin_auth)
     host = settings.public_url.removeprefix("https://")
     deadline, last = time.monotonic() + deadline_s, None
@@ -150,8 +158,11 @@ def set_env_value(key: str, value: str):
     path = ROOT / ".env"
     text = path.read_text()
     line = f"{key}={value}"
-    new = re.sub(rf"^{key}=.*$", line, text, flags=re.M) if re.search(rf"^{key}=", text, re.M) \
+    new = (
+        re.sub(rf"^{key}=.*$", line, text, flags=re.M)
+        if re.search(rf"^{key}=", text, re.M)
         else text.rstrip("\n") + f"\n{line}\n"
+    )
     if new != text:
         write_private(path, new.encode())
 
@@ -167,19 +178,23 @@ def rollback_advice(record: dict, failed_step: str) -> str:
         return f"Nothing was changed: the stack still runs {previous}. Fix the cause and re-run."
     lines = []
     if failed_step in ("migrate", "one-shots"):
-        lines.append(f"The previous server ({previous}) is still serving: only one-shot containers changed. "
-                     "Fix the cause (migrate's log is above) and re-run the same command, or roll back:")
+        lines.append(
+            f"The previous server ({previous}) is still serving: only one-shot containers changed. "
+            "Fix the cause (migrate's log is above) and re-run the same command, or roll back:"
+        )
     else:
         lines.append(f"The database is migrated for {new}, but the new server is not serving. Roll back:")
-    lines += ["",
-              f"  ./mlflowctl restore {saved} --force",
-              f"  ./mlflowctl upgrade --image {previous}",
-              "",
-              "The restore puts both databases and the bucket back as they were when the backup was taken (writes "
-              "since then are lost); the second command runs the previous image's migrate on that schema (nothing "
-              "to do) and puts the previous server back. `./mlflowctl up` builds MLFLOW_IMAGE from the checkout "
-              "whenever the image's inputs changed: check out the bundle version that built "
-              f"{previous} before the next `up`. The attempt is recorded in {record_path()}."]
+    lines += [
+        "",
+        f"  ./mlflowctl restore {saved} --force",
+        f"  ./mlflowctl upgrade --image {previous}",
+        "",
+        "The restore puts both databases and the bucket back as they were when the backup was taken (writes "
+        "since then are lost); the second command runs the previous image's migrate on that schema (nothing "
+        "to do) and puts the previous server back. `./mlflowctl up` builds MLFLOW_IMAGE from the checkout "
+        "whenever the image's inputs changed: check out the bundle version that built "
+        f"{previous} before the next `up`. The attempt is recorded in {record_path()}.",
+    ]
     return "\n".join(lines)
 
 
@@ -189,9 +204,15 @@ def upgrade(args) -> int:
     eng = engine.ensure()
     engine.start_ticker(eng)
     previous, previous_id = running_image(eng)
-    record = {"project": engine.PROJECT, "previous_image": previous, "previous_image_id": previous_id,
-              "image": args.image, "backup": None, "state": "started",
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record = {
+        "project": engine.PROJECT,
+        "previous_image": previous,
+        "previous_image_id": previous_id,
+        "image": args.image,
+        "backup": None,
+        "state": "started",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     current = "image"
     try:
         with step("image"):
@@ -242,18 +263,30 @@ def upgrade(args) -> int:
         write_record(record)
         print(f"\n{rollback_advice(record, current)}\n", file=sys.stderr)
         raise CommandError(f"FAILED at step {current}: {exc}") from None
-    print(f"\nUpgraded: {previous} -> {new} (MLflow {version}); backup taken before: {record['backup']}"
-          if record["backup"] else f"\nAlready upgraded: {new} serves MLflow {version}")
+    print(
+        f"\nUpgraded: {previous} -> {new} (MLflow {version}); backup taken before: {record['backup']}"
+        if record["backup"]
+        else f"\nAlready upgraded: {new} serves MLflow {version}"
+    )
     return 0
 
 
 def register(sub):
     """Register `upgrade` on mlflowctl's subparsers."""
-    p = sub.add_parser("upgrade", help="back up, migrate once, roll MLflow to a new image, check health",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "upgrade",
+        help="back up, migrate once, roll MLflow to a new image, check health",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--image", help="image to upgrade to (present or pullable); default: build this checkout's image")
-    p.add_argument("--backup-dir", default=str(engine.VAR / "backups"),
-                   help="where the backup goes (default: %(default)s)")
-    p.add_argument("--deadline", type=float, default=600,
-                   help="seconds each of migrate, the roll and the health check may take (default: %(default)s)")
+    p.add_argument(
+        "--backup-dir", default=str(engine.VAR / "backups"), help="where the backup goes (default: %(default)s)"
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=600,
+        help="seconds each of migrate, the roll and the health check may take (default: %(default)s)",
+    )
     p.set_defaults(func=upgrade)

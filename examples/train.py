@@ -9,6 +9,7 @@ Practices: tags for team/project/git commit/data version; params; per-step metri
 `log_metrics` would be one request per step); the training data as a dataset input; a signature and input example; the
 model registered through `mlflowctl register`'s prefix check. Prints one JSON line.
 """
+
 import argparse
 import json
 import os
@@ -17,6 +18,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
 def git_commit() -> str:
     if os.environ.get("GITHUB_SHA"):
         return os.environ["GITHUB_SHA"]
@@ -31,6 +34,7 @@ def make_data(seed: int, rows: int = 600):
     """Synthetic click data: 8 features, a binary label."""
     import pandas as pd
     from sklearn.datasets import make_classification
+
     X, y = make_classification(n_samples=rows, n_features=8, n_informative=5, random_state=seed)
     df = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
     df["label"] = y
@@ -56,8 +60,13 @@ def train(args) -> dict:
     X_train, X_val, y_train, y_val = train_test_split(features, df["label"], test_size=0.25, random_state=args.seed)
     dataset = mlflow.data.from_pandas(df, name="synthetic-clicks", targets="label")
     params = {"alpha": args.alpha, "epochs": args.epochs, "seed": args.seed, "model": "SGDClassifier(log_loss)"}
-    tags = {"team": team, "project": project, "git_commit": git_commit(), "mlflow.source.git.commit": git_commit(),
-            "data_version": args.data_version or dataset.digest}
+    tags = {
+        "team": team,
+        "project": project,
+        "git_commit": git_commit(),
+        "mlflow.source.git.commit": git_commit(),
+        "data_version": args.data_version or dataset.digest,
+    }
 
     with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=args.run_name, tags=tags) as run:
         mlflow.log_params(params)
@@ -65,19 +74,32 @@ def train(args) -> dict:
         model = SGDClassifier(loss="log_loss", alpha=args.alpha, random_state=args.seed)
         sys.path.insert(0, str(ROOT))
         from client.batching import MetricBatcher
+
         with MetricBatcher(client, run.info.run_id) as batcher:  # one request per 1000 points, across steps
             for step in range(args.epochs):
                 model.partial_fit(X_train, y_train, classes=np.array([0, 1]))
                 p_val = model.predict_proba(X_val)[:, 1]
                 val_ndcg = float(ndcg_score([y_val.to_numpy()], [p_val]))
-                batcher.log({"train_loss": float(log_loss(y_train, model.predict_proba(X_train))),
-                             "val_accuracy": float(accuracy_score(y_val, p_val > 0.5)), "val_ndcg": val_ndcg}, step=step)
+                batcher.log(
+                    {
+                        "train_loss": float(log_loss(y_train, model.predict_proba(X_train))),
+                        "val_accuracy": float(accuracy_score(y_val, p_val > 0.5)),
+                        "val_ndcg": val_ndcg,
+                    },
+                    step=step,
+                )
         signature = infer_signature(X_val, model.predict(X_val))
         info = mlflow.sklearn.log_model(model, name="model", signature=signature, input_example=X_val.head(3))
-    result = {"run_id": run.info.run_id, "model_uri": f"runs:/{run.info.run_id}/model", "model_id": info.model_id,
-              "val_ndcg": val_ndcg, "metric_batch_requests": batcher.requests}
+    result = {
+        "run_id": run.info.run_id,
+        "model_uri": f"runs:/{run.info.run_id}/model",
+        "model_id": info.model_id,
+        "val_ndcg": val_ndcg,
+        "metric_batch_requests": batcher.requests,
+    }
     if args.register_as:
         from ctl.lifecycle.teams import load_teams, register_model_safe
+
         version = register_model_safe(result["model_uri"], args.register_as, load_teams(args.teams_file), args.team)
         result.update(registered_model=args.register_as, version=version.version)
     return result

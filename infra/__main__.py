@@ -1,4 +1,5 @@
 """Pulumi entry point (Pulumi.yaml `main: infra/`): read config, wire components, export."""
+
 import sys
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """The compose bundle the instance runs: the compose files, .env.example (defaults for .env), and
 every file the AWS compose model bind-mounts. Nothing else (no tests, tools or benchmarks): a
 change to the bundle is a deploy of the server."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,12 @@ MADE_AT_BOOT = ("certs",)
 def bundle_paths(root: Path = REPO_ROOT) -> list[str]:
     """Repo-relative files and directories the AWS stack reads."""
     model = placeholder_model(root)
-    mounted = {src for svc in model["services"].values() for src, _ in bind_mounts(svc, root)
-               if Path(src).parts[0] not in MADE_AT_BOOT}
+    mounted = {
+        src
+        for svc in model["services"].values()
+        for src, _ in bind_mounts(svc, root)
+        if Path(src).parts[0] not in MADE_AT_BOOT
+    }
     return sorted({*AWS_COMPOSE_FILES, ".env.example", *mounted})
 
 
@@ -29,8 +34,11 @@ def bundle_files(root: Path = REPO_ROOT) -> list[Path]:
         if path.is_file():
             files.append(Path(entry))
         elif path.is_dir():
-            files.extend(p.relative_to(root) for p in path.rglob("*")
-                         if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+            files.extend(
+                p.relative_to(root)
+                for p in path.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+            )
     return sorted(set(files))
 
 

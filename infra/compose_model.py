@@ -1,5 +1,6 @@
 """The resolved compose model (`docker-compose config --format json`): the one definition of the
 services. The EC2 bundle and the ECS task definitions are derived from it, never restated."""
+
 from __future__ import annotations
 
 import functools
@@ -18,10 +19,12 @@ AWS_COMPOSE_FILES = ("docker-compose.production.yml", "docker-compose.aws.yml")
 POSTGRES_PORT = 5432
 # .env secrets -> (which Secrets Manager secret holds them, JSON key). "app": the AppSecrets
 # secret; "db": the RDS-managed master secret (rotated by RDS).
-SECRET_ENV = {"POSTGRES_PASSWORD": ("db", "password"),
-              "MLFLOW_DB_PASSWORD": ("app", "MLFLOW_DB_PASSWORD"),
-              "MLFLOW_ADMIN_PASSWORD": ("app", "MLFLOW_ADMIN_PASSWORD"),
-              "MLFLOW_FLASK_SERVER_SECRET_KEY": ("app", "MLFLOW_FLASK_SERVER_SECRET_KEY")}
+SECRET_ENV = {
+    "POSTGRES_PASSWORD": ("db", "password"),
+    "MLFLOW_DB_PASSWORD": ("app", "MLFLOW_DB_PASSWORD"),
+    "MLFLOW_ADMIN_PASSWORD": ("app", "MLFLOW_ADMIN_PASSWORD"),
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": ("app", "MLFLOW_FLASK_SERVER_SECRET_KEY"),
+}
 # Secrets only the local monitoring profile uses (PgBouncer's stats user is in every stack's auth
 # file): not in Secrets Manager; the boot script generates them once, as `./mlflowctl bootstrap` does.
 BOOT_GENERATED = ("MONITORING_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
@@ -39,17 +42,32 @@ def compose_binary() -> str:
 def aws_env(*, public_host: str, bucket: str, region: str, db_host: str, image: str) -> dict[str, str]:
     """The variables the AWS deployment sets (the boot script writes the same into .env); each
     secret is a reference that derive_container turns into an ECS secret."""
-    return {"MLFLOW_PUBLIC_HOST": public_host, "MLFLOW_ARTIFACT_BUCKET": bucket,
-            "AWS_DEFAULT_REGION": region, "POSTGRES_HOST": db_host,
-            "POSTGRES_PORT": str(POSTGRES_PORT), "PGBOUNCER_SERVER_TLS_SSLMODE": "require",
-            "MLFLOW_IMAGE": image, **{key: _SECRET_REF + key for key in SECRET_ENV},
-            **{key: "generated-at-boot" for key in BOOT_GENERATED}}
+    return {
+        "MLFLOW_PUBLIC_HOST": public_host,
+        "MLFLOW_ARTIFACT_BUCKET": bucket,
+        "AWS_DEFAULT_REGION": region,
+        "POSTGRES_HOST": db_host,
+        "POSTGRES_PORT": str(POSTGRES_PORT),
+        "PGBOUNCER_SERVER_TLS_SSLMODE": "require",
+        "MLFLOW_IMAGE": image,
+        **{key: _SECRET_REF + key for key in SECRET_ENV},
+        **{key: "generated-at-boot" for key in BOOT_GENERATED},
+    }
 
 
 @functools.lru_cache(maxsize=16)
 def _resolve(env_items: tuple, files: tuple, root: str) -> str:
-    cmd = [compose_binary(), *(a for f in files for a in ("-f", f)), "--project-directory", root,
-           "--env-file", os.devnull, "config", "--format", "json"]
+    cmd = [
+        compose_binary(),
+        *(a for f in files for a in ("-f", f)),
+        "--project-directory",
+        root,
+        "--env-file",
+        os.devnull,
+        "config",
+        "--format",
+        "json",
+    ]
     # Only our values: neither the caller's shell nor a developer's .env leaks into the model.
     env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ} | dict(env_items)
     result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=60)
@@ -64,14 +82,25 @@ def resolve(env: dict[str, str], files=AWS_COMPOSE_FILES, root: Path = REPO_ROOT
 
 def placeholder_model(root: Path = REPO_ROOT) -> dict:
     """The AWS model with stand-in values: enough for what does not depend on them (mounts)."""
-    return resolve(aws_env(public_host="mlflow.example.com", bucket="bucket", region="us-east-1",
-                           db_host="db.example.com", image="image:tag"), root=root)
+    return resolve(
+        aws_env(
+            public_host="mlflow.example.com",
+            bucket="bucket",
+            region="us-east-1",
+            db_host="db.example.com",
+            image="image:tag",
+        ),
+        root=root,
+    )
 
 
 def bind_mounts(service: dict, root: Path = REPO_ROOT) -> list[tuple[str, str]]:
     """(repo-relative source, container target) of a service's bind mounts."""
-    return [(os.path.relpath(v["source"], root), v["target"])
-            for v in service.get("volumes") or [] if v.get("type") == "bind"]
+    return [
+        (os.path.relpath(v["source"], root), v["target"])
+        for v in service.get("volumes") or []
+        if v.get("type") == "bind"
+    ]
 
 
 def option(args: list[str], *names: str) -> str | None:
@@ -91,6 +120,7 @@ _DB_URI = re.compile(r"\b[\w.+-]*postgres[\w.+-]*://[^\s'\"]+")
 def on_rds(text: str, db_host: str, service_names) -> str:
     """Point every PostgreSQL URI that names a compose service (PgBouncer, postgres) at RDS,
     with TLS required (RDS sets rds.force_ssl): ECS has no PgBouncer."""
+
     def repoint(match: re.Match) -> str:
         parts = urlsplit(match.group(0))
         if parts.hostname not in service_names:
@@ -98,6 +128,7 @@ def on_rds(text: str, db_host: str, service_names) -> str:
         user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
         query = "&".join(q for q in (parts.query, "sslmode=require") if q)
         return urlunsplit((parts.scheme, f"{user}{db_host}:{POSTGRES_PORT}", parts.path, query, ""))
+
     return _DB_URI.sub(repoint, text)
 
 
@@ -111,8 +142,7 @@ def _seconds(duration: str | int | None, default: int) -> int:
     return int(sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", duration)))
 
 
-def derive_container(model: dict, service_name: str, *, image: str, secrets: dict[str, str],
-                     db_host: str) -> dict:
+def derive_container(model: dict, service_name: str, *, image: str, secrets: dict[str, str], db_host: str) -> dict:
     """An ECS container definition from one resolved compose service: command, entrypoint, user,
     environment (empty values dropped: empty means unset in our stack), secrets (whole values
     only, as references into Secrets Manager) and health check. Not carried: networks, restart,
@@ -124,23 +154,32 @@ def derive_container(model: dict, service_name: str, *, image: str, secrets: dic
         if value is None or value == "":
             continue
         if value.startswith(_SECRET_REF):
-            injected.append({"name": key, "valueFrom": secrets[value[len(_SECRET_REF):]]})
+            injected.append({"name": key, "valueFrom": secrets[value[len(_SECRET_REF) :]]})
         elif _SECRET_REF in value:
-            raise ValueError(f"{service_name}.{key} embeds a secret in a longer value; ECS can "
-                             "only inject whole values")
+            raise ValueError(
+                f"{service_name}.{key} embeds a secret in a longer value; ECS can only inject whole values"
+            )
         else:
             # The JSON model writes a literal $ as $$.
             environment.append({"name": key, "value": on_rds(value.replace("$$", "$"), db_host, names)})
-    container = {"name": service_name, "image": image, "essential": True,
-                 "command": service.get("command"), "environment": environment, "secrets": injected}
-    for compose_key, ecs_key in (("entrypoint", "entryPoint"), ("user", "user"),
-                                 ("working_dir", "workingDirectory")):
+    container = {
+        "name": service_name,
+        "image": image,
+        "essential": True,
+        "command": service.get("command"),
+        "environment": environment,
+        "secrets": injected,
+    }
+    for compose_key, ecs_key in (("entrypoint", "entryPoint"), ("user", "user"), ("working_dir", "workingDirectory")):
         if service.get(compose_key):
             container[ecs_key] = service[compose_key]
     check = service.get("healthcheck") or {}
     if check.get("test") and not check.get("disable"):
         container["healthCheck"] = {
-            "command": check["test"], "interval": _seconds(check.get("interval"), 30),
-            "timeout": _seconds(check.get("timeout"), 5), "retries": int(check.get("retries", 3)),
-            "startPeriod": min(_seconds(check.get("start_period"), 0), 300)}
+            "command": check["test"],
+            "interval": _seconds(check.get("interval"), 30),
+            "timeout": _seconds(check.get("timeout"), 5),
+            "retries": int(check.get("retries", 3)),
+            "startPeriod": min(_seconds(check.get("start_period"), 0), 300),
+        }
     return {k: v for k, v in container.items() if v is not None}

@@ -1,5 +1,6 @@
 """Typed stack configuration. Pulumi.yaml declares every key once (type, default, description);
 StackConfig reads each key with the getter its declared type calls for."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -12,8 +13,12 @@ PULUMI_YAML = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 ENVIRONMENTS = ("dev", "prod")
 COMPUTE_MODES = ("ec2", "ecs")
 # Declared type in Pulumi.yaml -> pulumi.Config getter and the Python type it returns.
-GETTERS = {"string": ("get", str), "integer": ("get_int", int), "boolean": ("get_bool", bool),
-           "array": ("get_object", list)}
+GETTERS = {
+    "string": ("get", str),
+    "integer": ("get_int", int),
+    "boolean": ("get_bool", bool),
+    "array": ("get_object", list),
+}
 
 
 def config_key(field_name: str) -> str:
@@ -64,8 +69,12 @@ class StackConfig:
     @property
     def tags(self) -> dict[str, str]:
         """The one tag dict merged into every resource."""
-        return {"project": "mlflow-tracking", "environment": self.environment,
-                "owner": self.owner, "managed-by": "pulumi"}
+        return {
+            "project": "mlflow-tracking",
+            "environment": self.environment,
+            "owner": self.owner,
+            "managed-by": "pulumi",
+        }
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -77,18 +86,20 @@ class StackConfig:
         if self.compute_mode == "ecs" and not self.acm_certificate_arn:
             raise ValueError("computeMode ecs needs acmCertificateArn for the ALB's HTTPS listener")
         if self.compute_mode == "ec2" and self.is_prod and not self.tls_certificate_secret_arn:
-            raise ValueError("prod needs tlsCertificateSecretArn: clients must not be taught to "
-                             "accept a self-signed certificate")
+            raise ValueError(
+                "prod needs tlsCertificateSecretArn: clients must not be taught to accept a self-signed certificate"
+            )
         if self.vpc_id and not (self.public_subnet_ids and self.private_subnet_ids):
             raise ValueError("vpcId needs publicSubnetIds and privateSubnetIds")
         if self.db_read_replica:
             # The master password is managed by Secrets Manager (manage_master_user_password), and
             # RDS refuses to create a read replica of such an instance.
-            raise ValueError("dbReadReplica cannot be used: RDS does not create a read replica of an "
-                             "instance whose master password Secrets Manager manages")
+            raise ValueError(
+                "dbReadReplica cannot be used: RDS does not create a read replica of an "
+                "instance whose master password Secrets Manager manages"
+            )
         if not 0 <= self.ecs_min_tasks <= self.ecs_max_tasks:
-            raise ValueError(f"need 0 <= ecsMinTasks <= ecsMaxTasks, got {self.ecs_min_tasks}, "
-                             f"{self.ecs_max_tasks}")
+            raise ValueError(f"need 0 <= ecsMinTasks <= ecsMaxTasks, got {self.ecs_min_tasks}, {self.ecs_max_tasks}")
 
     @classmethod
     def load(cls) -> StackConfig:

@@ -3,6 +3,7 @@
 Mocks stand in for AWS only: each resource "creates" with its inputs plus plausible computed
 outputs (ids, ARNs, endpoints). Nothing here proves AWS would accept the values.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,11 +94,18 @@ class InfraMocks(pulumi.runtime.Mocks):
             resource_id = name
         elif typ == "aws:rds/instance:Instance":
             address = f"{name}.abc123.{REGION}.rds.amazonaws.com"
-            outputs.update(address=address, endpoint=f"{address}:5432", identifier=name,
-                           masterUserSecrets=[{"secretArn": f"arn:aws:secretsmanager:{REGION}:"
-                                               f"{ACCOUNT}:secret:rds!db-{name}-AbCdEf",
-                                               "kmsKeyId": "aws/secretsmanager",
-                                               "secretStatus": "active"}])
+            outputs.update(
+                address=address,
+                endpoint=f"{address}:5432",
+                identifier=name,
+                masterUserSecrets=[
+                    {
+                        "secretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:rds!db-{name}-AbCdEf",
+                        "kmsKeyId": "aws/secretsmanager",
+                        "secretStatus": "active",
+                    }
+                ],
+            )
         elif typ == "aws:ecs/taskDefinition:TaskDefinition":
             family = f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/{args.inputs['family']}"
             outputs.update(arn=f"{family}:1", arnWithoutRevision=family, revision=1)
@@ -106,8 +114,7 @@ class InfraMocks(pulumi.runtime.Mocks):
         elif typ == "aws:secretsmanager/secret:Secret":
             outputs["arn"] = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}-AbCdEf"
         elif typ == "aws:ecr/repository:Repository":
-            outputs.update(repositoryUrl=f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{name}",
-                           name=name)
+            outputs.update(repositoryUrl=f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{name}", name=name)
         elif typ == "aws:lb/loadBalancer:LoadBalancer":
             outputs["dnsName"] = f"{name}-1234.{REGION}.elb.amazonaws.com"
         elif typ == "aws:iam/role:Role":
@@ -116,25 +123,40 @@ class InfraMocks(pulumi.runtime.Mocks):
             # Distinct, recognisable values so tests can prove none leaks into outputs or user-data.
             outputs["result"] = f"MockSecret{len(self.secret_values):02d}x{name.replace('-', '')}"
             self.secret_values.append(outputs["result"])
-        if typ in ("aws:ecs/cluster:Cluster", "aws:ecs/service:Service",
-                     "aws:rds/subnetGroup:SubnetGroup", "aws:rds/parameterGroup:ParameterGroup",
-                     "aws:iam/instanceProfile:InstanceProfile",
-                     "aws:cloudwatch/logGroup:LogGroup"):
+        if typ in (
+            "aws:ecs/cluster:Cluster",
+            "aws:ecs/service:Service",
+            "aws:rds/subnetGroup:SubnetGroup",
+            "aws:rds/parameterGroup:ParameterGroup",
+            "aws:iam/instanceProfile:InstanceProfile",
+            "aws:cloudwatch/logGroup:LogGroup",
+        ):
             outputs.setdefault("name", name)
         self.resources.append(MockedResource(typ, name, dict(args.inputs), outputs))
         return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs):
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            return {"names": [f"{REGION}a", f"{REGION}b", f"{REGION}c"],
-                    "zoneIds": ["use1-az1", "use1-az2", "use1-az4"], "id": REGION}
+            return {
+                "names": [f"{REGION}a", f"{REGION}b", f"{REGION}c"],
+                "zoneIds": ["use1-az1", "use1-az2", "use1-az4"],
+                "id": REGION,
+            }
         if args.token == "aws:ec2/getAmi:getAmi":
-            return {"id": self.ami_id, "imageId": self.ami_id,
-                    "architecture": "x86_64", "name": "al2023-ami-2023.6.20250101.0-x86_64"}
+            return {
+                "id": self.ami_id,
+                "imageId": self.ami_id,
+                "architecture": "x86_64",
+                "name": "al2023-ami-2023.6.20250101.0-x86_64",
+            }
         if args.token == "aws:ecr/getImages:getImages":
-            return {"id": args.args["repositoryName"], "repositoryName": args.args["repositoryName"],
-                    "imageIds": [{"imageDigest": f"sha256:{i:064x}", "imageTag": tag}
-                                 for i, tag in enumerate(self.pushed_tags)]}
+            return {
+                "id": args.args["repositoryName"],
+                "repositoryName": args.args["repositoryName"],
+                "imageIds": [
+                    {"imageDigest": f"sha256:{i:064x}", "imageTag": tag} for i, tag in enumerate(self.pushed_tags)
+                ],
+            }
         # A missing invoke mock would otherwise return None silently.
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
@@ -147,8 +169,9 @@ def ensure_mocks() -> InfraMocks:
     """set_mocks once per process (Pulumi keeps one global runtime)."""
     global _configured
     if not _configured:
-        pulumi.runtime.set_mocks(MOCKS, project=project_name(), stack="mock", preview=False,
-                                 monitor=RecordingMonitor(MOCKS))
+        pulumi.runtime.set_mocks(
+            MOCKS, project=project_name(), stack="mock", preview=False, monitor=RecordingMonitor(MOCKS)
+        )
         _configured = True
     return MOCKS
 
@@ -168,8 +191,9 @@ class MockRun:
         return found[0]
 
 
-def run_stack(stack: str, overrides: dict | None = None, *, ami_id: str = DEFAULT_AMI,
-              pushed_tags: list[str] | None = None) -> MockRun:
+def run_stack(
+    stack: str, overrides: dict | None = None, *, ami_id: str = DEFAULT_AMI, pushed_tags: list[str] | None = None
+) -> MockRun:
     """Build the program for a stack under mocks, drive the loop, return what it registered.
     ami_id: what the AMI lookup answers. pushed_tags: image tags in ECR (default: the configured
     mlflowImageTag, i.e. the image was pushed)."""
@@ -181,8 +205,9 @@ def run_stack(stack: str, overrides: dict | None = None, *, ami_id: str = DEFAUL
     mocks.secret_values.clear()
     config = stack_config(stack, overrides)
     mocks.ami_id = ami_id
-    mocks.pushed_tags = (pushed_tags if pushed_tags is not None
-                         else [json_or_str(config[f"{project_name()}:mlflowImageTag"])])
+    mocks.pushed_tags = (
+        pushed_tags if pushed_tags is not None else [json_or_str(config[f"{project_name()}:mlflowImageTag"])]
+    )
     pulumi.runtime.set_all_config(config)
     resolved: dict = {}
 
@@ -194,6 +219,7 @@ def run_stack(stack: str, overrides: dict | None = None, *, ami_id: str = DEFAUL
             for key, value in outputs.items():
                 out = pulumi.Output.from_input(value)
                 resolved[key] = (await out.future(), await out.is_secret())
+
         return pulumi.Output.from_input(collect())
 
     program()

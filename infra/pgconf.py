@@ -1,4 +1,5 @@
 """Parse postgres/postgresql.conf (the one tuning source) into RDS parameter-group values."""
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,16 @@ RDS_TUNING_UNITS: dict[str, str | None] = {
     "log_min_duration_statement": None,
 }
 # Settings that only make sense on a self-managed server; RDS owns them.
-RDS_SKIPPED = {"listen_addresses", "port", "hba_file", "log_destination", "log_line_prefix",
-               "log_connections", "data_directory", "unix_socket_directories"}
+RDS_SKIPPED = {
+    "listen_addresses",
+    "port",
+    "hba_file",
+    "log_destination",
+    "log_line_prefix",
+    "log_connections",
+    "data_directory",
+    "unix_socket_directories",
+}
 
 # Parameters whose change needs a reboot on RDS ("pending-reboot"); the rest apply immediately.
 STATIC_PARAMETERS = {"shared_buffers", "wal_buffers", "max_connections"}
@@ -34,12 +43,21 @@ CONF_SIZED_FOR_GIB = 2
 MEMORY_SCALED = {"shared_buffers", "effective_cache_size", "work_mem", "maintenance_work_mem"}
 # Memory of the RDS instance classes we accept (GiB). Another class: add it here.
 INSTANCE_CLASS_MEMORY_GIB = {
-    **{f"db.{family}.{size}": gib for family in ("t3", "t4g") for size, gib in (
-        ("micro", 1), ("small", 2), ("medium", 4), ("large", 8), ("xlarge", 16), ("2xlarge", 32))},
-    **{f"db.{family}.{size}": gib for family in ("m5", "m6g", "m6i", "m7g", "m7i") for size, gib in (
-        ("large", 8), ("xlarge", 16), ("2xlarge", 32), ("4xlarge", 64))},
-    **{f"db.{family}.{size}": gib for family in ("r5", "r6g", "r6i", "r7g", "r7i") for size, gib in (
-        ("large", 16), ("xlarge", 32), ("2xlarge", 64), ("4xlarge", 128))},
+    **{
+        f"db.{family}.{size}": gib
+        for family in ("t3", "t4g")
+        for size, gib in (("micro", 1), ("small", 2), ("medium", 4), ("large", 8), ("xlarge", 16), ("2xlarge", 32))
+    },
+    **{
+        f"db.{family}.{size}": gib
+        for family in ("m5", "m6g", "m6i", "m7g", "m7i")
+        for size, gib in (("large", 8), ("xlarge", 16), ("2xlarge", 32), ("4xlarge", 64))
+    },
+    **{
+        f"db.{family}.{size}": gib
+        for family in ("r5", "r6g", "r6i", "r7g", "r7i")
+        for size, gib in (("large", 16), ("xlarge", 32), ("2xlarge", 64), ("4xlarge", 128))
+    },
 }
 # RDS's own default max_connections is DBInstanceClassMemory / 9531392 bytes: our ceiling.
 RDS_BYTES_PER_CONNECTION = 9531392
@@ -47,16 +65,19 @@ RDS_BYTES_PER_CONNECTION = 9531392
 
 def instance_memory_gib(instance_class: str) -> int:
     if instance_class not in INSTANCE_CLASS_MEMORY_GIB:
-        raise ValueError(f"unknown RDS instance class {instance_class!r}: add its memory to "
-                         "INSTANCE_CLASS_MEMORY_GIB in infra/pgconf.py")
+        raise ValueError(
+            f"unknown RDS instance class {instance_class!r}: add its memory to "
+            "INSTANCE_CLASS_MEMORY_GIB in infra/pgconf.py"
+        )
     return INSTANCE_CLASS_MEMORY_GIB[instance_class]
 
 
 def max_connections_ceiling(instance_class: str) -> int:
     """The most connections the class's memory supports (RDS's default formula)."""
-    return instance_memory_gib(instance_class) * 1024 ** 3 // RDS_BYTES_PER_CONNECTION
+    return instance_memory_gib(instance_class) * 1024**3 // RDS_BYTES_PER_CONNECTION
 
-_UNIT_KB = {"kB": 1, "MB": 1024, "GB": 1024 ** 2, "TB": 1024 ** 3}
+
+_UNIT_KB = {"kB": 1, "MB": 1024, "GB": 1024**2, "TB": 1024**3}
 _LINE = re.compile(r"^\s*([A-Za-z_.]+)\s*=?\s*('(?:[^']|'')*'|[^\s#]+)")
 
 
@@ -96,8 +117,7 @@ def convert(key: str, value: str) -> str:
     return value
 
 
-def rds_settings(instance_class: str, min_connections: int = 0,
-                 conf_path: Path = POSTGRESQL_CONF) -> dict[str, str]:
+def rds_settings(instance_class: str, min_connections: int = 0, conf_path: Path = POSTGRESQL_CONF) -> dict[str, str]:
     """postgresql.conf's values for an RDS instance class: memory-dependent values scaled to the
     class's memory, max_connections raised to min_connections (what the clients need)."""
     settings = parse_postgresql_conf(conf_path.read_text())
@@ -111,19 +131,25 @@ def rds_settings(instance_class: str, min_connections: int = 0,
         settings[key] = f"{to_kb(settings[key]) * gib // CONF_SIZED_FOR_GIB}kB"
     connections = max(int(settings["max_connections"]), min_connections)
     if connections > max_connections_ceiling(instance_class):
-        raise ValueError(f"{connections} connections needed, but {instance_class} supports at most "
-                         f"{max_connections_ceiling(instance_class)}: choose a larger dbInstanceClass "
-                         "or fewer ecsMaxTasks")
+        raise ValueError(
+            f"{connections} connections needed, but {instance_class} supports at most "
+            f"{max_connections_ceiling(instance_class)}: choose a larger dbInstanceClass "
+            "or fewer ecsMaxTasks"
+        )
     settings["max_connections"] = str(connections)
     return settings
 
 
-def rds_parameters(instance_class: str, min_connections: int = 0,
-                   conf_path: Path = POSTGRESQL_CONF) -> list[dict[str, str]]:
+def rds_parameters(
+    instance_class: str, min_connections: int = 0, conf_path: Path = POSTGRESQL_CONF
+) -> list[dict[str, str]]:
     """Parameter-group entries built from postgresql.conf for a class, plus rds.force_ssl=1."""
     params = [
-        {"name": key, "value": convert(key, value),
-         "apply_method": "pending-reboot" if key in STATIC_PARAMETERS else "immediate"}
+        {
+            "name": key,
+            "value": convert(key, value),
+            "apply_method": "pending-reboot" if key in STATIC_PARAMETERS else "immediate",
+        }
         for key, value in rds_settings(instance_class, min_connections, conf_path).items()
     ]
     params.append({"name": "rds.force_ssl", "value": "1", "apply_method": "immediate"})

@@ -4,6 +4,7 @@ For reviewers without AWS or the Pulumi CLI: `python -m infra.plan --stack dev`.
 the program asks for; AWS-computed values (ids, ARNs, endpoints) are mock placeholders.
 Secrets are masked. Exits 1 if a policy-pack rule is violated.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,15 +17,32 @@ from infra.policy.rules import bucket_companions, check_resource
 SECRET_KEYS = {"password", "secretString", "result", "masterPassword"}
 KEY_PROPS = {
     "aws:s3/bucket:Bucket": ["forceDestroy"],
-    "aws:rds/instance:Instance": ["engine", "engineVersion", "instanceClass", "multiAz",
-                                  "publiclyAccessible", "storageEncrypted", "backupRetentionPeriod",
-                                  "deletionProtection", "skipFinalSnapshot", "replicateSourceDb"],
+    "aws:rds/instance:Instance": [
+        "engine",
+        "engineVersion",
+        "instanceClass",
+        "multiAz",
+        "publiclyAccessible",
+        "storageEncrypted",
+        "backupRetentionPeriod",
+        "deletionProtection",
+        "skipFinalSnapshot",
+        "replicateSourceDb",
+    ],
     "aws:ec2/instance:Instance": ["instanceType", "metadataOptions", "rootBlockDevice"],
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": [
-        "fromPort", "toPort", "cidrIpv4", "referencedSecurityGroupId"],
+        "fromPort",
+        "toPort",
+        "cidrIpv4",
+        "referencedSecurityGroupId",
+    ],
     "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": ["rules"],
     "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": [
-        "blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"],
+        "blockPublicAcls",
+        "blockPublicPolicy",
+        "ignorePublicAcls",
+        "restrictPublicBuckets",
+    ],
     "aws:iam/rolePolicy:RolePolicy": ["policy"],
     "aws:rds/parameterGroup:ParameterGroup": ["family"],
     "aws:lb/loadBalancer:LoadBalancer": ["loadBalancerType", "internal"],
@@ -50,11 +68,17 @@ def summary(typ: str, props: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--stack", default="dev", help="stack name: reads Pulumi.<stack>.yaml (default dev)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (JSON values allowed), e.g. computeMode=ecs")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (JSON values allowed), e.g. computeMode=ecs",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     overrides = {}
@@ -67,15 +91,21 @@ def main(argv=None) -> int:
     print(f"plan: running the program for stack {args.stack!r} under mocks", file=sys.stderr)
     run = run_stack(args.stack, overrides)
     rows = [(r.type, r.name, mask(r.inputs, run.secret_values)) for r in run.resources]
-    violations = [f"{name}: [{rule}] {msg}" for typ, name, props in rows
-                  for rule, msg in check_resource(typ, props)]
-    violations += bucket_companions((t, n, p, []) for t, n, p in
-                                    ((r.type, r.name, r.outputs) for r in run.resources))
-    outputs = {k: "[secret]" if secret else mask(v, run.secret_values)
-               for k, (v, secret) in run.outputs.items()}
+    violations = [f"{name}: [{rule}] {msg}" for typ, name, props in rows for rule, msg in check_resource(typ, props)]
+    violations += bucket_companions((t, n, p, []) for t, n, p in ((r.type, r.name, r.outputs) for r in run.resources))
+    outputs = {k: "[secret]" if secret else mask(v, run.secret_values) for k, (v, secret) in run.outputs.items()}
     if args.json:
-        print(json.dumps({"resources": [{"type": t, "name": n, "inputs": p} for t, n, p in rows],
-                          "outputs": outputs, "violations": violations}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "resources": [{"type": t, "name": n, "inputs": p} for t, n, p in rows],
+                    "outputs": outputs,
+                    "violations": violations,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     else:
         width = max(len(t) for t, _, _ in rows)
         for typ, name, props in rows:

@@ -16,6 +16,7 @@ directories 0700.
   python3 -m jobs.backup list    every backup and failed attempt in BACKUP_DIR, as JSON lines
   python -m jobs.backup bucket OP BUCKET   in our image: state|create|dump|load|sums|remove
 """
+
 import datetime
 import fcntl
 import functools
@@ -35,9 +36,15 @@ from pathlib import Path
 PREFIX = "mlflow-backup-"
 DATABASES = {"tracking": "mlflow", "auth": "mlflow_auth"}
 # What the manifest counts, per database: proves a restore brought the rows back.
-COUNTS = {"tracking": {"experiments": "SELECT count(*) FROM experiments", "runs": "SELECT count(*) FROM runs",
-                       "metrics": "SELECT count(*) FROM metrics", "params": "SELECT count(*) FROM params"},
-          "auth": {"users": "SELECT count(*) FROM users"}}
+COUNTS = {
+    "tracking": {
+        "experiments": "SELECT count(*) FROM experiments",
+        "runs": "SELECT count(*) FROM runs",
+        "metrics": "SELECT count(*) FROM metrics",
+        "params": "SELECT count(*) FROM params",
+    },
+    "auth": {"users": "SELECT count(*) FROM users"},
+}
 TOOL_TIMEOUT = 3600  # seconds for one pg_dump / pg_restore / bucket copy (bounded, generous)
 PROGRESS_EVERY = 5.0  # seconds between progress lines of a long copy
 
@@ -90,8 +97,10 @@ class Progress:
 
     def show(self, done: str = ""):
         of = f"/{self.total}" if self.total is not None else ""
-        log(f"{self.what}: {self.count}{of} objects, {self.bytes / 1e6:.1f} MB, "
-            f"{time.monotonic() - self.started:.1f}s{done}")
+        log(
+            f"{self.what}: {self.count}{of} objects, {self.bytes / 1e6:.1f} MB, "
+            f"{time.monotonic() - self.started:.1f}s{done}"
+        )
 
 
 # --- PostgreSQL: the tools run through SPAWN(argv, **popen_kw) -> Popen with stdin ready ----------
@@ -128,8 +137,9 @@ class Session:
         reader.join(timeout)
         if not got or not got[0]:
             self.close()
-            raise BackupError(f"psql on database {self.db} did not answer {sql!r}: "
-                              f"{last_line(self.proc.stderr.read() or b'')}")
+            raise BackupError(
+                f"psql on database {self.db} did not answer {sql!r}: {last_line(self.proc.stderr.read() or b'')}"
+            )
         return got[0].decode().rstrip("\n")
 
     def close(self):
@@ -178,24 +188,33 @@ def dump_database(spawn, db: str, kind: str, out: Path) -> dict:
     try:
         session.send("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot, server_major = session.query(
-            "SELECT pg_export_snapshot(), current_setting('server_version_num')::int / 10000").split("\t")
+            "SELECT pg_export_snapshot(), current_setting('server_version_num')::int / 10000"
+        ).split("\t")
         target = out / f"{kind}.dump"
         with open(target, "wb") as fh:
-            stream_tool(spawn, ["pg_dump", "--format=custom", f"--snapshot={snapshot}", "-d", db],
-                        f"pg_dump of {db}", stdout=fh)
+            stream_tool(
+                spawn, ["pg_dump", "--format=custom", f"--snapshot={snapshot}", "-d", db], f"pg_dump of {db}", stdout=fh
+            )
         counts = {name: int(session.query(query)) for name, query in COUNTS[kind].items()}
         session.send("COMMIT")
     finally:
         session.close()
     size = target.stat().st_size
     log(f"backup: dumped {db} ({size / 1e6:.1f} MB, {counts}) in {time.monotonic() - started:.1f}s")
-    return {"database": db, "file": target.name, "sha256": sha256(target), "size": size, "counts": counts,
-            "server_major": int(server_major)}
+    return {
+        "database": db,
+        "file": target.name,
+        "sha256": sha256(target),
+        "size": size,
+        "counts": counts,
+        "server_major": int(server_major),
+    }
 
 
 # --- the bucket ---------------------------------------------------------------------------------
 def s3_client():
     import boto3  # only where the bucket is read: our image and the backup image
+
     # An empty MLFLOW_S3_ENDPOINT_URL means AWS S3 (boto3 refuses endpoint_url="").
     return boto3.client("s3", endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None)
 
@@ -244,6 +263,7 @@ def bucket_command(op: str, bucket: str) -> int:
     stdout; `load` uploads every member of a tar stream from stdin and prints the count; `sums`
     prints {key: sha256} as JSON ({} when the bucket does not exist); `remove` empties and deletes it."""
     from botocore.exceptions import ClientError
+
     s3 = s3_client()
     try:
         if op == "state":
@@ -297,8 +317,13 @@ def make_backup(root: Path, spawn, objects, bucket: str, stop: threading.Event =
     final = Path(root).resolve() / f"{PREFIX}{stamp}"
     out = final.with_name(final.name + ".partial")  # renamed when complete: never mistaken for a backup
     out.mkdir(parents=True, mode=0o700)
-    manifest = {"created": stamp, "started": started, "success": False, "databases": {},
-                "bucket": {"name": bucket, "objects": {}}}
+    manifest = {
+        "created": stamp,
+        "started": started,
+        "success": False,
+        "databases": {},
+        "bucket": {"name": bucket, "objects": {}},
+    }
     try:
         for kind, db in DATABASES.items():
             if stop is not None and stop.is_set():
@@ -318,15 +343,18 @@ def make_backup(root: Path, spawn, objects, bucket: str, stop: threading.Event =
         failed.mkdir(mode=0o700)
         (failed / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         raise
-    manifest["size_bytes"] = sum(d["size"] for d in manifest["databases"].values()) \
-        + sum(o["size"] for o in manifest["bucket"]["objects"].values())
+    manifest["size_bytes"] = sum(d["size"] for d in manifest["databases"].values()) + sum(
+        o["size"] for o in manifest["bucket"]["objects"].values()
+    )
     manifest.update(finished=time.time(), success=True)
     manifest["duration_seconds"] = round(manifest["finished"] - started, 3)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     out.rename(final)
     counts = ", ".join(f"{k}={v}" for d in manifest["databases"].values() for k, v in d["counts"].items())
-    log(f"backup: {final} ({counts}, objects={manifest['bucket']['count']}, "
-        f"{manifest['size_bytes'] / 1e6:.1f} MB) in {manifest['duration_seconds']:.1f}s")
+    log(
+        f"backup: {final} ({counts}, objects={manifest['bucket']['count']}, "
+        f"{manifest['size_bytes'] / 1e6:.1f} MB) in {manifest['duration_seconds']:.1f}s"
+    )
     return final
 
 
@@ -348,8 +376,10 @@ def verify(backup: Path) -> dict:
     manifest = read_manifest(backup)
     bad = mismatched_files(backup, manifest)
     if bad:
-        raise BackupError(f"{bad[0]} is missing or does not match its checksum in manifest.json"
-                          + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        raise BackupError(
+            f"{bad[0]} is missing or does not match its checksum in manifest.json"
+            + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+        )
     return manifest
 
 
@@ -372,7 +402,7 @@ def prune(root: Path, keep: int):
     done = attempts(root)
     good = [p for p, m in done if m.get("success")]
     newest_success = max((m["started"] for _, m in done if m.get("success")), default=0)
-    doomed = good[:-max(keep, 1)]
+    doomed = good[: -max(keep, 1)]
     failed = [(p, m) for p, m in done if not m.get("success")]
     doomed += [p for p, m in failed[:-1]] + [p for p, m in failed[-1:] if m.get("started", 0) < newest_success]
     for path in doomed:
@@ -411,8 +441,10 @@ class Config:
         self.port = int(env.get("BACKUP_METRICS_PORT") or 9188)
         self.bucket = env.get("MLFLOW_ARTIFACT_BUCKET", "")
         if self.interval < 1 or self.keep < 1 or not self.bucket or not env.get("PGPASSWORD"):
-            raise SystemExit("backup: BACKUP_INTERVAL_SECONDS and BACKUP_KEEP must be >= 1; MLFLOW_ARTIFACT_BUCKET and "
-                             "BACKUP_DB_PASSWORD must be set (./mlflowctl bootstrap fills the password)")
+            raise SystemExit(
+                "backup: BACKUP_INTERVAL_SECONDS and BACKUP_KEEP must be >= 1; MLFLOW_ARTIFACT_BUCKET and "
+                "BACKUP_DB_PASSWORD must be set (./mlflowctl bootstrap fills the password)"
+            )
 
 
 def run_once(cfg: Config, lock: Lock, stop: threading.Event = None, wait: float = 3600) -> bool:
@@ -445,13 +477,22 @@ def metrics(cfg: Config, lock: Lock) -> str:
     if not busy:
         lock.release()
     gauges = [
-        ("mlflow_backup_last_success_timestamp_seconds", "Unix time the last successful backup finished (0: none).",
-         last.get("finished", 0)),
+        (
+            "mlflow_backup_last_success_timestamp_seconds",
+            "Unix time the last successful backup finished (0: none).",
+            last.get("finished", 0),
+        ),
         ("mlflow_backup_interval_seconds", "Seconds between scheduled backups.", cfg.interval),
-        ("mlflow_backup_last_run_success", "1 if the latest backup attempt succeeded, else 0.",
-         1 if latest.get("success") else 0),
-        ("mlflow_backup_last_duration_seconds", "Duration of the last successful backup.",
-         last.get("duration_seconds", 0)),
+        (
+            "mlflow_backup_last_run_success",
+            "1 if the latest backup attempt succeeded, else 0.",
+            1 if latest.get("success") else 0,
+        ),
+        (
+            "mlflow_backup_last_duration_seconds",
+            "Duration of the last successful backup.",
+            last.get("duration_seconds", 0),
+        ),
         ("mlflow_backup_last_size_bytes", "Size of the last successful backup.", last.get("size_bytes", 0)),
         ("mlflow_backup_kept", "Successful backups kept in the volume.", len(good)),
         ("mlflow_backup_keep", "Successful backups retention keeps (BACKUP_KEEP).", cfg.keep),
@@ -506,9 +547,17 @@ def main(argv: list) -> int:
         return bucket_command(argv[1], argv[2])
     if argv == ["list"]:
         for path, manifest in attempts(Config().root):
-            print(json.dumps({"name": path.name, "success": manifest.get("success", False),
-                              "started": manifest.get("started"), "finished": manifest.get("finished"),
-                              "error": manifest.get("error")}))
+            print(
+                json.dumps(
+                    {
+                        "name": path.name,
+                        "success": manifest.get("success", False),
+                        "started": manifest.get("started"),
+                        "finished": manifest.get("finished"),
+                        "error": manifest.get("error"),
+                    }
+                )
+            )
         return 0
     if argv == ["now"]:
         cfg = Config()

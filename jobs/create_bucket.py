@@ -1,4 +1,5 @@
 """One-shot: create the artifact bucket on the `local` profile's S3-compatible store (idempotent)."""
+
 import os
 import sys
 
@@ -19,11 +20,17 @@ def ensure_bucket(s3, bucket: str) -> bool:
 
 
 def main() -> int:
-    missing = [k for k in ("MLFLOW_ARTIFACT_BUCKET", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                           "AWS_SECRET_ACCESS_KEY") if not os.environ.get(k)]
+    missing = [
+        k
+        for k in ("MLFLOW_ARTIFACT_BUCKET", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        if not os.environ.get(k)
+    ]
     if missing:
-        print(f"create-bucket: the local profile's store needs {', '.join(missing)} in .env "
-              "(`./mlflowctl bootstrap` fills the keys when MLFLOW_S3_ENDPOINT_URL is set)", file=sys.stderr)
+        print(
+            f"create-bucket: the local profile's store needs {', '.join(missing)} in .env "
+            "(`./mlflowctl bootstrap` fills the keys when MLFLOW_S3_ENDPOINT_URL is set)",
+            file=sys.stderr,
+        )
         return 2
     bucket = os.environ["MLFLOW_ARTIFACT_BUCKET"]
     s3 = boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"])

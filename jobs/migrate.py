@@ -5,6 +5,7 @@ Connects DIRECTLY to PostgreSQL (not through PgBouncer in transaction mode), mak
 script runs), then runs `mlflow db upgrade` and the auth DB upgrade once, before the server starts.
 Passwords come from the environment (PGPASSWORD for the tools), never from a command line.
 """
+
 import os
 import subprocess
 import sys
@@ -18,8 +19,15 @@ DATABASES = ("mlflow", "mlflow_auth")
 BACKUP_ROLE = "mlflow_backup"
 
 
-def ensure_role_and_databases(host: str, port: str, admin: str, admin_password: str, password: str,
-                              databases: tuple = DATABASES, backup_password: str = ""):
+def ensure_role_and_databases(
+    host: str,
+    port: str,
+    admin: str,
+    admin_password: str,
+    password: str,
+    databases: tuple = DATABASES,
+    backup_password: str = "",
+):
     conn = psycopg2.connect(host=host, port=port, user=admin, password=admin_password, dbname="postgres")
     conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
     with conn.cursor() as cur:
@@ -39,8 +47,9 @@ def ensure_role_and_databases(host: str, port: str, admin: str, admin_password: 
         if backup_password:
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (BACKUP_ROLE,))
             verb = "ALTER" if cur.fetchone() else "CREATE"
-            cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(BACKUP_ROLE)),
-                        (backup_password,))
+            cur.execute(
+                sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(BACKUP_ROLE)), (backup_password,)
+            )
             cur.execute(sql.SQL("GRANT pg_read_all_data TO {}").format(sql.Identifier(BACKUP_ROLE)))
     conn.close()
 
@@ -48,9 +57,14 @@ def ensure_role_and_databases(host: str, port: str, admin: str, admin_password: 
 def main() -> int:
     env = os.environ
     host, port = env["POSTGRES_HOST"], env["POSTGRES_PORT"]
-    ensure_role_and_databases(host, port, env.get("POSTGRES_USER", "postgres"),
-                              env["POSTGRES_PASSWORD"], env["MLFLOW_DB_PASSWORD"],
-                              backup_password=env.get("BACKUP_DB_PASSWORD", ""))
+    ensure_role_and_databases(
+        host,
+        port,
+        env.get("POSTGRES_USER", "postgres"),
+        env["POSTGRES_PASSWORD"],
+        env["MLFLOW_DB_PASSWORD"],
+        backup_password=env.get("BACKUP_DB_PASSWORD", ""),
+    )
     tool_env = {**env, "PGPASSWORD": env["MLFLOW_DB_PASSWORD"]}
     tool_env.pop("POSTGRES_PASSWORD")
     tool_env.pop("BACKUP_DB_PASSWORD", None)

@@ -10,6 +10,7 @@ PgBouncer's stats user needs no role: PgBouncer checks it against its own auth f
 (pgbouncer/userlist.txt.template). Setting the passwords on every run makes a rotated
 MONITORING_PASSWORD take effect.
 """
+
 import os
 import sys
 
@@ -23,14 +24,19 @@ def ensure_db_role(host: str, port: str, admin: str, admin_password: str, user: 
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
         verb = "ALTER" if cur.fetchone() else "CREATE"
-        cur.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s")
-                    .format(sql.Identifier(user)), (password,))
+        cur.execute(
+            sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(
+                sql.Identifier(user)
+            ),
+            (password,),
+        )
         cur.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(user)))
     conn.close()
 
 
 def ensure_mlflow_user(auth_db_uri: str, user: str, password: str) -> str:
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
     store = SqlAlchemyStore()
     store.init_db(auth_db_uri)
     if not store.has_user(user):
@@ -45,12 +51,14 @@ def ensure_mlflow_user(auth_db_uri: str, user: str, password: str) -> str:
 def main() -> int:
     env = os.environ
     host, port, user = env["POSTGRES_HOST"], env["POSTGRES_PORT"], env["MONITORING_USER"]
-    ensure_db_role(host, port, env.get("POSTGRES_USER", "postgres"), env["POSTGRES_PASSWORD"], user,
-                   env["MONITORING_PASSWORD"])
+    ensure_db_role(
+        host, port, env.get("POSTGRES_USER", "postgres"), env["POSTGRES_PASSWORD"], user, env["MONITORING_PASSWORD"]
+    )
     print(f"monitoring-setup: PostgreSQL role {user} (pg_monitor) ready", flush=True)
     os.environ["PGPASSWORD"] = env["MLFLOW_DB_PASSWORD"]  # libpq: no password in the URI
-    state = ensure_mlflow_user(f"postgresql+psycopg2://mlflow@{host}:{port}/mlflow_auth", user,
-                               env["MONITORING_PASSWORD"])
+    state = ensure_mlflow_user(
+        f"postgresql+psycopg2://mlflow@{host}:{port}/mlflow_auth", user, env["MONITORING_PASSWORD"]
+    )
     print(f"monitoring-setup: MLflow user {user} (no admin, no permissions) {state}", flush=True)
     return 0
 

@@ -14,6 +14,7 @@ for mlflow-artifacts:/ URIs (MLFLOW_TRACKING_URI must be set, mlflow/mlflow#7558
 artifacts no longer hang (mlflow/mlflow#15461, checked on 3.17.2); logged models are purged
 explicitly because a run's model artifacts live under models/ in MLflow 3 (mlflow/mlflow#17240).
 """
+
 import argparse
 import os
 
@@ -23,16 +24,26 @@ def ids(text: str) -> list:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m jobs.purge", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.purge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--run-ids", type=ids, default=[])
     p.add_argument("--logged-model-ids", type=ids, default=[])
     args = p.parse_args(argv)
     from mlflow.cli import _gc_tracking_resources
     from mlflow.tracking._tracking_service.utils import _get_store
+
     store = _get_store(os.environ["MLFLOW_BACKEND_STORE_URI"], "mlflow-artifacts:/")  # no local ./mlruns default
-    _gc_tracking_resources(store, run_ids=args.run_ids, experiment_ids=None, logged_model_ids=args.logged_model_ids,
-                           older_than=None, time_delta=0, skip_experiments=True, skip_logged_models=False)
+    _gc_tracking_resources(
+        store,
+        run_ids=args.run_ids,
+        experiment_ids=None,
+        logged_model_ids=args.logged_model_ids,
+        older_than=None,
+        time_delta=0,
+        skip_experiments=True,
+        skip_logged_models=False,
+    )
     print(f"purged {len(args.run_ids)} run(s) and {len(args.logged_model_ids)} logged model(s)")
 
 

@@ -4,6 +4,7 @@ The one renderer of per-deployment config: Compose runs it as the one-shot `rend
 Placeholders are `{{NAME}}` (Nginx and PgBouncer use `$` themselves); a missing variable is an
 error, never an empty string.
 """
+
 import argparse
 import os
 import re
@@ -14,8 +15,11 @@ PLACEHOLDER = re.compile(r"\{\{\s*([A-Z][A-Z0-9_]*)\s*\}\}")
 # Template dir -> output subdir; files holding secrets are written 0600 for their daemon's user.
 # A directory not mounted into the container is skipped (the monitoring profile renders prometheus/ alone).
 TEMPLATE_DIRS = ("nginx", "pgbouncer", "seaweedfs", "prometheus")
-SECRET_FILES = {"pgbouncer/userlist.txt": "PGBOUNCER_UID", "seaweedfs/s3.json": "SEAWEEDFS_UID",
-                "prometheus/mlflow_password": "PROMETHEUS_UID"}
+SECRET_FILES = {
+    "pgbouncer/userlist.txt": "PGBOUNCER_UID",
+    "seaweedfs/s3.json": "SEAWEEDFS_UID",
+    "prometheus/mlflow_password": "PROMETHEUS_UID",
+}
 
 
 def derived(env: dict) -> dict:
@@ -54,10 +58,15 @@ def render_tree(templates: Path, out: Path, env: dict) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="render", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--templates", type=Path, default=Path.cwd(),
-                        help="directory holding nginx/, pgbouncer/, seaweedfs/, prometheus/ (default: cwd)")
+    parser = argparse.ArgumentParser(
+        prog="render", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--templates",
+        type=Path,
+        default=Path.cwd(),
+        help="directory holding nginx/, pgbouncer/, seaweedfs/, prometheus/ (default: cwd)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     args = parser.parse_args(argv)
     try:

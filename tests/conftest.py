@@ -4,6 +4,7 @@ tests/unit   fast, no stack (configs, renderer, bootstrap, compose model, Docker
 tests/stack  against the running stack (`./mlflowctl up`), real mlflow client through Nginx/TLS
 tests/infra  Pulumi program under mocks, IAM against a local S3 server
 """
+
 import os
 import time
 from pathlib import Path
@@ -79,6 +80,7 @@ def stack(http, base_url):
 def mlflow_admin(stack, settings, monkeypatch):
     """The real mlflow client, configured like a user would: URI, basic auth, our CA (not INSECURE_TLS)."""
     import mlflow
+
     for var in CA_OVERRIDES:
         monkeypatch.delenv(var, raising=False)
     for key, value in settings.client_env(base={}).items():

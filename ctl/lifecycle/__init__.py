@@ -6,13 +6,16 @@ Connection: the standard MLflow variables, as every MLflow client reads them:
   MLFLOW_TRACKING_SERVER_CERT_PATH        CA bundle of the server (certs/ca.crt)
 See docs/lifecycle.md for the naming convention, the promotion state machine and cleanup.
 """
+
 import argparse
 import inspect
 import os
 
 
 def _parser(sub, name, help_, doc):
-    return sub.add_parser(name, help=help_, description=inspect.cleandoc(doc), formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(
+        name, help=help_, description=inspect.cleandoc(doc), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def register(sub):
@@ -21,10 +24,15 @@ def register(sub):
 
     default_teams = os.environ.get("MLFLOW_TEAMS_FILE", "examples/teams.yaml")
 
-    p = _parser(sub, "teams", "create team users, experiments and permissions from a YAML file", teams.cmd_teams.__doc__)
+    p = _parser(
+        sub, "teams", "create team users, experiments and permissions from a YAML file", teams.cmd_teams.__doc__
+    )
     p.add_argument("--file", default=default_teams, help="teams YAML (default: $MLFLOW_TEAMS_FILE or %(default)s)")
-    p.add_argument("--credentials-out", metavar="PATH",
-                   help="write the random passwords of NEW users here (JSON, mode 0600); required when users are missing")
+    p.add_argument(
+        "--credentials-out",
+        metavar="PATH",
+        help="write the random passwords of NEW users here (JSON, mode 0600); required when users are missing",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the changes without making them")
     p.set_defaults(func=teams.cmd_teams)
 
@@ -35,23 +43,43 @@ def register(sub):
     p.add_argument("--file", default=default_teams, help="teams YAML (default: $MLFLOW_TEAMS_FILE or %(default)s)")
     p.set_defaults(func=teams.cmd_register)
 
-    p = _parser(sub, "promote", "move an alias (candidate, challenger, champion) through its gates", promote.cmd_promote.__doc__)
+    p = _parser(
+        sub, "promote", "move an alias (candidate, challenger, champion) through its gates", promote.cmd_promote.__doc__
+    )
     p.add_argument("name", metavar="MODEL", help="registered model name")
     p.add_argument("version", metavar="VERSION", nargs="?", help="model version to promote (not with --repair)")
     p.add_argument("--to", choices=promote.ALIASES, help="target alias")
     p.add_argument("--repair", action="store_true", help="finish a promotion that stopped half way")
     p.set_defaults(func=promote.cmd_promote)
 
-    p = _parser(sub, "validate", "check a model version's metrics and signature; tag validation_status", promote.cmd_validate.__doc__)
+    p = _parser(
+        sub,
+        "validate",
+        "check a model version's metrics and signature; tag validation_status",
+        promote.cmd_validate.__doc__,
+    )
     p.add_argument("model_uri", metavar="MODEL_URI", help="models:/NAME/VERSION or models:/NAME@ALIAS")
-    p.add_argument("--min-metric", action="append", default=[], metavar="NAME=VALUE", help="metric must be >= VALUE (repeatable)")
-    p.add_argument("--max-metric", action="append", default=[], metavar="NAME=VALUE", help="metric must be <= VALUE (repeatable)")
+    p.add_argument(
+        "--min-metric", action="append", default=[], metavar="NAME=VALUE", help="metric must be >= VALUE (repeatable)"
+    )
+    p.add_argument(
+        "--max-metric", action="append", default=[], metavar="NAME=VALUE", help="metric must be <= VALUE (repeatable)"
+    )
     p.set_defaults(func=promote.cmd_validate)
 
-    p = _parser(sub, "cleanup", "delete old runs except the best N, then purge them and their artifacts", cleanup.cmd_cleanup.__doc__)
+    p = _parser(
+        sub,
+        "cleanup",
+        "delete old runs except the best N, then purge them and their artifacts",
+        cleanup.cmd_cleanup.__doc__,
+    )
     p.add_argument("experiment", metavar="EXPERIMENT", help="experiment name (team/project/type) or id")
-    p.add_argument("--max-age-days", type=float, default=90, help="runs started before now - this are old (default %(default)s)")
-    p.add_argument("--keep-top-n", type=int, default=10, help="never delete the best N runs by --metric (default %(default)s)")
+    p.add_argument(
+        "--max-age-days", type=float, default=90, help="runs started before now - this are old (default %(default)s)"
+    )
+    p.add_argument(
+        "--keep-top-n", type=int, default=10, help="never delete the best N runs by --metric (default %(default)s)"
+    )
     p.add_argument("--metric", default="val_ndcg", help="metric that ranks runs (default %(default)s)")
     p.add_argument("--lower-is-better", action="store_true", help="rank ascending (losses)")
     p.add_argument("--execute", action="store_true", help="really delete (default: dry run, changes nothing)")

@@ -3,6 +3,7 @@
 mlflow is imported inside functions: `mlflowctl up/status` load this module too and should not pay
 for importing mlflow (~2 s).
 """
+
 import datetime
 import os
 import re
@@ -28,12 +29,14 @@ def tracking_uri() -> str:
 
 def client():
     import mlflow
+
     uri = tracking_uri()
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def auth_client():
     import warnings
+
     with warnings.catch_warnings():  # mlflow.server's import warns about starlette internals: not ours to fix
         warnings.simplefilter("ignore")
         from mlflow.server import get_app_client

@@ -6,6 +6,7 @@ one atomic update on the server, and the new alias is set before anything else i
 archived, so `models:/NAME@champion` resolves at every moment. A run that stops half way leaves
 the intent tag: the next `promote` refuses and `promote NAME --repair` finishes the steps.
 """
+
 import json
 
 from ctl.errors import CommandError
@@ -34,20 +35,26 @@ def check_gates(mlf, name: str, version: str, alias: str):
     model = mlf.get_registered_model(name)
     if INTENT_TAG in model.tags:
         intent = json.loads(model.tags[INTENT_TAG])
-        raise CommandError(f"{name} has a half-done promotion (v{intent['version']} to @{intent['alias']}, "
-                             f"started {intent['started_at']}): run `{repair_command(name)}` first")
+        raise CommandError(
+            f"{name} has a half-done promotion (v{intent['version']} to @{intent['alias']}, "
+            f"started {intent['started_at']}): run `{repair_command(name)}` first"
+        )
     mv = mlf.get_model_version(name, version)
     if mv.status != "READY":
         raise CommandError(f"{name} v{version} is {mv.status}, not READY")
     if alias == "champion":
         challenger = _alias_version(mlf, name, "challenger")
         if challenger != str(version):
-            raise CommandError(f"refused: {name} v{version} is not the current challenger "
-                                 f"(@challenger is {'v' + challenger if challenger else 'unset'}); "
-                                 f"promote it with --to challenger first")
+            raise CommandError(
+                f"refused: {name} v{version} is not the current challenger "
+                f"(@challenger is {'v' + challenger if challenger else 'unset'}); "
+                f"promote it with --to challenger first"
+            )
     if alias in ("challenger", "champion") and mv.tags.get("validation_status") != "passed":
-        raise CommandError(f"refused: {name} v{version} has validation_status={mv.tags.get('validation_status', 'unset')}; "
-                             f"run `./mlflowctl validate models:/{name}/{version} --min-metric ...` first")
+        raise CommandError(
+            f"refused: {name} v{version} has validation_status={mv.tags.get('validation_status', 'unset')}; "
+            f"run `./mlflowctl validate models:/{name}/{version} --min-metric ...` first"
+        )
     return _alias_version(mlf, name, alias)
 
 
@@ -63,11 +70,18 @@ def _steps(mlf, intent):
     steps = [(f"set @{alias} -> v{version}", lambda: mlf.set_registered_model_alias(name, alias, version))]
     if below:
         steps.append((f"remove @{below} from v{version}", drop_below))
-    steps.append((f"tag v{version} promoted_to_{alias}_at", lambda: mlf.set_model_version_tag(name, version, f"promoted_to_{alias}_at", at)))
+    steps.append(
+        (
+            f"tag v{version} promoted_to_{alias}_at",
+            lambda: mlf.set_model_version_tag(name, version, f"promoted_to_{alias}_at", at),
+        )
+    )
     if alias == "champion" and previous and previous != version:
+
         def archive():
             mlf.set_model_version_tag(name, previous, "archived_at", at)
             mlf.set_model_version_tag(name, previous, "archived_by_version", version)
+
         steps.append((f"archive previous champion v{previous}", archive))
     steps.append(("clear the intent tag", lambda: mlf.delete_registered_model_tag(name, INTENT_TAG)))
     return steps
@@ -84,7 +98,8 @@ def _run_steps(mlf, intent):
                 f"promotion of {intent['model']} v{intent['version']} to @{intent['alias']} stopped after "
                 f"'{done}' at '{what}': {str(exc).splitlines()[0] if str(exc) else repr(exc)}; "
                 f"@{intent['alias']} resolves to {'v' + holder if holder else 'nothing'}; "
-                f"finish it with: {repair_command(intent['model'])}") from exc
+                f"finish it with: {repair_command(intent['model'])}"
+            ) from exc
         done = what
         print(f"  {what}", flush=True)
 
@@ -108,7 +123,9 @@ def repair(mlf, name: str) -> dict:
         print(f"{name}: no promotion in progress, nothing to repair")
         return {}
     intent = json.loads(model.tags[INTENT_TAG])
-    print(f"{name}: finishing the promotion of v{intent['version']} to @{intent['alias']} (started {intent['started_at']})")
+    print(
+        f"{name}: finishing the promotion of v{intent['version']} to @{intent['alias']} (started {intent['started_at']})"
+    )
     _run_steps(mlf, intent)
     print(f"repaired: {name} v{intent['version']} is @{intent['alias']}")
     return intent
@@ -154,7 +171,7 @@ def resolve_model_uri(mlf, uri: str):
     """models:/NAME/VERSION or models:/NAME@ALIAS -> ModelVersion."""
     if not uri.startswith("models:/"):
         raise CommandError(f"{uri!r} is not models:/NAME/VERSION or models:/NAME@ALIAS")
-    ref = uri[len("models:/"):]
+    ref = uri[len("models:/") :]
     if "@" in ref:
         name, alias = ref.rsplit("@", 1)
         return mlf.get_model_version_by_alias(name, alias)
@@ -166,6 +183,7 @@ def resolve_model_uri(mlf, uri: str):
 
 def validation_failures(mlf, mv, minimums: dict, maximums: dict) -> list:
     import mlflow.pyfunc
+
     failures = []
     try:
         model = mlflow.pyfunc.load_model(f"models:/{mv.name}/{mv.version}")
@@ -201,9 +219,15 @@ def cmd_validate(args):
     mv = resolve_model_uri(mlf, args.model_uri)
     failures = validation_failures(mlf, mv, minimums, maximums)
     status = "failed" if failures else "passed"
-    reason = "; ".join(failures) or "all checks passed: " + (", ".join(
-        [f"{k}>={v:g}" for k, v in minimums.items()] + [f"{k}<={v:g}" for k, v in maximums.items()]) or "loads, signature")
-    for key, value in (("validation_status", status), ("validation_reason", reason[:5000]), ("validated_at", now_iso())):
+    reason = "; ".join(failures) or "all checks passed: " + (
+        ", ".join([f"{k}>={v:g}" for k, v in minimums.items()] + [f"{k}<={v:g}" for k, v in maximums.items()])
+        or "loads, signature"
+    )
+    for key, value in (
+        ("validation_status", status),
+        ("validation_reason", reason[:5000]),
+        ("validated_at", now_iso()),
+    ):
         mlf.set_model_version_tag(mv.name, mv.version, key, value)
     if failures:
         raise CommandError(f"{mv.name} v{mv.version} failed validation: {reason}")

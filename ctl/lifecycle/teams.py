@@ -1,4 +1,5 @@
 """Team namespaces: users, experiments and permissions from a checked-in YAML file; safe registration."""
+
 import json
 import os
 import secrets
@@ -55,7 +56,9 @@ def load_teams(path) -> TeamsFile:
             m = {"username": m} if isinstance(m, str) else m
             perm = str(m.get("permission", "EDIT")).upper()
             if perm not in PERMISSIONS:
-                raise CommandError(f"{path}: team {name}: member {m.get('username')}: permission must be one of {PERMISSIONS}")
+                raise CommandError(
+                    f"{path}: team {name}: member {m.get('username')}: permission must be one of {PERMISSIONS}"
+                )
             members[str(m["username"])] = perm
         teams.append(Team(name, prefixes, members))
     names = [t.name for t in teams]
@@ -94,6 +97,7 @@ def _ensure_grant(auth, changes, username, resource_type, resource_id, label, pe
                 raise
             auth.revoke_user_permission(username, resource_type, resource_id)
             auth.grant_user_permission(username, resource_type, resource_id, permission)
+
     changes(f"grant {username} {permission} on {resource_type} {label} (was {current})", apply)
 
 
@@ -141,7 +145,9 @@ def cmd_teams(args):
                 changes(f"create experiment {exp_name}", lambda n=exp_name, t=tags: mlf.create_experiment(n, tags=t))
                 exp = None if args.dry_run else mlf.get_experiment_by_name(exp_name)
             elif exp.lifecycle_stage != "active":
-                raise CommandError(f"experiment {exp_name} is deleted: restore it (mlflow experiments restore) or purge it")
+                raise CommandError(
+                    f"experiment {exp_name} is deleted: restore it (mlflow experiments restore) or purge it"
+                )
             for username, perm in sorted(team.members.items()):
                 grant(username, perm, "experiment", exp and exp.experiment_id, exp_name)
         for model in sorted(m for m in models if team.owns_model(m)):
@@ -192,13 +198,16 @@ def team_for_model(spec: TeamsFile, name: str, username: str, is_admin: bool, te
             return t
     allowed = "; ".join(f"{t.name}: {', '.join(p + '*-ALGORITHM' for p in t.prefixes)}" for t in mine)
     owner = next((t.name for t in spec.teams if t.owns_model(name)), None)
-    raise CommandError(f"model name {name!r} is outside the prefixes of your team(s) ({allowed})"
-                         + (f"; it belongs to team {owner}" if owner else ""))
+    raise CommandError(
+        f"model name {name!r} is outside the prefixes of your team(s) ({allowed})"
+        + (f"; it belongs to team {owner}" if owner else "")
+    )
 
 
 def register_model_safe(model_uri: str, name: str, spec: TeamsFile, team: str = None):
     """Register MODEL_URI as NAME if NAME is within the user's team prefixes; grant the team on a new model."""
     import mlflow
+
     mlf, auth = client(), auth_client()
     username = current_user()
     try:
@@ -222,8 +231,10 @@ def register_model_safe(model_uri: str, name: str, spec: TeamsFile, team: str = 
         except Exception as exc:
             if error_code(exc) != "PERMISSION_DENIED":
                 raise
-            raise CommandError(f"registered model {name} exists and {username!r} has no permission on it: "
-                                 f"ask an admin to run `mlflowctl teams`") from exc
+            raise CommandError(
+                f"registered model {name} exists and {username!r} has no permission on it: "
+                f"ask an admin to run `mlflowctl teams`"
+            ) from exc
         if existing.tags.get("team", owner.name) != owner.name:
             raise CommandError(f"registered model {name} belongs to team {existing.tags['team']}")
     version = mlflow.register_model(model_uri, name, tags={"team": owner.name})

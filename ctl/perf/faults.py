@@ -23,6 +23,7 @@ Faults, all through the engine (`docker compose` for the stack, or the engine's 
 For crashes, the row also says whether the engine restarted the container and when it was running
 (and healthy) again.
 """
+
 import argparse
 import json
 import os
@@ -39,7 +40,7 @@ from ctl.settings import ROOT, Settings
 # What the bundle recommends to clients (README "Reliability"): ride out a restart of any
 # component (<30 s) without surfacing an error, and give up on a dead server within minutes.
 CLIENT_RETRY_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",       # 1+2+4+8+16+32+60 s of backoff at most
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",  # 1+2+4+8+16+32+60 s of backoff at most
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
@@ -76,9 +77,9 @@ def signal_service(service: str, sig: str):
 
 
 def _pgbouncer_pause_resume():
-    signal_service("pgbouncer", "SIGHUP")   # RELOAD
+    signal_service("pgbouncer", "SIGHUP")  # RELOAD
     signal_service("pgbouncer", "SIGUSR1")  # PAUSE: waits for transactions, then holds clients
-    time.sleep(3)                           # the fault itself: a 3 s pause
+    time.sleep(3)  # the fault itself: a 3 s pause
     signal_service("pgbouncer", "SIGUSR2")  # RESUME
 
 
@@ -89,15 +90,23 @@ def _kill_worker():
 def inspect(service: str) -> dict:
     """The engine's view of the service's container: state, health, main pid, restart count."""
     eng = sx.eng()
-    out = engine.run([*eng.cli, "inspect", "--format", "{{json .State}}|{{.RestartCount}}",
-                      engine.container_name(service)], timeout=30, env=eng.env)
+    out = engine.run(
+        [*eng.cli, "inspect", "--format", "{{json .State}}|{{.RestartCount}}", engine.container_name(service)],
+        timeout=30,
+        env=eng.env,
+    )
     if out.returncode:
         return {}
     state, _, restarts = out.stdout.strip().rpartition("|")
     state = json.loads(state)
     health = state.get("Health") or state.get("Healthcheck") or {}
-    return {"status": state.get("Status"), "pid": state.get("Pid"), "restarts": int(restarts or 0),
-            "health": health.get("Status", ""), "started": state.get("StartedAt")}
+    return {
+        "status": state.get("Status"),
+        "pid": state.get("Pid"),
+        "restarts": int(restarts or 0),
+        "health": health.get("Status", ""),
+        "started": state.get("StartedAt"),
+    }
 
 
 class Crash:
@@ -115,8 +124,10 @@ class Crash:
             # The engine reports the main process's host pid; killing it from outside is what the
             # kernel's OOM killer does. The engine then sees the container exit by itself.
             os.kill(int(before["pid"]), 9)
-        self.info = {"killed": "compose kill -s SIGKILL" if self.via_engine else f"kill -9 of main pid {before['pid']}",
-                     "restarted_by_engine": False}
+        self.info = {
+            "killed": "compose kill -s SIGKILL" if self.via_engine else f"kill -9 of main pid {before['pid']}",
+            "restarted_by_engine": False,
+        }
         deadline, seen_exit = t0 + ENGINE_RESTART_WAIT_S, False
         while time.monotonic() < deadline:
             now = inspect(self.service)
@@ -124,16 +135,21 @@ class Crash:
             if seen_exit and now.get("status") == "running" and now.get("pid") != before["pid"]:
                 # The restart count grows only when the restart policy restarted it; a `start` or
                 # `up` by someone else brings it back without counting.
-                self.info.update(restarted_by_engine=now["restarts"] > before["restarts"],
-                                 running_again_s=round(time.monotonic() - t0, 1), restart_count=now["restarts"])
+                self.info.update(
+                    restarted_by_engine=now["restarts"] > before["restarts"],
+                    running_again_s=round(time.monotonic() - t0, 1),
+                    restart_count=now["restarts"],
+                )
                 if not self.info["restarted_by_engine"]:
                     self.info["engine_state_after_wait"] = "started again by something else (restart count unchanged)"
                 break
             time.sleep(0.2)
         else:
             now = inspect(self.service)
-            self.info["engine_state_after_wait"] = f"{now.get('status')} (exit not restarted within " \
-                                                   f"{ENGINE_RESTART_WAIT_S} s; restart count {now.get('restarts')})"
+            self.info["engine_state_after_wait"] = (
+                f"{now.get('status')} (exit not restarted within "
+                f"{ENGINE_RESTART_WAIT_S} s; restart count {now.get('restarts')})"
+            )
             # Never leave the stack broken: bring the service back ourselves.
             engine.start_ticker(sx.eng())
             compose("up", "--detach", "--wait", "--no-deps", "--no-recreate", self.service, timeout=600)
@@ -151,7 +167,7 @@ def _restart(service):
 
 # Restarts restart one service, as a restart policy or `compose restart` does (no one-shot steps).
 SCENARIOS = {
-    "postgres-restart": _restart("postgres"),     # stop_signal SIGINT: fast shutdown, then start
+    "postgres-restart": _restart("postgres"),  # stop_signal SIGINT: fast shutdown, then start
     "pgbouncer-restart": _restart("pgbouncer"),
     "pgbouncer-reload-pause-resume": _pgbouncer_pause_resume,
     "mlflow-worker-sigkill": _kill_worker,
@@ -171,6 +187,7 @@ DEFAULT_SCENARIOS = [name for name in SCENARIOS if not name.endswith("-engine-ki
 
 class Probe(threading.Thread):
     """Authenticated request through Nginx every 0.2 s; records failures after the fault."""
+
     def __init__(self, settings: Settings):
         super().__init__(daemon=True)
         self.session = settings.http(auth=settings.admin_auth)
@@ -196,13 +213,17 @@ class Probe(threading.Thread):
         return round(self.last_failure - self.fault_at + 0.2, 1) if self.last_failure else 0.0
 
 
-def run_scenario(name: str, settings: Settings, loggers: int, duration: float, warmup: float, mode: str,
-                 client: str = "mlflow") -> dict:
+def run_scenario(
+    name: str, settings: Settings, loggers: int, duration: float, warmup: float, mode: str, client: str = "mlflow"
+) -> dict:
     target = load.stack_target(settings, CLIENT_RETRY_ENV)
     probe = Probe(settings)
     result = {}
-    runner = threading.Thread(target=lambda: result.update(load.run_load(
-        target["env"], loggers, duration, mode, db=target["db"], label=name, client=client)))
+    runner = threading.Thread(
+        target=lambda: result.update(
+            load.run_load(target["env"], loggers, duration, mode, db=target["db"], label=name, client=client)
+        )
+    )
     fault = SCENARIOS[name]() if name in FACTORIES else SCENARIOS[name]
     probe.start()
     runner.start()
@@ -214,11 +235,22 @@ def run_scenario(name: str, settings: Settings, loggers: int, duration: float, w
     if not result:
         raise CommandError(f"{name}: the load did not finish")
     loss = result["no_loss"]
-    return {"scenario": name, "client": client, "engine": sx.eng().kind, **getattr(fault, "info", {}),
-            "client_errors": result["error_count"], "errors": result["errors"],
-            "recovery_s": probe.recovery_s(), "points_acked": loss["acked"], "points_lost": loss["lost"],
-            "duplicates": loss["extra_stored"], "points_per_s": result["points_per_s"],
-            "p99_s": result["latency_s"]["p99"], "max_s": result["latency_s"]["max"], "probe_failures_at_s": probe.failures}
+    return {
+        "scenario": name,
+        "client": client,
+        "engine": sx.eng().kind,
+        **getattr(fault, "info", {}),
+        "client_errors": result["error_count"],
+        "errors": result["errors"],
+        "recovery_s": probe.recovery_s(),
+        "points_acked": loss["acked"],
+        "points_lost": loss["lost"],
+        "duplicates": loss["extra_stored"],
+        "points_per_s": result["points_per_s"],
+        "p99_s": result["latency_s"]["p99"],
+        "max_s": result["latency_s"]["max"],
+        "probe_failures_at_s": probe.failures,
+    }
 
 
 def cmd_faults(args):
@@ -226,47 +258,88 @@ def cmd_faults(args):
     engine.start_ticker(sx.eng())  # podman: health states (healthy again?) need the health checks run
     rows = []
     for name in args.scenario:
-        print(f"faults: {name}: {args.loggers} loggers, fault after {args.warmup:.0f} s of {args.duration:.0f} s",
-              flush=True)
+        print(
+            f"faults: {name}: {args.loggers} loggers, fault after {args.warmup:.0f} s of {args.duration:.0f} s",
+            flush=True,
+        )
         row = run_scenario(name, settings, args.loggers, args.duration, args.warmup, args.mode, args.client)
         crash = ""
         if "restarted_by_engine" in row:
-            crash = (f", engine restarted it: running after {row['running_again_s']} s" if row["restarted_by_engine"]
-                     else f", NOT restarted by the engine ({row['engine_state_after_wait']})"
-                          + (f"; brought back by this tool after {row['brought_back_by_tool_s']} s"
-                             if "brought_back_by_tool_s" in row else "")) + f", healthy after {row.get('healthy_again_s')} s"
-        print(f"faults: {name}: client errors {row['client_errors']}, serving again after {row['recovery_s']} s, "
-              f"points lost {row['points_lost']}, duplicates {row['duplicates']}{crash}", flush=True)
+            crash = (
+                f", engine restarted it: running after {row['running_again_s']} s"
+                if row["restarted_by_engine"]
+                else f", NOT restarted by the engine ({row['engine_state_after_wait']})"
+                + (
+                    f"; brought back by this tool after {row['brought_back_by_tool_s']} s"
+                    if "brought_back_by_tool_s" in row
+                    else ""
+                )
+            ) + f", healthy after {row.get('healthy_again_s')} s"
+        print(
+            f"faults: {name}: client errors {row['client_errors']}, serving again after {row['recovery_s']} s, "
+            f"points lost {row['points_lost']}, duplicates {row['duplicates']}{crash}",
+            flush=True,
+        )
         rows.append(row)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                     "engine": sx.eng().kind, "client_retry_env": CLIENT_RETRY_ENV, "rows": rows},
-                                    indent=2))
-    print(f"\nengine: {sx.eng().kind}\n| scenario | client errors | serving again after | points lost | duplicates "
-          f"| restarted by the engine |\n|---|---|---|---|---|---|")
+    args.json.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "engine": sx.eng().kind,
+                "client_retry_env": CLIENT_RETRY_ENV,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+    print(
+        f"\nengine: {sx.eng().kind}\n| scenario | client errors | serving again after | points lost | duplicates "
+        f"| restarted by the engine |\n|---|---|---|---|---|---|"
+    )
     for r in rows:
-        restarted = {True: f"yes, running after {r.get('running_again_s')} s",
-                     False: f"no: {r.get('engine_state_after_wait', '')}"}.get(r.get("restarted_by_engine"), "")
-        print(f"| {r['scenario']} | {r['client_errors']} | {r['recovery_s']} s | {r['points_lost']} | {r['duplicates']} "
-              f"| {restarted} |")
+        restarted = {
+            True: f"yes, running after {r.get('running_again_s')} s",
+            False: f"no: {r.get('engine_state_after_wait', '')}",
+        }.get(r.get("restarted_by_engine"), "")
+        print(
+            f"| {r['scenario']} | {r['client_errors']} | {r['recovery_s']} s | {r['points_lost']} | {r['duplicates']} "
+            f"| {restarted} |"
+        )
     # A crash the restart policy did not recover from is not survived, whatever the tool did after.
-    survived = [r for r in rows if r["points_lost"] == 0 and r["recovery_s"] <= 30
-                and r.get("restarted_by_engine", True)]
-    print(f"\n{len(survived)} of {len(rows)} scenarios survived (no acknowledged point lost, serving within 30 s, "
-          f"crashes restarted by the engine)")
+    survived = [
+        r for r in rows if r["points_lost"] == 0 and r["recovery_s"] <= 30 and r.get("restarted_by_engine", True)
+    ]
+    print(
+        f"\n{len(survived)} of {len(rows)} scenarios survived (no acknowledged point lost, serving within 30 s, "
+        f"crashes restarted by the engine)"
+    )
     return 0 if len(survived) == len(rows) else 1
 
 
 def register(sub):
-    p = sub.add_parser("faults", help="inject faults one at a time under load; report errors, recovery, loss",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenario", nargs="+", choices=list(SCENARIOS), default=DEFAULT_SCENARIOS,
-                   help="scenarios to run, one after the other (default: all but the *-engine-kill ones)")
+    p = sub.add_parser(
+        "faults",
+        help="inject faults one at a time under load; report errors, recovery, loss",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--scenario",
+        nargs="+",
+        choices=list(SCENARIOS),
+        default=DEFAULT_SCENARIOS,
+        help="scenarios to run, one after the other (default: all but the *-engine-kill ones)",
+    )
     p.add_argument("--loggers", type=int, default=60)
     p.add_argument("--duration", type=float, default=40, help="seconds of load per scenario")
     p.add_argument("--warmup", type=float, default=10, help="seconds of load before the fault")
     p.add_argument("--mode", choices=load.MODES, default="per-metric")
-    p.add_argument("--client", choices=load.CLIENTS, default="mlflow",
-                   help="mlflow (retries per CLIENT_RETRY_ENV) or raw HTTP (no retries: every error counted)")
+    p.add_argument(
+        "--client",
+        choices=load.CLIENTS,
+        default="mlflow",
+        help="mlflow (retries per CLIENT_RETRY_ENV) or raw HTTP (no retries: every error counted)",
+    )
     p.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "faults.json")
     p.set_defaults(func=cmd_faults)

@@ -15,6 +15,7 @@ points/s, latency percentiles, errors by type, CPU seconds and peak memory per c
 container, from the engine's `stats`), and a no-loss check: points acknowledged to clients ==
 points stored in the tracking database (counted with psql inside the postgres container).
 """
+
 import argparse
 import json
 import math
@@ -41,6 +42,7 @@ ASYNC_MAX_PENDING_STEPS = 50  # async mode: steps a logger may have in flight be
 def _log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
     import mlflow
     from mlflow.entities import Metric
+
     client = mlflow.MlflowClient()
     step, ops = 0, []
     while time.monotonic() < deadline:
@@ -51,20 +53,32 @@ def _log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
                 client.log_metric(run_id, "loss", 1.0 / (step + 1), timestamp=now, step=step)
                 points = 1
             elif mode == "per-step":
-                mlflow.log_metrics({f"m{k}": float(k + step) for k in range(metrics_per_step)}, step=step, run_id=run_id)
+                mlflow.log_metrics(
+                    {f"m{k}": float(k + step) for k in range(metrics_per_step)}, step=step, run_id=run_id
+                )
                 points = metrics_per_step
             elif mode == "batch":
                 steps = max(1, batch_size // metrics_per_step)
-                batch = [Metric(f"m{k}", float(k + s), now, s) for s in range(step, step + steps)
-                         for k in range(metrics_per_step)][:batch_size]
+                batch = [
+                    Metric(f"m{k}", float(k + s), now, s)
+                    for s in range(step, step + steps)
+                    for k in range(metrics_per_step)
+                ][:batch_size]
                 client.log_batch(run_id, metrics=batch)
                 points, step = len(batch), step + steps - 1
             elif mode == "batch-wide":  # many keys, one step: the shape of a wide training loop
-                client.log_batch(run_id, metrics=[Metric(f"m{k}", float(k + step), now, step) for k in range(batch_size)])
+                client.log_batch(
+                    run_id, metrics=[Metric(f"m{k}", float(k + step), now, step) for k in range(batch_size)]
+                )
                 points = batch_size
             else:  # async: returns at once; acknowledged when the flush below succeeds
-                ops.append(client.log_batch(run_id, [Metric(f"m{k}", float(k + step), now, step)
-                                                     for k in range(metrics_per_step)], synchronous=False))
+                ops.append(
+                    client.log_batch(
+                        run_id,
+                        [Metric(f"m{k}", float(k + step), now, step) for k in range(metrics_per_step)],
+                        synchronous=False,
+                    )
+                )
                 out["pending"] += metrics_per_step
                 if len(ops) > ASYNC_MAX_PENDING_STEPS:  # backpressure, as a training loop would see
                     ops.pop(0).wait()
@@ -92,6 +106,7 @@ def _raw_session(env):
     ENV (a client environment) names."""
     import requests
     from requests.adapters import HTTPAdapter
+
     session = requests.Session()
     session.trust_env = False  # REQUESTS_CA_BUNDLE & co. would override verify=
     session.mount("http://", HTTPAdapter(max_retries=0, pool_maxsize=4))
@@ -109,14 +124,17 @@ def _api(env) -> str:
 def _raw_log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
     """The same shapes as _log_for, as plain REST calls: one attempt each, every answer counted."""
     import requests
+
     session = _raw_session(os.environ)
     base = _api(os.environ) + "runs/"
     step = 0
     while time.monotonic() < deadline:
         now = int(time.time() * 1000)
         if mode == "per-metric":
-            path, body = "log-metric", {"run_id": run_id, "key": "loss", "value": 1.0 / (step + 1),
-                                         "timestamp": now, "step": step}
+            path, body = (
+                "log-metric",
+                {"run_id": run_id, "key": "loss", "value": 1.0 / (step + 1), "timestamp": now, "step": step},
+            )
             points, next_step = 1, step + 1
         else:
             if mode == "per-step":
@@ -125,8 +143,11 @@ def _raw_log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
                 keys, steps = batch_size, 1
             else:  # batch
                 keys, steps = metrics_per_step, max(1, batch_size // metrics_per_step)
-            metrics = [{"key": f"m{k}", "value": float(k + s), "timestamp": now, "step": s}
-                       for s in range(step, step + steps) for k in range(keys)][:batch_size if mode == "batch" else None]
+            metrics = [
+                {"key": f"m{k}", "value": float(k + s), "timestamp": now, "step": s}
+                for s in range(step, step + steps)
+                for k in range(keys)
+            ][: batch_size if mode == "batch" else None]
             path, body = "log-batch", {"run_id": run_id, "metrics": metrics}
             points, next_step = len(metrics), step + steps
         t0 = time.perf_counter()
@@ -150,6 +171,7 @@ def worker_main():
     duration, and prints its results as JSON."""
     job = json.loads(sys.stdin.readline())
     import mlflow  # noqa: F401 (imported before `ready`: ~2 s a process that must not eat the measured time)
+
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return
@@ -160,24 +182,32 @@ def _worker(run_ids, mode, duration, batch_size, metrics_per_step, client="mlflo
     deadline = time.monotonic() + duration
     results = [{"latencies": [], "acked": 0, "requests": 0, "pending": 0, "errors": Counter()} for _ in run_ids]
     target = _raw_log_for if client == "raw" else _log_for
-    threads = [threading.Thread(target=target, args=(mode, rid, deadline, batch_size, metrics_per_step, res))
-               for rid, res in zip(run_ids, results, strict=True)]
+    threads = [
+        threading.Thread(target=target, args=(mode, rid, deadline, batch_size, metrics_per_step, res))
+        for rid, res in zip(run_ids, results, strict=True)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(duration + 300)  # bounded: a request stuck past its own timeout is reported as lost
-    return {"latencies": [x for r in results for x in r["latencies"]],
-            "acked": {rid: r["acked"] for rid, r in zip(run_ids, results, strict=True)},
-            "requests": sum(r["requests"] for r in results),
-            "errors": dict(sum((r["errors"] for r in results), Counter()))}
+    return {
+        "latencies": [x for r in results for x in r["latencies"]],
+        "acked": {rid: r["acked"] for rid, r in zip(run_ids, results, strict=True)},
+        "requests": sum(r["requests"] for r in results),
+        "errors": dict(sum((r["errors"] for r in results), Counter())),
+    }
 
 
 def _start_workers(env: dict, jobs: list, timeout: float) -> list:
     """One logger process per job, with ENV as its whole environment; returns them once every one
     has imported its client (`ready`)."""
     code = "from ctl.perf.load import worker_main; worker_main()"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in jobs]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for _ in jobs
+    ]
     deadline = time.monotonic() + timeout
     for proc, job in zip(procs, jobs, strict=True):
         proc.stdin.write(json.dumps(job) + "\n")
@@ -207,8 +237,11 @@ def _read_line(proc, deadline: float) -> str:
 def _own_cpu() -> float:
     """CPU seconds of this process and its waited-for children (the logger processes)."""
     import resource
-    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
-                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+    return sum(
+        u.ru_utime + u.ru_stime
+        for u in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
 
 
 def components(extra: dict = None) -> dict:
@@ -223,6 +256,7 @@ _UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mi
 def _bytes(text: str) -> float:
     """'594.3MB' (podman) or '594.3MiB' (docker) -> bytes."""
     import re
+
     found = re.match(r"\s*([\d.]+)\s*([a-zA-Z]*)", text or "")
     return float(found.group(1)) * _UNITS.get(found.group(2).lower() or "b", 1) if found else 0.0
 
@@ -230,6 +264,7 @@ def _bytes(text: str) -> float:
 def _seconds(text: str):
     """podman's cpu_time ('7.49s', '548.8ms', '1m2.5s') -> seconds."""
     import re
+
     if not text:
         return None
     total = 0.0
@@ -244,7 +279,9 @@ def _cgroup_cpu(eng, container: str):
     for line in out.stdout.splitlines() if out.returncode == 0 else []:
         if line.startswith("usage_usec "):
             return int(line.split()[1]) / 1e6
-    out = engine.run([*eng.cli, "exec", container, "cat", "/sys/fs/cgroup/cpuacct/cpuacct.usage"], timeout=30, env=eng.env)
+    out = engine.run(
+        [*eng.cli, "exec", container, "cat", "/sys/fs/cgroup/cpuacct/cpuacct.usage"], timeout=30, env=eng.env
+    )
     return int(out.stdout) / 1e9 if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
 
@@ -255,8 +292,9 @@ def container_stats(containers: dict, cpu: bool = True) -> dict:
     inactive page cache out). CPU: podman reports it (cpu_time); docker does not, so it comes from
     the container's cgroup file."""
     eng = sx.eng()
-    out = engine.run([*eng.cli, "stats", "--no-stream", "--format", "json", *containers.values()], timeout=60,
-                     env=eng.env)
+    out = engine.run(
+        [*eng.cli, "stats", "--no-stream", "--format", "json", *containers.values()], timeout=60, env=eng.env
+    )
     if out.returncode:
         return {}
     rows = engine.json_rows(out.stdout)
@@ -276,6 +314,7 @@ def container_stats(containers: dict, cpu: bool = True) -> dict:
 
 class Sampler(threading.Thread):
     """Samples the components' memory once a second; keeps the sample with the largest total."""
+
     def __init__(self, containers: dict, interval: float = 1.0):
         super().__init__(daemon=True)
         self.containers, self.interval, self.peak, self.stop = containers, interval, {}, threading.Event()
@@ -289,8 +328,12 @@ class Sampler(threading.Thread):
 
 def stored_points(run_ids, db: str) -> dict:
     """Points stored per run, counted by psql inside the postgres container."""
-    rows = sx.psql("SELECT run_uuid, count(*) FROM metrics WHERE run_uuid = ANY(string_to_array(:'ids', ',')) "
-                   "GROUP BY run_uuid", db, {"ids": ",".join(run_ids)}, timeout=300)
+    rows = sx.psql(
+        "SELECT run_uuid, count(*) FROM metrics WHERE run_uuid = ANY(string_to_array(:'ids', ',')) GROUP BY run_uuid",
+        db,
+        {"ids": ",".join(run_ids)},
+        timeout=300,
+    )
     found = {rid: int(n) for rid, n in rows}
     return {rid: found.get(rid, 0) for rid in run_ids}
 
@@ -319,8 +362,19 @@ def _create_runs(env: dict, name: str, count: int) -> list:
         session.close()
 
 
-def run_load(client_env: dict, loggers, duration, mode, batch_size=100, metrics_per_step=10, procs=None,
-             db=None, containers=None, label="", client="mlflow") -> dict:
+def run_load(
+    client_env: dict,
+    loggers,
+    duration,
+    mode,
+    batch_size=100,
+    metrics_per_step=10,
+    procs=None,
+    db=None,
+    containers=None,
+    label="",
+    client="mlflow",
+) -> dict:
     """Run one bounded load and return its report.
 
     client_env: the loggers' whole environment (Settings.client_env(): URI, credentials, CA);
@@ -330,11 +384,23 @@ def run_load(client_env: dict, loggers, duration, mode, batch_size=100, metrics_
     run_ids = _create_runs(client_env, f"load/{mode}/{uuid.uuid4().hex[:12]}", loggers)
     procs = procs or min(loggers, max(4, 2 * (os.cpu_count() or 2)))
     chunks = [c for c in (run_ids[i::procs] for i in range(procs)) if c]
-    env = {**client_env, "MLFLOW_HTTP_POOL_MAXSIZE": str(max(10, len(chunks[0]))),
-           # Without a buffering window MLflow's async queue sends every call as its own request.
-           "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": client_env.get("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")}
-    jobs = [{"run_ids": c, "mode": mode, "duration": duration, "batch_size": batch_size,
-             "metrics_per_step": metrics_per_step, "client": client} for c in chunks]
+    env = {
+        **client_env,
+        "MLFLOW_HTTP_POOL_MAXSIZE": str(max(10, len(chunks[0]))),
+        # Without a buffering window MLflow's async queue sends every call as its own request.
+        "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": client_env.get("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1"),
+    }
+    jobs = [
+        {
+            "run_ids": c,
+            "mode": mode,
+            "duration": duration,
+            "batch_size": batch_size,
+            "metrics_per_step": metrics_per_step,
+            "client": client,
+        }
+        for c in chunks
+    ]
     workers = _start_workers(env, jobs, timeout=120)
     containers = components() if containers is None else containers
     before, own_cpu_before, t0 = container_stats(containers), _own_cpu(), time.monotonic()
@@ -353,28 +419,43 @@ def run_load(client_env: dict, loggers, duration, mode, batch_size=100, metrics_
     elapsed = time.monotonic() - t0
     sampler.stop.set()
     after = container_stats(containers)
-    cpu = {k: round(v[0] - before[k][0], 1) for k, v in after.items()
-           if k in before and v[0] is not None and before[k][0] is not None}
+    cpu = {
+        k: round(v[0] - before[k][0], 1)
+        for k, v in after.items()
+        if k in before and v[0] is not None and before[k][0] is not None
+    }
     cpu["load generator"] = round(_own_cpu() - own_cpu_before, 1)
     latencies = [x for r in results for x in r["latencies"]]
     acked = {k: v for r in results for k, v in r["acked"].items()}
     errors = dict(sum((Counter(r["errors"]) for r in results), Counter()))
     requests_total = sum(r["requests"] for r in results)
     report = {
-        "label": label, "client": client, "mode": mode, "loggers": loggers, "duration_s": round(elapsed, 1),
-        "requests": requests_total, "requests_per_s": round(requests_total / elapsed, 1),
-        "points_acked": sum(acked.values()), "points_per_s": round(sum(acked.values()) / elapsed, 1),
+        "label": label,
+        "client": client,
+        "mode": mode,
+        "loggers": loggers,
+        "duration_s": round(elapsed, 1),
+        "requests": requests_total,
+        "requests_per_s": round(requests_total / elapsed, 1),
+        "points_acked": sum(acked.values()),
+        "points_per_s": round(sum(acked.values()) / elapsed, 1),
         "latency_s": {f"p{q}": round(percentile(latencies, q), 4) if latencies else None for q in (50, 95, 99)}
         | {"max": round(max(latencies), 4) if latencies else None},
-        "errors": errors, "error_count": sum(errors.values()), "cpu_seconds": cpu,
+        "errors": errors,
+        "error_count": sum(errors.values()),
+        "cpu_seconds": cpu,
         "memory_peak_mb": {k: round(v / 2**20) for k, v in sampler.peak.items()},
     }
     if db:
         stored = stored_points(run_ids, db)
         lost = {rid: acked.get(rid, 0) - n for rid, n in stored.items() if n < acked.get(rid, 0)}
-        report["no_loss"] = {"stored": sum(stored.values()), "acked": sum(acked.values()),
-                             "lost": sum(lost.values()), "extra_stored": sum(max(0, n - acked.get(r, 0)) for r, n in stored.items()),
-                             "ok": not lost}
+        report["no_loss"] = {
+            "stored": sum(stored.values()),
+            "acked": sum(acked.values()),
+            "lost": sum(lost.values()),
+            "extra_stored": sum(max(0, n - acked.get(r, 0)) for r, n in stored.items()),
+            "ok": not lost,
+        }
     return report
 
 
@@ -390,6 +471,7 @@ def stack_target(settings: Settings, extra_env: dict = None) -> dict:
 
 def http_ok(url: str) -> bool:
     import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.status == 200
@@ -407,6 +489,7 @@ class PlainServer:
     """`plain-mlflow` (compose profile `benchmark`): `mlflow server` with its defaults (uvicorn, no
     auth, no TLS, no PgBouncer) in the same engine, on the same PostgreSQL (its own database),
     published on 127.0.0.1:5001 only. Started for the comparison and removed afterwards."""
+
     SERVICE, DB, URI = "plain-mlflow", "mlflow_plain", "http://127.0.0.1:5001"
     PROFILES = ("local", "benchmark")
 
@@ -417,16 +500,30 @@ class PlainServer:
         ensure_database(self.DB)
         engine.start_ticker(sx.eng())  # podman: `--wait` needs the health checks run (no-op when running)
         engine.log(f"starting {self.SERVICE} (compose profile benchmark)")
-        sx.run("up", "--detach", "--wait", "--wait-timeout", "300", "--no-deps", self.SERVICE,
-               profiles=self.PROFILES, timeout=400)
+        sx.run(
+            "up",
+            "--detach",
+            "--wait",
+            "--wait-timeout",
+            "300",
+            "--no-deps",
+            self.SERVICE,
+            profiles=self.PROFILES,
+            timeout=400,
+        )
         deadline = time.monotonic() + 120
         while not http_ok(f"{self.URI}/health"):
             if time.monotonic() > deadline:
-                raise CommandError(f"{self.SERVICE} does not answer on {self.URI}; "
-                                 f"see `./mlflowctl compose --profile benchmark logs {self.SERVICE}`")
+                raise CommandError(
+                    f"{self.SERVICE} does not answer on {self.URI}; "
+                    f"see `./mlflowctl compose --profile benchmark logs {self.SERVICE}`"
+                )
             time.sleep(1)
-        return {"env": self.settings.client_env(url=self.URI), "db": self.DB,
-                "containers": components({"mlflow": engine.container_name(self.SERVICE)})}
+        return {
+            "env": self.settings.client_env(url=self.URI),
+            "db": self.DB,
+            "containers": components({"mlflow": engine.container_name(self.SERVICE)}),
+        }
 
     def __exit__(self, *exc):
         sx.run("rm", "--stop", "--force", self.SERVICE, profiles=self.PROFILES, timeout=120, check=False)
@@ -472,8 +569,9 @@ print(round(rate, 1))
 def insert_ceiling(seconds: float = 10, connections: int = 4, rows_per_insert: int = 1000) -> float:
     """Rows/s of the same metric rows inserted straight into PostgreSQL (no MLflow, no HTTP), from
     inside the engine's network (the plain-mlflow container, which must be up)."""
-    out = sx.python(CEILING_CODE, seconds, connections, rows_per_insert, service=PlainServer.SERVICE,
-                    timeout=seconds + 300)
+    out = sx.python(
+        CEILING_CODE, seconds, connections, rows_per_insert, service=PlainServer.SERVICE, timeout=seconds + 300
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -481,15 +579,20 @@ def insert_ceiling(seconds: float = 10, connections: int = 4, rows_per_insert: i
 def print_report(r: dict):
     lat = r["latency_s"]
     loss = r.get("no_loss", {})
-    print(f"{r['label'] or 'target':<8} {r.get('client', 'mlflow'):<6} {r['mode']:<10} {r['loggers']:>4} loggers  {r['requests_per_s']:>8.1f} req/s "
-          f"{r['points_per_s']:>9.1f} points/s  p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}  "
-          f"errors {r['error_count']}  lost {loss.get('lost', '?')}  cpu {r['cpu_seconds']}", flush=True)
+    print(
+        f"{r['label'] or 'target':<8} {r.get('client', 'mlflow'):<6} {r['mode']:<10} {r['loggers']:>4} loggers  {r['requests_per_s']:>8.1f} req/s "
+        f"{r['points_per_s']:>9.1f} points/s  p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}  "
+        f"errors {r['error_count']}  lost {loss.get('lost', '?')}  cpu {r['cpu_seconds']}",
+        flush=True,
+    )
 
 
 def chart(reports: list, path: Path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     series = {}
     for r in reports:
@@ -516,8 +619,18 @@ def sweep(args, target: dict, label: str) -> list:
             for client in args.client:
                 if client == "raw" and mode == "async":
                     continue  # no async mode in plain HTTP
-                r = run_load(target["env"], loggers, args.duration, mode, args.batch_size, args.metrics_per_step,
-                             db=target["db"], containers=target.get("containers"), label=label, client=client)
+                r = run_load(
+                    target["env"],
+                    loggers,
+                    args.duration,
+                    mode,
+                    args.batch_size,
+                    args.metrics_per_step,
+                    db=target["db"],
+                    containers=target.get("containers"),
+                    label=label,
+                    client=client,
+                )
                 print_report(r)
                 reports.append(r)
     return reports
@@ -525,12 +638,14 @@ def sweep(args, target: dict, label: str) -> list:
 
 def cmd_load(args):
     reports = sweep(args, stack_target(Settings.load()), "stack")
-    return finish(args, {"engine": sx.eng().kind, "reports": reports, "idle_stack_memory_mb": stack_memory_mb()},
-                  reports)
+    return finish(
+        args, {"engine": sx.eng().kind, "reports": reports, "idle_stack_memory_mb": stack_memory_mb()}, reports
+    )
 
 
 def cmd_compare(args):
     import platform
+
     settings = Settings.load()
     idle = stack_memory_mb()
     print(f"idle stack memory (engine stats, MB): {idle} total {sum(idle.values())}", flush=True)
@@ -542,23 +657,52 @@ def cmd_compare(args):
     reports += sweep(args, stack_target(settings), "stack")
     ratios = []
     for r in (x for x in reports if x["label"] == "stack"):
-        base = next(x for x in reports if x["label"] == "plain" and x["mode"] == r["mode"] and x["loggers"] == r["loggers"]
-                    and x["client"] == r["client"])
-        ratios.append({"client": r["client"], "mode": r["mode"], "loggers": r["loggers"],
-                       "points_per_s_ratio": round(r["points_per_s"] / base["points_per_s"], 2) if base["points_per_s"] else None,
-                       "p99_stack_s": r["latency_s"]["p99"], "p99_plain_s": base["latency_s"]["p99"],
-                       "stack_fraction_of_ceiling": round(r["points_per_s"] / ceiling, 3),
-                       "errors_stack": r["error_count"], "errors_plain": base["error_count"],
-                       "lost_stack": r.get("no_loss", {}).get("lost"), "lost_plain": base.get("no_loss", {}).get("lost")})
-        print(f"ratio stack/plain {r['client']:<6} {r['mode']:<10} {r['loggers']:>4} loggers: "
-              f"{ratios[-1]['points_per_s_ratio']}x points/s, "
-              f"{ratios[-1]['stack_fraction_of_ceiling']:.1%} of the insert ceiling", flush=True)
-    summary = {"machine": {"cores": os.cpu_count(), "platform": platform.platform(),
-                           "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)},
-               "engine": sx.eng().kind,
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(sys.argv),
-               "insert_ceiling_rows_per_s": ceiling, "idle_stack_memory_mb": idle,
-               "idle_plain_memory_mb": idle_plain, "ratios": ratios, "reports": reports}
+        base = next(
+            x
+            for x in reports
+            if x["label"] == "plain"
+            and x["mode"] == r["mode"]
+            and x["loggers"] == r["loggers"]
+            and x["client"] == r["client"]
+        )
+        ratios.append(
+            {
+                "client": r["client"],
+                "mode": r["mode"],
+                "loggers": r["loggers"],
+                "points_per_s_ratio": round(r["points_per_s"] / base["points_per_s"], 2)
+                if base["points_per_s"]
+                else None,
+                "p99_stack_s": r["latency_s"]["p99"],
+                "p99_plain_s": base["latency_s"]["p99"],
+                "stack_fraction_of_ceiling": round(r["points_per_s"] / ceiling, 3),
+                "errors_stack": r["error_count"],
+                "errors_plain": base["error_count"],
+                "lost_stack": r.get("no_loss", {}).get("lost"),
+                "lost_plain": base.get("no_loss", {}).get("lost"),
+            }
+        )
+        print(
+            f"ratio stack/plain {r['client']:<6} {r['mode']:<10} {r['loggers']:>4} loggers: "
+            f"{ratios[-1]['points_per_s_ratio']}x points/s, "
+            f"{ratios[-1]['stack_fraction_of_ceiling']:.1%} of the insert ceiling",
+            flush=True,
+        )
+    summary = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+        },
+        "engine": sx.eng().kind,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(sys.argv),
+        "insert_ceiling_rows_per_s": ceiling,
+        "idle_stack_memory_mb": idle,
+        "idle_plain_memory_mb": idle_plain,
+        "ratios": ratios,
+        "reports": reports,
+    }
     return finish(args, summary, reports)
 
 
@@ -567,32 +711,50 @@ def finish(args, summary: dict, reports: list) -> int:
     args.json.write_text(json.dumps(summary, indent=2))
     chart(reports, args.chart)
     print(f"wrote {args.json} and {args.chart}")
-    bad = [r for r in reports if r["label"] == "stack" and (r["error_count"] or not r.get("no_loss", {}).get("ok", True))]
+    bad = [
+        r for r in reports if r["label"] == "stack" and (r["error_count"] or not r.get("no_loss", {}).get("ok", True))
+    ]
     return 1 if bad else 0
 
 
 def register(sub):
     def common(p):
         p.add_argument("--mode", nargs="+", choices=MODES, default=["per-metric"], help="logging mode(s)")
-        p.add_argument("--client", nargs="+", choices=CLIENTS, default=["mlflow"],
-                       help="mlflow: MlflowClient (retries); raw: plain HTTP, no retries, non-2xx counted by status")
+        p.add_argument(
+            "--client",
+            nargs="+",
+            choices=CLIENTS,
+            default=["mlflow"],
+            help="mlflow: MlflowClient (retries); raw: plain HTTP, no retries, non-2xx counted by status",
+        )
         p.add_argument("--loggers", nargs="+", type=int, default=[60], help="concurrent loggers (several: a sweep)")
         p.add_argument("--duration", type=float, default=30, help="seconds of load per measurement (bounded)")
-        p.add_argument("--batch-size", type=int, default=100,
-                       help="metrics per log_batch request (max 1000); batch-wide: keys of the one step")
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=100,
+            help="metrics per log_batch request (max 1000); batch-wide: keys of the one step",
+        )
         p.add_argument("--metrics-per-step", type=int, default=10, help="metrics per step (per-step/async/batch)")
         p.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "load.json", help="JSON report")
         p.add_argument("--chart", type=Path, default=ROOT / "var" / "bench" / "load.png", help="PNG chart")
 
-    load = sub.add_parser("load", help="N concurrent loggers against the stack; report throughput, latency, loss",
-                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    load = sub.add_parser(
+        "load",
+        help="N concurrent loggers against the stack; report throughput, latency, loss",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common(load)
     load.set_defaults(func=cmd_load)
-    cmp_ = sub.add_parser("benchmark", help="the same load against a plain `mlflow server` and our stack; ratios",
-                          description="Runs the workload against (a) `plain-mlflow`: `mlflow server` with its "
-                                      "defaults in the same engine on the same PostgreSQL (compose profile "
-                                      "`benchmark`, 127.0.0.1:5001, removed afterwards), (b) this stack through "
-                                      "Nginx, plus the raw PostgreSQL insert ceiling measured inside the engine's "
-                                      "network; prints ratios and writes JSON + chart.")
+    cmp_ = sub.add_parser(
+        "benchmark",
+        help="the same load against a plain `mlflow server` and our stack; ratios",
+        description="Runs the workload against (a) `plain-mlflow`: `mlflow server` with its "
+        "defaults in the same engine on the same PostgreSQL (compose profile "
+        "`benchmark`, 127.0.0.1:5001, removed afterwards), (b) this stack through "
+        "Nginx, plus the raw PostgreSQL insert ceiling measured inside the engine's "
+        "network; prints ratios and writes JSON + chart.",
+    )
     common(cmp_)
     cmp_.set_defaults(func=cmd_compare)

@@ -1,5 +1,6 @@
 """Alarms: one SNS topic every alarm notifies, and the database's own alarms. The compute
 components add theirs (instance recovery, unhealthy targets, 5xx) on the same topic."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ class AlarmsArgs:
 # (metric, comparison, threshold, what it means): RDS instance metrics, 5-minute averages.
 DB_ALARMS = (
     ("CPUUtilization", "GreaterThanThreshold", 80, "database CPU above 80%"),
-    ("FreeStorageSpace", "LessThanThreshold", 2 * 1024 ** 3, "database storage below 2 GB free"),
-    ("FreeableMemory", "LessThanThreshold", 100 * 1024 ** 2, "database memory below 100 MB free"),
+    ("FreeStorageSpace", "LessThanThreshold", 2 * 1024**3, "database storage below 2 GB free"),
+    ("FreeableMemory", "LessThanThreshold", 100 * 1024**2, "database memory below 100 MB free"),
 )
 
 
@@ -38,14 +39,25 @@ class Alarms(pulumi.ComponentResource):
         # and alarm messages carry no secret.
         topic = aws.sns.Topic(name, tags=tags, opts=child)
         if args.email:
-            aws.sns.TopicSubscription(f"{name}-email", topic=topic.arn, protocol="email",
-                                      endpoint=args.email, opts=child)
+            aws.sns.TopicSubscription(
+                f"{name}-email", topic=topic.arn, protocol="email", endpoint=args.email, opts=child
+            )
         for metric, comparison, threshold, description in DB_ALARMS:
             aws.cloudwatch.MetricAlarm(
-                f"{name}-db-{metric.lower()}", namespace="AWS/RDS", metric_name=metric,
-                dimensions={"DBInstanceIdentifier": args.db_identifier}, statistic="Average",
-                period=300, evaluation_periods=2, threshold=threshold,
-                comparison_operator=comparison, alarm_description=description,
-                alarm_actions=[topic.arn], ok_actions=[topic.arn], tags=tags, opts=child)
+                f"{name}-db-{metric.lower()}",
+                namespace="AWS/RDS",
+                metric_name=metric,
+                dimensions={"DBInstanceIdentifier": args.db_identifier},
+                statistic="Average",
+                period=300,
+                evaluation_periods=2,
+                threshold=threshold,
+                comparison_operator=comparison,
+                alarm_description=description,
+                alarm_actions=[topic.arn],
+                ok_actions=[topic.arn],
+                tags=tags,
+                opts=child,
+            )
         self.topic_arn = topic.arn
         self.register_outputs({"topic_arn": self.topic_arn})

@@ -1,4 +1,5 @@
 """Application secrets: generated once, kept in Secrets Manager, read by the server at boot."""
+
 from __future__ import annotations
 
 import json
@@ -31,16 +32,20 @@ class AppSecrets(pulumi.ComponentResource):
         values = {}
         for key in SECRET_KEYS:
             # Alphanumeric only: safe inside connection URIs, INI files and SQL literals.
-            pw = random.RandomPassword(f"{name}-{key.lower().replace('_', '-')}", length=40,
-                                       special=False, opts=child)
+            pw = random.RandomPassword(f"{name}-{key.lower().replace('_', '-')}", length=40, special=False, opts=child)
             values[key] = pulumi.Output.secret(pw.result)  # not secret under mocks otherwise
         secret = aws.secretsmanager.Secret(
-            name, description="MLflow server secrets (DB user, admin, Flask session key)",
-            recovery_window_in_days=args.recovery_window_days, tags={**args.tags, "Name": name},
-            opts=child)
+            name,
+            description="MLflow server secrets (DB user, admin, Flask session key)",
+            recovery_window_in_days=args.recovery_window_days,
+            tags={**args.tags, "Name": name},
+            opts=child,
+        )
         aws.secretsmanager.SecretVersion(
-            f"{name}-value", secret_id=secret.id,
+            f"{name}-value",
+            secret_id=secret.id,
             secret_string=pulumi.Output.secret(pulumi.Output.all(**values).apply(json.dumps)),
-            opts=child)
+            opts=child,
+        )
         self.secret_arn = secret.arn
         self.register_outputs({"secret_arn": self.secret_arn})

@@ -1,4 +1,5 @@
 """Artifact store: the private, versioned, encrypted S3 bucket behind MLflow's proxied artifacts."""
+
 from __future__ import annotations
 
 import json
@@ -13,17 +14,21 @@ ENCRYPTIONS = ("sse-kms", "sse-s3")
 
 def deny_insecure_transport_policy(bucket_arn: str) -> str:
     """Bucket policy: refuse every request that does not arrive over TLS."""
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "DenyInsecureTransport",
-            "Effect": "Deny",
-            "Principal": "*",
-            "Action": "s3:*",
-            "Resource": [bucket_arn, f"{bucket_arn}/*"],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        }],
-    })
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "DenyInsecureTransport",
+                    "Effect": "Deny",
+                    "Principal": "*",
+                    "Action": "s3:*",
+                    "Resource": [bucket_arn, f"{bucket_arn}/*"],
+                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                }
+            ],
+        }
+    )
 
 
 @dataclass
@@ -51,46 +56,84 @@ class ArtifactStore(pulumi.ComponentResource):
         child = ResourceOptions(parent=self)
         tags = {**args.tags, "Name": name}
 
-        bucket = aws.s3.Bucket(name, force_destroy=args.force_destroy and args.environment == "dev",
-                               tags=tags, opts=child)
+        bucket = aws.s3.Bucket(
+            name, force_destroy=args.force_destroy and args.environment == "dev", tags=tags, opts=child
+        )
         aws.s3.BucketOwnershipControls(
-            f"{name}-ownership", bucket=bucket.id, opts=child,
-            rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"))
+            f"{name}-ownership",
+            bucket=bucket.id,
+            opts=child,
+            rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
+        )
         pab = aws.s3.BucketPublicAccessBlock(
-            f"{name}-public-access", bucket=bucket.id, block_public_acls=True,
-            block_public_policy=True, ignore_public_acls=True, restrict_public_buckets=True, opts=child)
+            f"{name}-public-access",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
         aws.s3.BucketVersioning(
-            f"{name}-versioning", bucket=bucket.id, opts=child,
-            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"))
+            f"{name}-versioning",
+            bucket=bucket.id,
+            opts=child,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+        )
 
         self.kms_key_arn = None
         if args.encryption == "sse-kms":
-            key = aws.kms.Key(f"{name}-key", description=f"{name} artifact encryption",
-                              enable_key_rotation=True, deletion_window_in_days=30, tags=tags, opts=child)
+            key = aws.kms.Key(
+                f"{name}-key",
+                description=f"{name} artifact encryption",
+                enable_key_rotation=True,
+                deletion_window_in_days=30,
+                tags=tags,
+                opts=child,
+            )
             self.kms_key_arn = key.arn
             default = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
-                sse_algorithm="aws:kms", kms_master_key_id=key.arn)
+                sse_algorithm="aws:kms", kms_master_key_id=key.arn
+            )
         else:
             default = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
-                sse_algorithm="AES256")
+                sse_algorithm="AES256"
+            )
         aws.s3.BucketServerSideEncryptionConfiguration(
-            f"{name}-encryption", bucket=bucket.id, opts=child,
-            rules=[aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
-                apply_server_side_encryption_by_default=default,
-                bucket_key_enabled=args.encryption == "sse-kms")])  # fewer KMS calls, lower cost
+            f"{name}-encryption",
+            bucket=bucket.id,
+            opts=child,
+            rules=[
+                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                    apply_server_side_encryption_by_default=default, bucket_key_enabled=args.encryption == "sse-kms"
+                )
+            ],
+        )  # fewer KMS calls, lower cost
         aws.s3.BucketLifecycleConfiguration(
-            f"{name}-lifecycle", bucket=bucket.id, opts=child,
-            rules=[aws.s3.BucketLifecycleConfigurationRuleArgs(
-                id="expire-noncurrent-versions", status="Enabled",
-                filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
-                noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
-                    noncurrent_days=args.noncurrent_version_days),
-                abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
-                    days_after_initiation=7))])
+            f"{name}-lifecycle",
+            bucket=bucket.id,
+            opts=child,
+            rules=[
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    id="expire-noncurrent-versions",
+                    status="Enabled",
+                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                    noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                        noncurrent_days=args.noncurrent_version_days
+                    ),
+                    abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                        days_after_initiation=7
+                    ),
+                )
+            ],
+        )
         # Applied after the public-access block so S3 judges the policy with the block in place.
-        aws.s3.BucketPolicy(f"{name}-tls-only", bucket=bucket.id,
-                            policy=bucket.arn.apply(deny_insecure_transport_policy),
-                            opts=ResourceOptions(parent=self, depends_on=[pab]))
+        aws.s3.BucketPolicy(
+            f"{name}-tls-only",
+            bucket=bucket.id,
+            policy=bucket.arn.apply(deny_insecure_transport_policy),
+            opts=ResourceOptions(parent=self, depends_on=[pab]),
+        )
 
         self.bucket_name = bucket.bucket
         self.bucket_arn = bucket.arn

@@ -1,4 +1,5 @@
 """Network: a VPC with public subnets (load balancer, NAT) and private subnets (server, database)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -46,41 +47,80 @@ class Network(pulumi.ComponentResource):
         zones = aws.get_availability_zones(state="available").names[: args.az_count]
         subnets = list(ipaddress.ip_network(args.cidr).subnets(new_prefix=24))
 
-        vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=args.cidr, enable_dns_hostnames=True,
-                          enable_dns_support=True, tags=tags("vpc"), opts=child)
+        vpc = aws.ec2.Vpc(
+            f"{name}-vpc",
+            cidr_block=args.cidr,
+            enable_dns_hostnames=True,
+            enable_dns_support=True,
+            tags=tags("vpc"),
+            opts=child,
+        )
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=tags("igw"), opts=child)
         public_rt = aws.ec2.RouteTable(
-            f"{name}-public", vpc_id=vpc.id, tags=tags("public"), opts=child,
-            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)])
+            f"{name}-public",
+            vpc_id=vpc.id,
+            tags=tags("public"),
+            opts=child,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
+        )
 
         public, private = [], []
         for i, zone in enumerate(zones):
             # Public subnets never auto-assign public IPs: only the load balancer and NAT live there.
-            pub = aws.ec2.Subnet(f"{name}-public-{i}", vpc_id=vpc.id, cidr_block=str(subnets[i]),
-                                 availability_zone=zone, map_public_ip_on_launch=False,
-                                 tags=tags(f"public-{i}"), opts=child)
-            aws.ec2.RouteTableAssociation(f"{name}-public-{i}", subnet_id=pub.id,
-                                          route_table_id=public_rt.id, opts=child)
-            priv = aws.ec2.Subnet(f"{name}-private-{i}", vpc_id=vpc.id,
-                                  cidr_block=str(subnets[100 + i]), availability_zone=zone,
-                                  map_public_ip_on_launch=False, tags=tags(f"private-{i}"), opts=child)
+            pub = aws.ec2.Subnet(
+                f"{name}-public-{i}",
+                vpc_id=vpc.id,
+                cidr_block=str(subnets[i]),
+                availability_zone=zone,
+                map_public_ip_on_launch=False,
+                tags=tags(f"public-{i}"),
+                opts=child,
+            )
+            aws.ec2.RouteTableAssociation(
+                f"{name}-public-{i}", subnet_id=pub.id, route_table_id=public_rt.id, opts=child
+            )
+            priv = aws.ec2.Subnet(
+                f"{name}-private-{i}",
+                vpc_id=vpc.id,
+                cidr_block=str(subnets[100 + i]),
+                availability_zone=zone,
+                map_public_ip_on_launch=False,
+                tags=tags(f"private-{i}"),
+                opts=child,
+            )
             public.append(pub)
             private.append(priv)
 
         # One NAT gateway: the server needs outbound HTTPS for packages and images.
         eip = aws.ec2.Eip(f"{name}-nat", domain="vpc", tags=tags("nat"), opts=child)
-        nat = aws.ec2.NatGateway(f"{name}-nat", subnet_id=public[0].id, allocation_id=eip.id,
-                                 tags=tags("nat"), opts=ResourceOptions(parent=self, depends_on=[igw]))
+        nat = aws.ec2.NatGateway(
+            f"{name}-nat",
+            subnet_id=public[0].id,
+            allocation_id=eip.id,
+            tags=tags("nat"),
+            opts=ResourceOptions(parent=self, depends_on=[igw]),
+        )
         private_rt = aws.ec2.RouteTable(
-            f"{name}-private", vpc_id=vpc.id, tags=tags("private"), opts=child,
-            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)])
+            f"{name}-private",
+            vpc_id=vpc.id,
+            tags=tags("private"),
+            opts=child,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
+        )
         for i, priv in enumerate(private):
-            aws.ec2.RouteTableAssociation(f"{name}-private-{i}", subnet_id=priv.id,
-                                          route_table_id=private_rt.id, opts=child)
+            aws.ec2.RouteTableAssociation(
+                f"{name}-private-{i}", subnet_id=priv.id, route_table_id=private_rt.id, opts=child
+            )
         # Artifact traffic to S3 through a gateway endpoint: free, where the NAT bills per GB.
-        aws.ec2.VpcEndpoint(f"{name}-s3", vpc_id=vpc.id, vpc_endpoint_type="Gateway",
-                            service_name=f"com.amazonaws.{args.region}.s3",
-                            route_table_ids=[private_rt.id], tags=tags("s3"), opts=child)
+        aws.ec2.VpcEndpoint(
+            f"{name}-s3",
+            vpc_id=vpc.id,
+            vpc_endpoint_type="Gateway",
+            service_name=f"com.amazonaws.{args.region}.s3",
+            route_table_ids=[private_rt.id],
+            tags=tags("s3"),
+            opts=child,
+        )
 
         self.vpc_id = vpc.id
         self.public_subnet_ids = [s.id for s in public]
@@ -90,12 +130,20 @@ class Network(pulumi.ComponentResource):
 
     def _server_security_group(self, name: str, args: NetworkArgs) -> None:
         """The server's group: other components add ingress to it (front door) and from it (database)."""
-        sg = aws.ec2.SecurityGroup(f"{name}-server", vpc_id=self.vpc_id,
-                                   description="MLflow server (instance or ECS tasks)",
-                                   tags={**args.tags, "Name": f"{name}-server"},
-                                   opts=ResourceOptions(parent=self))
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-server",
+            vpc_id=self.vpc_id,
+            description="MLflow server (instance or ECS tasks)",
+            tags={**args.tags, "Name": f"{name}-server"},
+            opts=ResourceOptions(parent=self),
+        )
         # Outbound: RDS, S3, Secrets Manager, package and image registries.
-        aws.vpc.SecurityGroupEgressRule(f"{name}-server-egress", security_group_id=sg.id,
-                                        ip_protocol="-1", cidr_ipv4="0.0.0.0/0", tags=args.tags,
-                                        opts=ResourceOptions(parent=self))
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-server-egress",
+            security_group_id=sg.id,
+            ip_protocol="-1",
+            cidr_ipv4="0.0.0.0/0",
+            tags=args.tags,
+            opts=ResourceOptions(parent=self),
+        )
         self.server_security_group_id = sg.id

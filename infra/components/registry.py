@@ -1,4 +1,5 @@
 """Image registry: the ECR repository our docker/ image is pushed to (see infra/README.md)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,15 +28,24 @@ class ImageRegistry(pulumi.ComponentResource):
         super().__init__("mlflow:infra:ImageRegistry", name, {}, opts)
         child = ResourceOptions(parent=self)
         repo = aws.ecr.Repository(
-            name, image_tag_mutability="IMMUTABLE", force_delete=args.force_delete,
-            tags={**args.tags, "Name": name}, opts=child,
+            name,
+            image_tag_mutability="IMMUTABLE",
+            force_delete=args.force_delete,
+            tags={**args.tags, "Name": name},
+            opts=child,
             image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(scan_on_push=True),
-            encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="KMS")])
+            encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="KMS")],
+        )
         aws.ecr.LifecyclePolicy(
-            f"{name}-lifecycle", repository=repo.name, opts=child,
-            policy=(f'{{"rules":[{{"rulePriority":1,"description":"keep the last {args.keep_images}",'
-                    f'"selection":{{"tagStatus":"any","countType":"imageCountMoreThan",'
-                    f'"countNumber":{args.keep_images}}},"action":{{"type":"expire"}}}}]}}'))
+            f"{name}-lifecycle",
+            repository=repo.name,
+            opts=child,
+            policy=(
+                f'{{"rules":[{{"rulePriority":1,"description":"keep the last {args.keep_images}",'
+                f'"selection":{{"tagStatus":"any","countType":"imageCountMoreThan",'
+                f'"countNumber":{args.keep_images}}},"action":{{"type":"expire"}}}}]}}'
+            ),
+        )
         self.repository_url = repo.repository_url
         self.repository_arn = repo.arn
         self.repository_name = repo.name

@@ -1,6 +1,7 @@
 """Compute (scale-out): the same MLflow image on ECS Fargate behind an ALB, with autoscaling.
 The container definitions are derived from the resolved compose model (the `mlflow` and `migrate`
 services), never restated. Migrations run once per deploy, as their own one-shot task."""
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,11 @@ from infra.connection_budget import Budget
 DEPLOY_MAX_PERCENT = 200
 MIGRATE_RUNNER = Path(__file__).resolve().parent.parent / "migrate_runner.py"
 # The init container writes the mlflow service's bind-mounted files (ECS has no bind mounts).
-WRITE_FILES = ("import json, os\n"
-               "for path, text in json.loads(os.environ['CONFIG_FILES']).items():\n"
-               "    open(path, 'w').write(text)\n")
+WRITE_FILES = (
+    "import json, os\n"
+    "for path, text in json.loads(os.environ['CONFIG_FILES']).items():\n"
+    "    open(path, 'w').write(text)\n"
+)
 
 
 def connections_needed(budget: Budget, max_tasks: int) -> int:
@@ -47,12 +50,19 @@ def config_volumes(service: dict) -> dict[str, str]:
     return {f"config{i}": d for i, d in enumerate(dirs)}
 
 
-def task_definitions(model: dict, *, image: str, db_host: str, secrets: dict[str, str],
-                     log: dict, region: str) -> dict[str, list[dict]]:
+def task_definitions(
+    model: dict, *, image: str, db_host: str, secrets: dict[str, str], log: dict, region: str
+) -> dict[str, list[dict]]:
     """{"service": [config init, mlflow], "migrate": [migrate]} from the resolved compose model."""
     names = set(model["services"])
-    logging = lambda prefix: {"logDriver": "awslogs", "options": {  # noqa: E731
-        **log, "awslogs-region": region, "awslogs-stream-prefix": prefix}}
+    logging = lambda prefix: {
+        "logDriver": "awslogs",
+        "options": {  # noqa: E731
+            **log,
+            "awslogs-region": region,
+            "awslogs-stream-prefix": prefix,
+        },
+    }
     mlflow_service = model["services"]["mlflow"]
     volumes = config_volumes(mlflow_service)
     files = {}
@@ -61,34 +71,47 @@ def task_definitions(model: dict, *, image: str, db_host: str, secrets: dict[str
             raise ValueError(f"mlflow mounts the directory {source}: ECS can only carry files")
         files[target] = on_rds((REPO_ROOT / source).read_text(), db_host, names)
     mounts = [{"sourceVolume": v, "containerPath": d} for v, d in volumes.items()]
-    init = {"name": "config", "image": image, "essential": False, "user": "0",
-            "command": ["python", "-c", WRITE_FILES],
-            "environment": [{"name": "CONFIG_FILES", "value": json.dumps(files)}],
-            "mountPoints": mounts, "logConfiguration": logging("config")}
+    init = {
+        "name": "config",
+        "image": image,
+        "essential": False,
+        "user": "0",
+        "command": ["python", "-c", WRITE_FILES],
+        "environment": [{"name": "CONFIG_FILES", "value": json.dumps(files)}],
+        "mountPoints": mounts,
+        "logConfiguration": logging("config"),
+    }
     mlflow = derive_container(model, "mlflow", image=image, secrets=secrets, db_host=db_host)
     port = int(option(mlflow["command"], "--port") or 5000)
-    mlflow.update(portMappings=[{"containerPort": port, "protocol": "tcp"}],
-                  mountPoints=[{**m, "readOnly": True} for m in mounts],
-                  dependsOn=[{"containerName": "config", "condition": "SUCCESS"}],
-                  logConfiguration=logging("mlflow"))
+    mlflow.update(
+        portMappings=[{"containerPort": port, "protocol": "tcp"}],
+        mountPoints=[{**m, "readOnly": True} for m in mounts],
+        dependsOn=[{"containerName": "config", "condition": "SUCCESS"}],
+        logConfiguration=logging("mlflow"),
+    )
     migrate = derive_container(model, "migrate", image=image, secrets=secrets, db_host=db_host)
     migrate.update(logConfiguration=logging("migrate"))
     return {"service": [init, mlflow], "migrate": [migrate]}
 
 
-def lambda_runner_policy(migrate_family_arn: str, cluster_arn: str, role_arn: str,
-                         log_group_arn: str) -> dict:
+def lambda_runner_policy(migrate_family_arn: str, cluster_arn: str, role_arn: str, log_group_arn: str) -> dict:
     """Run the migrate task definition (any revision), watch its tasks, pass it its role, log."""
     family = migrate_family_arn
     tasks = cluster_arn.replace(":cluster/", ":task/", 1) + "/*"
-    return {"Version": "2012-10-17", "Statement": [
-        {"Sid": "RunMigrate", "Effect": "Allow", "Action": ["ecs:RunTask"],
-         "Resource": [f"{family}:*"]},
-        {"Sid": "WatchMigrate", "Effect": "Allow", "Action": ["ecs:DescribeTasks"],
-         "Resource": [tasks]},
-        {"Sid": "PassTaskRole", "Effect": "Allow", "Action": ["iam:PassRole"], "Resource": [role_arn]},
-        {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-         "Resource": [f"{log_group_arn}:*"]}]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "RunMigrate", "Effect": "Allow", "Action": ["ecs:RunTask"], "Resource": [f"{family}:*"]},
+            {"Sid": "WatchMigrate", "Effect": "Allow", "Action": ["ecs:DescribeTasks"], "Resource": [tasks]},
+            {"Sid": "PassTaskRole", "Effect": "Allow", "Action": ["iam:PassRole"], "Resource": [role_arn]},
+            {
+                "Sid": "Logs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": [f"{log_group_arn}:*"],
+            },
+        ],
+    }
 
 
 @dataclass
@@ -137,108 +160,229 @@ class ScaleOut(pulumi.ComponentResource):
         port = int(option(mlflow_service["command"], "--port") or 5000)
 
         logs = aws.cloudwatch.LogGroup(f"{name}-logs", retention_in_days=30, tags=tags, opts=child)
-        aws.iam.RolePolicy(f"{name}-logs", role=args.task_role_name, opts=child,
-                           policy=logs.arn.apply(lambda arn: json.dumps({
-                               "Version": "2012-10-17", "Statement": [{
-                                   "Effect": "Allow", "Resource": [f"{arn}:*"],
-                                   "Action": ["logs:CreateLogStream", "logs:PutLogEvents"]}]})))
-        cluster = aws.ecs.Cluster(name, tags=tags, opts=child, settings=[
-            aws.ecs.ClusterSettingArgs(name="containerInsights", value="enabled")])
+        aws.iam.RolePolicy(
+            f"{name}-logs",
+            role=args.task_role_name,
+            opts=child,
+            policy=logs.arn.apply(
+                lambda arn: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Resource": [f"{arn}:*"],
+                                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                            }
+                        ],
+                    }
+                )
+            ),
+        )
+        cluster = aws.ecs.Cluster(
+            name,
+            tags=tags,
+            opts=child,
+            settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value="enabled")],
+        )
 
-        lb_sg = aws.ec2.SecurityGroup(f"{name}-alb", vpc_id=args.vpc_id, tags=tags, opts=child,
-                                      description="ALB: HTTPS (and HTTP redirect) from allowed CIDRs")
+        lb_sg = aws.ec2.SecurityGroup(
+            f"{name}-alb",
+            vpc_id=args.vpc_id,
+            tags=tags,
+            opts=child,
+            description="ALB: HTTPS (and HTTP redirect) from allowed CIDRs",
+        )
         front_door_rules(f"{name}-alb", lb_sg.id, args.allowed_cidrs, args.tags, self)
-        aws.vpc.SecurityGroupEgressRule(f"{name}-alb-egress", security_group_id=lb_sg.id,
-                                        ip_protocol="tcp", from_port=port, to_port=port,
-                                        referenced_security_group_id=args.server_security_group_id,
-                                        tags=args.tags, opts=child)
-        aws.vpc.SecurityGroupIngressRule(f"{name}-tasks-from-alb",
-                                         security_group_id=args.server_security_group_id,
-                                         ip_protocol="tcp", from_port=port, to_port=port,
-                                         referenced_security_group_id=lb_sg.id, tags=args.tags,
-                                         description="MLflow from the ALB", opts=child)
-        alb = aws.lb.LoadBalancer(f"{name}-alb", load_balancer_type="application", internal=False,
-                                  subnets=args.public_subnet_ids, security_groups=[lb_sg.id],
-                                  drop_invalid_header_fields=True,
-                                  enable_deletion_protection=args.environment == "prod",
-                                  tags=tags, opts=child)
-        tg = aws.lb.TargetGroup(f"{name}-tg", port=port, protocol="HTTP", target_type="ip",
-                                vpc_id=args.vpc_id, tags=tags, opts=child,
-                                health_check=aws.lb.TargetGroupHealthCheckArgs(path="/health", matcher="200"))
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-alb-egress",
+            security_group_id=lb_sg.id,
+            ip_protocol="tcp",
+            from_port=port,
+            to_port=port,
+            referenced_security_group_id=args.server_security_group_id,
+            tags=args.tags,
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-tasks-from-alb",
+            security_group_id=args.server_security_group_id,
+            ip_protocol="tcp",
+            from_port=port,
+            to_port=port,
+            referenced_security_group_id=lb_sg.id,
+            tags=args.tags,
+            description="MLflow from the ALB",
+            opts=child,
+        )
+        alb = aws.lb.LoadBalancer(
+            f"{name}-alb",
+            load_balancer_type="application",
+            internal=False,
+            subnets=args.public_subnet_ids,
+            security_groups=[lb_sg.id],
+            drop_invalid_header_fields=True,
+            enable_deletion_protection=args.environment == "prod",
+            tags=tags,
+            opts=child,
+        )
+        tg = aws.lb.TargetGroup(
+            f"{name}-tg",
+            port=port,
+            protocol="HTTP",
+            target_type="ip",
+            vpc_id=args.vpc_id,
+            tags=tags,
+            opts=child,
+            health_check=aws.lb.TargetGroupHealthCheckArgs(path="/health", matcher="200"),
+        )
         https = aws.lb.Listener(
-            f"{name}-https", load_balancer_arn=alb.arn, port=443, protocol="HTTPS",
+            f"{name}-https",
+            load_balancer_arn=alb.arn,
+            port=443,
+            protocol="HTTPS",
             ssl_policy="ELBSecurityPolicy-TLS13-1-2-2021-06",
-            certificate_arn=args.acm_certificate_arn, tags=tags, opts=child,
-            default_actions=[aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=tg.arn)])
+            certificate_arn=args.acm_certificate_arn,
+            tags=tags,
+            opts=child,
+            default_actions=[aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=tg.arn)],
+        )
         http = aws.lb.Listener(
-            f"{name}-http", load_balancer_arn=alb.arn, port=80, protocol="HTTP", tags=tags, opts=child,
-            default_actions=[aws.lb.ListenerDefaultActionArgs(
-                type="redirect", redirect=aws.lb.ListenerDefaultActionRedirectArgs(
-                    port="443", protocol="HTTPS", status_code="HTTP_301"))])
+            f"{name}-http",
+            load_balancer_arn=alb.arn,
+            port=80,
+            protocol="HTTP",
+            tags=tags,
+            opts=child,
+            default_actions=[
+                aws.lb.ListenerDefaultActionArgs(
+                    type="redirect",
+                    redirect=aws.lb.ListenerDefaultActionRedirectArgs(
+                        port="443", protocol="HTTPS", status_code="HTTP_301"
+                    ),
+                )
+            ],
+        )
 
         def definitions(a) -> str:
             image, db_host, bucket, app_secret, db_secret, log_group = a
-            secrets = {key: f"{app_secret if where == 'app' else db_secret}:{json_key}::"
-                       for key, (where, json_key) in SECRET_ENV.items()}  # one JSON key of a secret
-            model = resolve(aws_env(public_host=args.public_host, bucket=bucket, region=args.region,
-                                    db_host=db_host, image=image))
-            return json.dumps(task_definitions(model, image=image, db_host=db_host, secrets=secrets,
-                                               log={"awslogs-group": log_group}, region=args.region))
+            secrets = {
+                key: f"{app_secret if where == 'app' else db_secret}:{json_key}::"
+                for key, (where, json_key) in SECRET_ENV.items()
+            }  # one JSON key of a secret
+            model = resolve(
+                aws_env(public_host=args.public_host, bucket=bucket, region=args.region, db_host=db_host, image=image)
+            )
+            return json.dumps(
+                task_definitions(
+                    model,
+                    image=image,
+                    db_host=db_host,
+                    secrets=secrets,
+                    log={"awslogs-group": log_group},
+                    region=args.region,
+                )
+            )
 
-        defs = pulumi.Output.all(args.mlflow_image, args.db_address, args.bucket_name,
-                                 args.app_secret_arn, args.db_secret_arn, logs.name).apply(definitions)
-        fargate = dict(cpu="1024", memory="2048", network_mode="awsvpc", requires_compatibilities=["FARGATE"],
-                       task_role_arn=args.task_role_arn, execution_role_arn=args.task_role_arn,
-                       runtime_platform=aws.ecs.TaskDefinitionRuntimePlatformArgs(
-                           operating_system_family="LINUX", cpu_architecture="X86_64"),
-                       tags=tags, opts=child)
+        defs = pulumi.Output.all(
+            args.mlflow_image, args.db_address, args.bucket_name, args.app_secret_arn, args.db_secret_arn, logs.name
+        ).apply(definitions)
+        fargate = dict(
+            cpu="1024",
+            memory="2048",
+            network_mode="awsvpc",
+            requires_compatibilities=["FARGATE"],
+            task_role_arn=args.task_role_arn,
+            execution_role_arn=args.task_role_arn,
+            runtime_platform=aws.ecs.TaskDefinitionRuntimePlatformArgs(
+                operating_system_family="LINUX", cpu_architecture="X86_64"
+            ),
+            tags=tags,
+            opts=child,
+        )
         task = aws.ecs.TaskDefinition(
-            name, family=name, container_definitions=defs.apply(lambda d: json.dumps(json.loads(d)["service"])),
+            name,
+            family=name,
+            container_definitions=defs.apply(lambda d: json.dumps(json.loads(d)["service"])),
             volumes=[aws.ecs.TaskDefinitionVolumeArgs(name=v) for v in config_volumes(mlflow_service)],
-            **fargate)
+            **fargate,
+        )
         migrate_task = aws.ecs.TaskDefinition(
-            f"{name}-migrate", family=f"{name}-migrate",
-            container_definitions=defs.apply(lambda d: json.dumps(json.loads(d)["migrate"])), **fargate)
+            f"{name}-migrate",
+            family=f"{name}-migrate",
+            container_definitions=defs.apply(lambda d: json.dumps(json.loads(d)["migrate"])),
+            **fargate,
+        )
         migration = self._run_once(name, args, tags, cluster, migrate_task, present)
 
         service = aws.ecs.Service(
-            name, cluster=cluster.arn, task_definition=task.arn,
+            name,
+            cluster=cluster.arn,
+            task_definition=task.arn,
             desired_count=present.apply(lambda p: args.min_tasks if p else 0),
-            deployment_maximum_percent=DEPLOY_MAX_PERCENT, deployment_minimum_healthy_percent=100,
-            launch_type="FARGATE", health_check_grace_period_seconds=120, propagate_tags="SERVICE",
+            deployment_maximum_percent=DEPLOY_MAX_PERCENT,
+            deployment_minimum_healthy_percent=100,
+            launch_type="FARGATE",
+            health_check_grace_period_seconds=120,
+            propagate_tags="SERVICE",
             network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
-                subnets=args.private_subnet_ids, security_groups=[args.server_security_group_id],
-                assign_public_ip=False),
-            load_balancers=[aws.ecs.ServiceLoadBalancerArgs(
-                target_group_arn=tg.arn, container_name="mlflow", container_port=port)],
+                subnets=args.private_subnet_ids, security_groups=[args.server_security_group_id], assign_public_ip=False
+            ),
+            load_balancers=[
+                aws.ecs.ServiceLoadBalancerArgs(target_group_arn=tg.arn, container_name="mlflow", container_port=port)
+            ],
             deployment_circuit_breaker=aws.ecs.ServiceDeploymentCircuitBreakerArgs(enable=True, rollback=True),
             tags=tags,
             # The target group takes traffic only once a listener forwards to it; the schema must
             # be migrated before a new revision starts; autoscaling owns the desired count.
-            opts=ResourceOptions(parent=self, ignore_changes=["desiredCount"],
-                                 depends_on=[https, http, migration]))
+            opts=ResourceOptions(parent=self, ignore_changes=["desiredCount"], depends_on=[https, http, migration]),
+        )
         target = aws.appautoscaling.Target(
-            f"{name}-scaling", service_namespace="ecs", scalable_dimension="ecs:service:DesiredCount",
+            f"{name}-scaling",
+            service_namespace="ecs",
+            scalable_dimension="ecs:service:DesiredCount",
             resource_id=pulumi.Output.concat("service/", cluster.name, "/", service.name),
             min_capacity=present.apply(lambda p: args.min_tasks if p else 0),
-            max_capacity=present.apply(lambda p: args.max_tasks if p else 0), tags=tags, opts=child)
+            max_capacity=present.apply(lambda p: args.max_tasks if p else 0),
+            tags=tags,
+            opts=child,
+        )
         aws.appautoscaling.Policy(
-            f"{name}-cpu", policy_type="TargetTrackingScaling", resource_id=target.resource_id,
-            scalable_dimension=target.scalable_dimension, service_namespace=target.service_namespace,
+            f"{name}-cpu",
+            policy_type="TargetTrackingScaling",
+            resource_id=target.resource_id,
+            scalable_dimension=target.scalable_dimension,
+            service_namespace=target.service_namespace,
             target_tracking_scaling_policy_configuration=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationArgs(
-                target_value=60, predefined_metric_specification=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgs(
-                    predefined_metric_type="ECSServiceAverageCPUUtilization")), opts=child)
+                target_value=60,
+                predefined_metric_specification=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgs(
+                    predefined_metric_type="ECSServiceAverageCPUUtilization"
+                ),
+            ),
+            opts=child,
+        )
 
-        for metric, threshold, what in (("UnHealthyHostCount", 0, "MLflow tasks failing health checks"),
-                                        ("HTTPCode_Target_5XX_Count", 10, "MLflow answering 5xx")):
+        for metric, threshold, what in (
+            ("UnHealthyHostCount", 0, "MLflow tasks failing health checks"),
+            ("HTTPCode_Target_5XX_Count", 10, "MLflow answering 5xx"),
+        ):
             aws.cloudwatch.MetricAlarm(
-                f"{name}-{metric.lower().replace('_', '-')}", namespace="AWS/ApplicationELB",
-                metric_name=metric, statistic="Maximum" if metric.startswith("Un") else "Sum",
+                f"{name}-{metric.lower().replace('_', '-')}",
+                namespace="AWS/ApplicationELB",
+                metric_name=metric,
+                statistic="Maximum" if metric.startswith("Un") else "Sum",
                 dimensions={"LoadBalancer": alb.arn_suffix, "TargetGroup": tg.arn_suffix},
-                period=60, evaluation_periods=3, threshold=threshold,
-                comparison_operator="GreaterThanThreshold", treat_missing_data="notBreaching",
-                alarm_description=what, alarm_actions=[args.alarm_topic_arn],
-                ok_actions=[args.alarm_topic_arn], tags=tags, opts=child)
+                period=60,
+                evaluation_periods=3,
+                threshold=threshold,
+                comparison_operator="GreaterThanThreshold",
+                treat_missing_data="notBreaching",
+                alarm_description=what,
+                alarm_actions=[args.alarm_topic_arn],
+                ok_actions=[args.alarm_topic_arn],
+                tags=tags,
+                opts=child,
+            )
 
         self.tracking_url = pulumi.Output.from_input(f"https://{args.public_host}")
         self.load_balancer_dns_name = alb.dns_name
@@ -251,29 +395,70 @@ class ScaleOut(pulumi.ComponentResource):
         migrate task definition (image, settings) changes: once per deploy."""
         child = ResourceOptions(parent=self)
         role = aws.iam.Role(
-            f"{name}-migrate-runner", tags=tags, opts=child,
+            f"{name}-migrate-runner",
+            tags=tags,
+            opts=child,
             description="Runs the one-shot migrate task once per deploy",
-            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Action": "sts:AssumeRole",
-                "Principal": {"Service": "lambda.amazonaws.com"}}]}))
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": "sts:AssumeRole",
+                            "Principal": {"Service": "lambda.amazonaws.com"},
+                        }
+                    ],
+                }
+            ),
+        )
         fn = aws.lambda_.Function(
-            f"{name}-migrate", runtime="python3.12", handler="index.handler", role=role.arn,
-            timeout=900, memory_size=128, tags=tags, opts=child,
-            code=pulumi.AssetArchive({"index.py": pulumi.StringAsset(MIGRATE_RUNNER.read_text())}))
+            f"{name}-migrate",
+            runtime="python3.12",
+            handler="index.handler",
+            role=role.arn,
+            timeout=900,
+            memory_size=128,
+            tags=tags,
+            opts=child,
+            code=pulumi.AssetArchive({"index.py": pulumi.StringAsset(MIGRATE_RUNNER.read_text())}),
+        )
         log_group = aws.cloudwatch.LogGroup(
-            f"{name}-migrate-runner", name=fn.name.apply(lambda n: f"/aws/lambda/{n}"),
-            retention_in_days=30, tags=tags, opts=child)
+            f"{name}-migrate-runner",
+            name=fn.name.apply(lambda n: f"/aws/lambda/{n}"),
+            retention_in_days=30,
+            tags=tags,
+            opts=child,
+        )
         policy = aws.iam.RolePolicy(
-            f"{name}-migrate-runner", role=role.id, opts=child,
-            policy=pulumi.Output.all(migrate_task.arn_without_revision, cluster.arn, args.task_role_arn,
-                                     log_group.arn).apply(
-                lambda a: json.dumps(lambda_runner_policy(*a))))
-        event = pulumi.Output.all(cluster.arn, migrate_task.arn, present,
-                                  pulumi.Output.all(*args.private_subnet_ids),
-                                  args.server_security_group_id).apply(lambda a: json.dumps({
-                                      "cluster": a[0], "taskDefinition": a[1], "imagePresent": bool(a[2]),
-                                      "subnets": list(a[3]), "securityGroups": [a[4]]}))
+            f"{name}-migrate-runner",
+            role=role.id,
+            opts=child,
+            policy=pulumi.Output.all(
+                migrate_task.arn_without_revision, cluster.arn, args.task_role_arn, log_group.arn
+            ).apply(lambda a: json.dumps(lambda_runner_policy(*a))),
+        )
+        event = pulumi.Output.all(
+            cluster.arn,
+            migrate_task.arn,
+            present,
+            pulumi.Output.all(*args.private_subnet_ids),
+            args.server_security_group_id,
+        ).apply(
+            lambda a: json.dumps(
+                {
+                    "cluster": a[0],
+                    "taskDefinition": a[1],
+                    "imagePresent": bool(a[2]),
+                    "subnets": list(a[3]),
+                    "securityGroups": [a[4]],
+                }
+            )
+        )
         return aws.lambda_.Invocation(
-            f"{name}-migrate", function_name=fn.name, input=event,
+            f"{name}-migrate",
+            function_name=fn.name,
+            input=event,
             triggers={"taskDefinition": migrate_task.arn, "imagePresent": present.apply(str)},
-            opts=ResourceOptions(parent=self, depends_on=[policy, log_group]))
+            opts=ResourceOptions(parent=self, depends_on=[policy, log_group]),
+        )

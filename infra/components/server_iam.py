@@ -1,4 +1,5 @@
 """Server IAM: the role the MLflow server runs as, allowed exactly its bucket and its secrets."""
+
 from __future__ import annotations
 
 import json
@@ -16,44 +17,65 @@ SSM_CORE_POLICY_ARN = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 RESOURCE_WILDCARD_ONLY_ACTIONS = frozenset({"ecr:GetAuthorizationToken"})
 
 
-def server_policy_document(bucket_arn: str, secret_arns: list[str],
-                           kms_key_arn: str | None = None) -> dict:
+def server_policy_document(bucket_arn: str, secret_arns: list[str], kms_key_arn: str | None = None) -> dict:
     """What MLflow's proxied artifact serving and `mlflow gc` need on the artifact bucket (list it;
     get, put, delete objects in it), plus reading the server's own secrets. Nothing else.
     The same function feeds the IAM component and the moto IAM test (tests/infra)."""
     statements = [
-        {"Sid": "ListArtifactBucket", "Effect": "Allow",
-         "Action": ["s3:ListBucket"], "Resource": [bucket_arn]},
+        {"Sid": "ListArtifactBucket", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [bucket_arn]},
         # AbortMultipartUpload: MLflow's proxied multipart upload cancels failed uploads.
-        {"Sid": "ReadWriteDeleteArtifacts", "Effect": "Allow",
-         "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
-         "Resource": [f"{bucket_arn}/*"]},
+        {
+            "Sid": "ReadWriteDeleteArtifacts",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+            "Resource": [f"{bucket_arn}/*"],
+        },
         # The boot bundle shares the bucket: the server (and so any MLflow user) may read, never alter it.
-        {"Sid": "ProtectDeployBundle", "Effect": "Deny",
-         "Action": ["s3:PutObject", "s3:DeleteObject"],
-         "Resource": [f"{bucket_arn}/{DEPLOY_BUNDLE_PREFIX}*"]},
-        {"Sid": "ReadOwnSecrets", "Effect": "Allow",
-         "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-         "Resource": sorted(secret_arns)},
+        {
+            "Sid": "ProtectDeployBundle",
+            "Effect": "Deny",
+            "Action": ["s3:PutObject", "s3:DeleteObject"],
+            "Resource": [f"{bucket_arn}/{DEPLOY_BUNDLE_PREFIX}*"],
+        },
+        {
+            "Sid": "ReadOwnSecrets",
+            "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+            "Resource": sorted(secret_arns),
+        },
     ]
     if kms_key_arn:
         # SSE-KMS: S3 calls KMS on the caller's behalf to encrypt and decrypt each object.
-        statements.append({"Sid": "UseArtifactKey", "Effect": "Allow",
-                           "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
-                           "Resource": [kms_key_arn]})
+        statements.append(
+            {
+                "Sid": "UseArtifactKey",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": [kms_key_arn],
+            }
+        )
     return {"Version": "2012-10-17", "Statement": statements}
 
 
 def image_pull_policy_document(repository_arn: str) -> dict:
     """Pull our image from its ECR repository (and get the registry token, which has no ARN)."""
-    return {"Version": "2012-10-17", "Statement": [
-        {"Sid": "RegistryToken", "Effect": "Allow",
-         "Action": sorted(RESOURCE_WILDCARD_ONLY_ACTIONS), "Resource": "*"},
-        {"Sid": "PullMlflowImage", "Effect": "Allow",
-         "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
-                    "ecr:BatchCheckLayerAvailability"],
-         "Resource": [repository_arn]},
-    ]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "RegistryToken",
+                "Effect": "Allow",
+                "Action": sorted(RESOURCE_WILDCARD_ONLY_ACTIONS),
+                "Resource": "*",
+            },
+            {
+                "Sid": "PullMlflowImage",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+                "Resource": [repository_arn],
+            },
+        ],
+    }
 
 
 @dataclass
@@ -80,23 +102,37 @@ class ServerIam(pulumi.ComponentResource):
         super().__init__("mlflow:infra:ServerIam", name, {}, opts)
         child = ResourceOptions(parent=self)
         role = aws.iam.Role(
-            name, tags={**args.tags, "Name": name}, opts=child,
+            name,
+            tags={**args.tags, "Name": name},
+            opts=child,
             description="MLflow tracking server: artifact bucket and own secrets only",
-            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Action": "sts:AssumeRole",
-                "Principal": {"Service": args.service}}]}))
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": args.service}}
+                    ],
+                }
+            ),
+        )
         aws.iam.RolePolicy(
-            f"{name}-artifacts-secrets", role=role.id, opts=child,
-            policy=pulumi.Output.all(args.bucket_arn, pulumi.Output.all(*args.secret_arns),
-                                     args.kms_key_arn).apply(
-                lambda a: json.dumps(server_policy_document(a[0], list(a[1]), a[2]))))
+            f"{name}-artifacts-secrets",
+            role=role.id,
+            opts=child,
+            policy=pulumi.Output.all(args.bucket_arn, pulumi.Output.all(*args.secret_arns), args.kms_key_arn).apply(
+                lambda a: json.dumps(server_policy_document(a[0], list(a[1]), a[2]))
+            ),
+        )
         aws.iam.RolePolicy(
-            f"{name}-image-pull", role=role.id, opts=child,
+            f"{name}-image-pull",
+            role=role.id,
+            opts=child,
             policy=pulumi.Output.from_input(args.repository_arn).apply(
-                lambda arn: json.dumps(image_pull_policy_document(arn))))
+                lambda arn: json.dumps(image_pull_policy_document(arn))
+            ),
+        )
         if args.service == "ec2.amazonaws.com":
-            aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name,
-                                         policy_arn=SSM_CORE_POLICY_ARN, opts=child)
+            aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_CORE_POLICY_ARN, opts=child)
             profile = aws.iam.InstanceProfile(name, role=role.name, tags=args.tags, opts=child)
             self.instance_profile_name = profile.name
         self.role_arn = role.arn

@@ -1,4 +1,5 @@
 """Tracking database: RDS PostgreSQL in private subnets, tuned from postgres/postgresql.conf."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,49 +56,79 @@ class TrackingDb(pulumi.ComponentResource):
         super().__init__("mlflow:infra:TrackingDb", name, {}, opts)
         major = args.engine_version.split(".")[0]
         if major != POSTGRES_MAJOR:
-            raise ValueError(f"engine_version must be PostgreSQL {POSTGRES_MAJOR} (what the compose "
-                             f"stack runs), got {args.engine_version!r}")
+            raise ValueError(
+                f"engine_version must be PostgreSQL {POSTGRES_MAJOR} (what the compose "
+                f"stack runs), got {args.engine_version!r}"
+            )
         child = ResourceOptions(parent=self)
         tags = {**args.tags, "Name": name}
 
-        sg = aws.ec2.SecurityGroup(f"{name}-sg", vpc_id=args.vpc_id, tags=tags, opts=child,
-                                   description="PostgreSQL: only from the MLflow server")
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-sg",
+            vpc_id=args.vpc_id,
+            tags=tags,
+            opts=child,
+            description="PostgreSQL: only from the MLflow server",
+        )
         aws.vpc.SecurityGroupIngressRule(
-            f"{name}-from-server", security_group_id=sg.id, ip_protocol="tcp",
-            from_port=POSTGRES_PORT, to_port=POSTGRES_PORT,
+            f"{name}-from-server",
+            security_group_id=sg.id,
+            ip_protocol="tcp",
+            from_port=POSTGRES_PORT,
+            to_port=POSTGRES_PORT,
             referenced_security_group_id=args.server_security_group_id,
-            description="PostgreSQL from the MLflow server", tags=args.tags, opts=child)
-        subnets = aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=args.subnet_ids, tags=tags,
-                                      opts=child)
+            description="PostgreSQL from the MLflow server",
+            tags=args.tags,
+            opts=child,
+        )
+        subnets = aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=args.subnet_ids, tags=tags, opts=child)
         params = aws.rds.ParameterGroup(
-            f"{name}-params", family=f"postgres{major}", tags=tags, opts=child,
+            f"{name}-params",
+            family=f"postgres{major}",
+            tags=tags,
+            opts=child,
             description=f"postgres/postgresql.conf sized for {args.instance_class}, plus rds.force_ssl",
-            parameters=[aws.rds.ParameterGroupParameterArgs(**p)
-                        for p in rds_parameters(args.instance_class, args.min_connections)])
+            parameters=[
+                aws.rds.ParameterGroupParameterArgs(**p)
+                for p in rds_parameters(args.instance_class, args.min_connections)
+            ],
+        )
 
         backups = max(args.backup_retention_days, 7) if args.is_prod else max(args.backup_retention_days, 1)
         primary = aws.rds.Instance(
-            name, engine="postgres", engine_version=args.engine_version,
-            instance_class=args.instance_class, allocated_storage=args.allocated_storage,
-            max_allocated_storage=args.max_allocated_storage, storage_type="gp3",
-            storage_encrypted=True, username=MASTER_USERNAME,
-            manage_master_user_password=True, port=POSTGRES_PORT,
-            db_subnet_group_name=subnets.name, vpc_security_group_ids=[sg.id],
-            parameter_group_name=params.name, publicly_accessible=False,
-            backup_retention_period=backups, copy_tags_to_snapshot=True,
-            multi_az=args.is_prod, deletion_protection=args.is_prod,
+            name,
+            engine="postgres",
+            engine_version=args.engine_version,
+            instance_class=args.instance_class,
+            allocated_storage=args.allocated_storage,
+            max_allocated_storage=args.max_allocated_storage,
+            storage_type="gp3",
+            storage_encrypted=True,
+            username=MASTER_USERNAME,
+            manage_master_user_password=True,
+            port=POSTGRES_PORT,
+            db_subnet_group_name=subnets.name,
+            vpc_security_group_ids=[sg.id],
+            parameter_group_name=params.name,
+            publicly_accessible=False,
+            backup_retention_period=backups,
+            copy_tags_to_snapshot=True,
+            multi_az=args.is_prod,
+            deletion_protection=args.is_prod,
             skip_final_snapshot=not args.is_prod,
             final_snapshot_identifier=f"{name}-final" if args.is_prod else None,
-            auto_minor_version_upgrade=True, iam_database_authentication_enabled=False,
+            auto_minor_version_upgrade=True,
+            iam_database_authentication_enabled=False,
             allow_major_version_upgrade=True,  # 16 -> 17 for stacks created before the move to 17
             performance_insights_enabled=args.is_prod,
             enabled_cloudwatch_logs_exports=["postgresql"],
-            apply_immediately=not args.is_prod, tags=tags,
-            opts=ResourceOptions(parent=self, protect=args.is_prod))
+            apply_immediately=not args.is_prod,
+            tags=tags,
+            opts=ResourceOptions(parent=self, protect=args.is_prod),
+        )
 
         self.endpoint = primary.endpoint
         self.address = primary.address
         self.identifier = primary.identifier
         self.master_secret_arn = primary.master_user_secrets.apply(lambda s: s[0].secret_arn)
-        self.register_outputs({"endpoint": self.endpoint,
-                               "master_secret_arn": self.master_secret_arn})
+        self.register_outputs({"endpoint": self.endpoint, "master_secret_arn": self.master_secret_arn})

@@ -1,4 +1,5 @@
 """Policy pack entry: `pulumi preview --policy-pack infra/policy` (needs the Pulumi CLI)."""
+
 import sys
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """CrossGuard rules for the MLflow stack, as plain functions over (type, props) plus the
 pulumi_policy wrappers. Props use the engine's camelCase names (what `--policy-pack` sees).
 The PolicyPack itself is built in __main__.py (constructing it starts a gRPC server)."""
+
 from __future__ import annotations
 
 import json
@@ -22,35 +23,67 @@ OPEN_CIDRS = ("0.0.0.0/0", "::/0")
 # AWS accepts only "*" as the resource for these (no resource-level permissions).
 WILDCARD_ONLY_ACTIONS = frozenset({"ecr:GetAuthorizationToken"})
 # Types we create that take `tags` (component and non-taggable types are left out).
-TAGGABLE_TYPES = frozenset({
-    "aws:ec2/vpc:Vpc", "aws:ec2/subnet:Subnet", "aws:ec2/internetGateway:InternetGateway",
-    "aws:ec2/routeTable:RouteTable", "aws:ec2/eip:Eip", "aws:ec2/natGateway:NatGateway",
-    "aws:ec2/securityGroup:SecurityGroup", "aws:ec2/instance:Instance",
-    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule",
-    "aws:s3/bucket:Bucket", "aws:s3/bucketObjectv2:BucketObjectv2", "aws:kms/key:Key",
-    "aws:rds/instance:Instance", "aws:rds/subnetGroup:SubnetGroup",
-    "aws:rds/parameterGroup:ParameterGroup", "aws:secretsmanager/secret:Secret",
-    "aws:ecr/repository:Repository", "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile",
-    "aws:lb/loadBalancer:LoadBalancer", "aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener",
-    "aws:ecs/cluster:Cluster", "aws:ecs/service:Service", "aws:ecs/taskDefinition:TaskDefinition",
-    "aws:cloudwatch/logGroup:LogGroup", "aws:appautoscaling/target:Target",
-    "aws:ec2/vpcEndpoint:VpcEndpoint", "aws:ssm/document:Document", "aws:ssm/association:Association",
-    "aws:cloudwatch/metricAlarm:MetricAlarm", "aws:sns/topic:Topic", "aws:lambda/function:Function",
-})
+TAGGABLE_TYPES = frozenset(
+    {
+        "aws:ec2/vpc:Vpc",
+        "aws:ec2/subnet:Subnet",
+        "aws:ec2/internetGateway:InternetGateway",
+        "aws:ec2/routeTable:RouteTable",
+        "aws:ec2/eip:Eip",
+        "aws:ec2/natGateway:NatGateway",
+        "aws:ec2/securityGroup:SecurityGroup",
+        "aws:ec2/instance:Instance",
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule",
+        "aws:s3/bucket:Bucket",
+        "aws:s3/bucketObjectv2:BucketObjectv2",
+        "aws:kms/key:Key",
+        "aws:rds/instance:Instance",
+        "aws:rds/subnetGroup:SubnetGroup",
+        "aws:rds/parameterGroup:ParameterGroup",
+        "aws:secretsmanager/secret:Secret",
+        "aws:ecr/repository:Repository",
+        "aws:iam/role:Role",
+        "aws:iam/instanceProfile:InstanceProfile",
+        "aws:lb/loadBalancer:LoadBalancer",
+        "aws:lb/targetGroup:TargetGroup",
+        "aws:lb/listener:Listener",
+        "aws:ecs/cluster:Cluster",
+        "aws:ecs/service:Service",
+        "aws:ecs/taskDefinition:TaskDefinition",
+        "aws:cloudwatch/logGroup:LogGroup",
+        "aws:appautoscaling/target:Target",
+        "aws:ec2/vpcEndpoint:VpcEndpoint",
+        "aws:ssm/document:Document",
+        "aws:ssm/association:Association",
+        "aws:cloudwatch/metricAlarm:MetricAlarm",
+        "aws:sns/topic:Topic",
+        "aws:lambda/function:Function",
+    }
+)
 # AWS's length limits on the `name` of each type we create (`pulumi preview` passes the
 # provider's autoname, which is the logical name plus "-" and 7 random characters).
 NAME_LIMITS = {
-    "aws:lb/loadBalancer:LoadBalancer": 32, "aws:lb/targetGroup:TargetGroup": 32,
-    "aws:iam/role:Role": 64, "aws:iam/instanceProfile:InstanceProfile": 128,
-    "aws:iam/rolePolicy:RolePolicy": 128, "aws:lambda/function:Function": 64,
-    "aws:s3/bucket:Bucket": 63, "aws:rds/instance:Instance": 63,
-    "aws:rds/parameterGroup:ParameterGroup": 255, "aws:rds/subnetGroup:SubnetGroup": 255,
-    "aws:ec2/securityGroup:SecurityGroup": 255, "aws:ecs/cluster:Cluster": 255,
-    "aws:ecs/service:Service": 255, "aws:ecr/repository:Repository": 256,
-    "aws:secretsmanager/secret:Secret": 512, "aws:cloudwatch/logGroup:LogGroup": 512,
-    "aws:cloudwatch/metricAlarm:MetricAlarm": 255, "aws:sns/topic:Topic": 256,
-    "aws:ssm/document:Document": 128, "aws:ssm/association:Association": 128,
+    "aws:lb/loadBalancer:LoadBalancer": 32,
+    "aws:lb/targetGroup:TargetGroup": 32,
+    "aws:iam/role:Role": 64,
+    "aws:iam/instanceProfile:InstanceProfile": 128,
+    "aws:iam/rolePolicy:RolePolicy": 128,
+    "aws:lambda/function:Function": 64,
+    "aws:s3/bucket:Bucket": 63,
+    "aws:rds/instance:Instance": 63,
+    "aws:rds/parameterGroup:ParameterGroup": 255,
+    "aws:rds/subnetGroup:SubnetGroup": 255,
+    "aws:ec2/securityGroup:SecurityGroup": 255,
+    "aws:ecs/cluster:Cluster": 255,
+    "aws:ecs/service:Service": 255,
+    "aws:ecr/repository:Repository": 256,
+    "aws:secretsmanager/secret:Secret": 512,
+    "aws:cloudwatch/logGroup:LogGroup": 512,
+    "aws:cloudwatch/metricAlarm:MetricAlarm": 255,
+    "aws:sns/topic:Topic": 256,
+    "aws:ssm/document:Document": 128,
+    "aws:ssm/association:Association": 128,
 }
 AUTONAME_SUFFIX = 8  # "-" + 7 random characters
 
@@ -64,8 +97,9 @@ def _env(props: dict) -> str:
 def s3_encryption(typ: str, props: dict) -> list[str]:
     if typ != "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration":
         return []
-    algos = [((r.get("applyServerSideEncryptionByDefault") or {}).get("sseAlgorithm"))
-             for r in props.get("rules") or []]
+    algos = [
+        ((r.get("applyServerSideEncryptionByDefault") or {}).get("sseAlgorithm")) for r in props.get("rules") or []
+    ]
     if not algos or any(a not in ("aws:kms", "AES256", "aws:kms:dsse") for a in algos):
         return [f"bucket default encryption must be SSE-KMS or SSE-S3, got {algos}"]
     return []
@@ -73,8 +107,11 @@ def s3_encryption(typ: str, props: dict) -> list[str]:
 
 def s3_no_public_access(typ: str, props: dict) -> list[str]:
     if typ == "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock":
-        off = [k for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
-                           "restrictPublicBuckets") if props.get(k) is not True]
+        off = [
+            k
+            for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+            if props.get(k) is not True
+        ]
         return [f"public access block must enable {off}"] if off else []
     if typ == "aws:s3/bucketOwnershipControls:BucketOwnershipControls":
         owner = (props.get("rule") or {}).get("objectOwnership")
@@ -121,15 +158,33 @@ def _covers(from_port, to_port, protocol) -> list[int]:
 def no_open_sensitive_ports(typ: str, props: dict) -> list[str]:
     rules = []
     if typ == "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule":
-        rules = [(props.get("fromPort"), props.get("toPort"), props.get("ipProtocol"),
-                  [props.get("cidrIpv4"), props.get("cidrIpv6")])]
+        rules = [
+            (
+                props.get("fromPort"),
+                props.get("toPort"),
+                props.get("ipProtocol"),
+                [props.get("cidrIpv4"), props.get("cidrIpv6")],
+            )
+        ]
     elif typ == "aws:ec2/securityGroupRule:SecurityGroupRule" and props.get("type") == "ingress":
-        rules = [(props.get("fromPort"), props.get("toPort"), props.get("protocol"),
-                  (props.get("cidrBlocks") or []) + (props.get("ipv6CidrBlocks") or []))]
+        rules = [
+            (
+                props.get("fromPort"),
+                props.get("toPort"),
+                props.get("protocol"),
+                (props.get("cidrBlocks") or []) + (props.get("ipv6CidrBlocks") or []),
+            )
+        ]
     elif typ == "aws:ec2/securityGroup:SecurityGroup":
-        rules = [(r.get("fromPort"), r.get("toPort"), r.get("protocol"),
-                  (r.get("cidrBlocks") or []) + (r.get("ipv6CidrBlocks") or []))
-                 for r in props.get("ingress") or []]
+        rules = [
+            (
+                r.get("fromPort"),
+                r.get("toPort"),
+                r.get("protocol"),
+                (r.get("cidrBlocks") or []) + (r.get("ipv6CidrBlocks") or []),
+            )
+            for r in props.get("ingress") or []
+        ]
     out = []
     for from_port, to_port, protocol, cidrs in rules:
         ports = _covers(from_port, to_port, protocol)
@@ -199,14 +254,19 @@ def required_tags(typ: str, props: dict) -> list[str]:
 
 RESOURCE_CHECKS: dict[str, tuple[str, Check]] = {
     "s3-encryption-on": ("S3 buckets are encrypted by default (SSE-KMS or SSE-S3)", s3_encryption),
-    "s3-nothing-public": ("All four public-access blocks, BucketOwnerEnforced, no public ACL, "
-                          "no forceDestroy outside dev", s3_no_public_access),
-    "rds-private-encrypted-backed-up": ("RDS: private, encrypted, automated backups; prod: "
-                                        "Multi-AZ, deletion protection, final snapshot", rds_hardened),
-    "no-internet-to-db-or-ssh": ("No 0.0.0.0/0 or ::/0 ingress to SSH, RDP or PostgreSQL ports",
-                                 no_open_sensitive_ports),
-    "ec2-imdsv2-encrypted": ("EC2: IMDSv2 required, encrypted root volume, no SSH key, no public IP",
-                             ec2_hardened),
+    "s3-nothing-public": (
+        "All four public-access blocks, BucketOwnerEnforced, no public ACL, no forceDestroy outside dev",
+        s3_no_public_access,
+    ),
+    "rds-private-encrypted-backed-up": (
+        "RDS: private, encrypted, automated backups; prod: Multi-AZ, deletion protection, final snapshot",
+        rds_hardened,
+    ),
+    "no-internet-to-db-or-ssh": (
+        "No 0.0.0.0/0 or ::/0 ingress to SSH, RDP or PostgreSQL ports",
+        no_open_sensitive_ports,
+    ),
+    "ec2-imdsv2-encrypted": ("EC2: IMDSv2 required, encrypted root volume, no SSH key, no public IP", ec2_hardened),
     "iam-no-wildcards": ("IAM policies name their resources and actions (no '*')", iam_no_wildcards),
     "required-tags": (f"Taggable resources carry {', '.join(REQUIRED_TAGS)}", required_tags),
     "aws-name-limits": ("Resource names fit AWS's length limits (load balancers: 32)", aws_name_limits),
@@ -231,8 +291,7 @@ def bucket_companions(resources: Iterable[tuple[str, str, dict, list[str]]]) -> 
             continue
         names = {props.get("bucket"), props.get("id")} - {None}
         for companion in BUCKET_COMPANIONS:
-            if not any(t == companion and (urn in deps or p.get("bucket") in names)
-                       for t, _, p, deps in resources):
+            if not any(t == companion and (urn in deps or p.get("bucket") in names) for t, _, p, deps in resources):
                 out.append(f"{urn}: bucket has no {companion.rsplit(':', 1)[1]}")
     return out
 
@@ -248,19 +307,24 @@ def _resource_policy(rule: str) -> ResourceValidationPolicy:
     def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
         for message in fn(args.resource_type, dict(args.props)):
             report(message)
-    return ResourceValidationPolicy(name=rule, description=description, validate=validate,
-                                    enforcement_level=EnforcementLevel.MANDATORY)
+
+    return ResourceValidationPolicy(
+        name=rule, description=description, validate=validate, enforcement_level=EnforcementLevel.MANDATORY
+    )
 
 
 def _stack_validate(args: StackValidationArgs, report: ReportViolation) -> None:
-    rows = [(r.resource_type, r.urn, dict(r.props), [d.urn for d in r.dependencies])
-            for r in args.resources]
+    rows = [(r.resource_type, r.urn, dict(r.props), [d.urn for d in r.dependencies]) for r in args.resources]
     for message in bucket_companions(rows):
         report(message)
 
 
 def policies() -> list:
-    return [_resource_policy(rule) for rule in RESOURCE_CHECKS] + [StackValidationPolicy(
-        name="s3-bucket-fully-configured", validate=_stack_validate,
-        enforcement_level=EnforcementLevel.MANDATORY,
-        description="Every bucket has encryption, public-access block, ownership, versioning and TLS-only policy")]
+    return [_resource_policy(rule) for rule in RESOURCE_CHECKS] + [
+        StackValidationPolicy(
+            name="s3-bucket-fully-configured",
+            validate=_stack_validate,
+            enforcement_level=EnforcementLevel.MANDATORY,
+            description="Every bucket has encryption, public-access block, ownership, versioning and TLS-only policy",
+        )
+    ]

@@ -13,6 +13,7 @@ MLflow version only (`group_by=mlflow_version` in mlflow/server/prometheus_expor
 `--expose-prometheus` the workers write it to the multiprocess directory like MLflow's metrics,
 so one scrape of /metrics sums every worker.
 """
+
 import json
 import re
 
@@ -26,10 +27,12 @@ API_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/")  # with or without --stati
 # Endpoints whose body is a JSON request message (not artifact bytes, not OTLP protobuf).
 JSON_BODY_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/\d+\.\d+/mlflow/(?!upload-artifact)")
 # Errors of a database that is down or restarting: retryable, unlike a bug.
-DB_UNAVAILABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                  sqlalchemy.exc.TimeoutError)
-REQUESTS = Counter("mlflow_bundle_http_requests", "HTTP requests by endpoint (Flask URL rule), method and status",
-                   ["endpoint", "method", "status"])
+DB_UNAVAILABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError)
+REQUESTS = Counter(
+    "mlflow_bundle_http_requests",
+    "HTTP requests by endpoint (Flask URL rule), method and status",
+    ["endpoint", "method", "status"],
+)
 
 
 def create_app(app: Flask | None = None):

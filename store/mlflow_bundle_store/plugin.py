@@ -1,5 +1,6 @@
 """Entry points named in pyproject.toml. MLflow loads them while `mlflow.tracking` is still
 importing, so the store module is imported only when a store is built."""
+
 import os
 import urllib.parse
 
@@ -17,9 +18,7 @@ def sqlalchemy_uri(store_uri: str) -> str:
     if parsed.scheme == DRIVER_SCHEME:  # e.g. a read replica given in SQLAlchemy's own form
         return store_uri
     if parsed.scheme != SCHEME:
-        raise MlflowException.invalid_parameter_value(
-            f"Expected a {SCHEME}:// URI, got scheme '{parsed.scheme}'"
-        )
+        raise MlflowException.invalid_parameter_value(f"Expected a {SCHEME}:// URI, got scheme '{parsed.scheme}'")
     return urllib.parse.urlunparse(parsed._replace(scheme=DRIVER_SCHEME))
 
 
@@ -35,9 +34,7 @@ def tracking_store(store_uri, artifact_uri=None):
     if MLFLOW_ENABLE_WORKSPACES.get():
         raise MlflowException.invalid_parameter_value(f"{SCHEME}:// does not support workspaces")
     if artifact_uri is None:  # as MLflow's own builder: inside the server, the server's root
-        artifact_uri = os.environ.get(
-            _SERVER_ARTIFACT_ROOT_ENV_VAR, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
-        )
+        artifact_uri = os.environ.get(_SERVER_ARTIFACT_ROOT_ENV_VAR, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
     read_uri = os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR)
     return BundleSqlAlchemyStore(
         sqlalchemy_uri(store_uri), artifact_uri, read_db_uri=read_uri and sqlalchemy_uri(read_uri)

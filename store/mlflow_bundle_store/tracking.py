@@ -7,6 +7,7 @@ in the same transaction as the run check. Everything else (params, tags, model m
 tests/store/test_differential.py proves the rows equal to the stock store's; test_pin.py fails
 when an MLflow upgrade changes the methods this module stands in for.
 """
+
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
@@ -71,8 +72,14 @@ class BundleSqlAlchemyStore(SqlAlchemyStore):
             # IntegrityError recovery keeps it (NaN is stored as value 0 with is_nan true).
             rows.setdefault(
                 (metric.key, metric.timestamp, metric.step, value, is_nan),
-                {"run_uuid": run_id, "key": metric.key, "value": value,
-                 "timestamp": metric.timestamp, "step": metric.step, "is_nan": is_nan},
+                {
+                    "run_uuid": run_id,
+                    "key": metric.key,
+                    "value": value,
+                    "timestamp": metric.timestamp,
+                    "step": metric.step,
+                    "is_nan": is_nan,
+                },
             )
         latest = {}
         for row in rows.values():

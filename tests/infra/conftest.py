@@ -1,4 +1,5 @@
 """Fixtures for the infra tests: Pulumi mocks (no AWS here) and a local IAM-enforcing S3 server."""
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,9 @@ class MotoServer:
     def enforce_iam(self, enabled: bool) -> None:
         """From now on every request is authorised against IAM (or not, for setup)."""
         body = b"0" if enabled else b"inf"
-        req = urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", data=body, method="POST",
-                                     headers={"Content-Type": "text/plain"})  # else Flask eats the body
+        req = urllib.request.Request(
+            f"{self.endpoint}/moto-api/reset-auth", data=body, method="POST", headers={"Content-Type": "text/plain"}
+        )  # else Flask eats the body
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200
 
@@ -75,8 +77,12 @@ def moto_server(tmp_path_factory):
     port = _free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
     env = {**os.environ, "MOTO_PORT": str(port)}
-    proc = subprocess.Popen([str(VENV_BIN / "python"), "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     endpoint = f"http://127.0.0.1:{port}"
 
     def up() -> bool:

@@ -6,6 +6,7 @@ PostgreSQL allows during a rolling deploy.
 Mock boundary: the program runs under Pulumi's mocks (no AWS, no Pulumi CLI). The limits are
 AWS's documented ones, stated in infra/policy/rules.py (NAME_LIMITS) and here.
 """
+
 import json
 
 import pytest
@@ -17,9 +18,12 @@ from infra.mockrun import run_stack
 from infra.policy.rules import AUTONAME_SUFFIX, NAME_LIMITS
 
 ACM = "arn:aws:acm:us-east-1:123456789012:certificate/x"
-STACKS = [("dev", {}), ("prod", {}), ("dev", {"computeMode": "ecs", "acmCertificateArn": ACM,
-                                               "ecsMaxTasks": 1}),
-          ("prod", {"computeMode": "ecs", "acmCertificateArn": ACM})]
+STACKS = [
+    ("dev", {}),
+    ("prod", {}),
+    ("dev", {"computeMode": "ecs", "acmCertificateArn": ACM, "ecsMaxTasks": 1}),
+    ("prod", {"computeMode": "ecs", "acmCertificateArn": ACM}),
+]
 STACK_IDS = ["dev-ec2", "prod-ec2", "dev-ecs", "prod-ecs"]
 
 
@@ -58,8 +62,7 @@ def test_deploy_inputs_never_replace_the_protected_instance(monkeypatch):
     place) is what changes."""
     before = run_stack("prod")
     monkeypatch.setattr(compute, "bundle_hash", lambda: "0123456789abcdef")
-    after = run_stack("prod", {"mlflowImageTag": "3.17.2-2"}, ami_id="ami-0fedcba9876543210",
-                      pushed_tags=["3.17.2-2"])
+    after = run_stack("prod", {"mlflowImageTag": "3.17.2-2"}, ami_id="ami-0fedcba9876543210", pushed_tags=["3.17.2-2"])
     old, new = _instance(before), _instance(after)
     assert new.protect and new.inputs["disableApiTermination"] is True
     assert new.inputs.get("userDataReplaceOnChange") is not True
@@ -68,7 +71,8 @@ def test_deploy_inputs_never_replace_the_protected_instance(monkeypatch):
     deploy = lambda run: run.one("aws:ssm/association:Association").inputs["parameters"]  # noqa: E731
     assert deploy(before) != deploy(after)
     assert after.one("aws:ssm/association:Association").inputs["targets"] == [
-        {"key": "InstanceIds", "values": [new.name + "-id"]}]
+        {"key": "InstanceIds", "values": [new.name + "-id"]}
+    ]
 
 
 def test_dev_instance_is_not_protected(dev_run):
@@ -76,8 +80,7 @@ def test_dev_instance_is_not_protected(dev_run):
 
 
 def _ecs(overrides=None, **kwargs):
-    return run_stack("prod", {"computeMode": "ecs", "acmCertificateArn": ACM, **(overrides or {})},
-                     **kwargs)
+    return run_stack("prod", {"computeMode": "ecs", "acmCertificateArn": ACM, **(overrides or {})}, **kwargs)
 
 
 def test_ecs_service_depends_on_its_listeners():
@@ -89,8 +92,11 @@ def test_ecs_service_depends_on_its_listeners():
 
 
 def _mlflow_container(run):
-    task = next(r for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition")
-                if any(c["name"] == "mlflow" for c in json.loads(r.inputs["containerDefinitions"])))
+    task = next(
+        r
+        for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition")
+        if any(c["name"] == "mlflow" for c in json.loads(r.inputs["containerDefinitions"]))
+    )
     return next(c for c in json.loads(task.inputs["containerDefinitions"]) if c["name"] == "mlflow")
 
 
@@ -101,8 +107,7 @@ def test_max_connections_cover_a_rolling_deploy(max_tasks):
     run = _ecs({"ecsMaxTasks": max_tasks})
     mlflow = _mlflow_container(run)
     model = placeholder_model()
-    registered = {"command": mlflow["command"],
-                  "environment": {e["name"]: e["value"] for e in mlflow["environment"]}}
+    registered = {"command": mlflow["command"], "environment": {e["name"]: e["value"] for e in mlflow["environment"]}}
     budget = read_budget({"services": {**model["services"], "mlflow": registered}})
     # ECS starts up to deploymentMaximumPercent of the tasks during a deploy (default 200).
     surge = run.one("aws:ecs/service:Service").inputs.get("deploymentMaximumPercent", 200) // 100

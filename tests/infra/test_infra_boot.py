@@ -6,6 +6,7 @@ Mock boundary: no container engine here, so `docker` is a stand-in on PATH that 
 is asked to do (and, at `compose up`, which database password .env holds). Bringing the stack up
 for real is the container run described in infra/README.md ("Testing the boot script").
 """
+
 import json
 import os
 import shutil
@@ -25,15 +26,22 @@ from infra.userdata import COMPOSE_PY_VERSION, BootSettings, render_user_data, s
 VENV_BIN = Path(sys.executable).parent
 BASE = REPO_ROOT / "docker-compose.production.yml"
 OVERRIDE = REPO_ROOT / "docker-compose.aws.yml"
-DB_PASSWORD = 'p@ss$word"with\\odd\'chars#1'  # RDS-generated passwords may hold any of these
-ROTATED_PASSWORD = "rotated$Pass\"word#2"
-APP = {"MLFLOW_DB_PASSWORD": "dbpw", "MLFLOW_ADMIN_PASSWORD": "adminpw",
-       "MLFLOW_FLASK_SERVER_SECRET_KEY": "flaskkey"}
+DB_PASSWORD = "p@ss$word\"with\\odd'chars#1"  # RDS-generated passwords may hold any of these
+ROTATED_PASSWORD = 'rotated$Pass"word#2'
+APP = {"MLFLOW_DB_PASSWORD": "dbpw", "MLFLOW_ADMIN_PASSWORD": "adminpw", "MLFLOW_FLASK_SERVER_SECRET_KEY": "flaskkey"}
 BUCKET, REGION = "mlflow-boot-test", "us-east-1"
-SETTINGS = dict(region=REGION, bundle_uri=f"s3://{BUCKET}/{BUNDLE_PREFIX}", bundle_hash="abc",
-                app_secret_arn="app", db_secret_arn="db", db_host="db.example.rds.amazonaws.com",
-                db_port="5432", public_host="mlflow.example.com", artifact_bucket=BUCKET,
-                mlflow_image="1.dkr.ecr.us-east-1.amazonaws.com/m:1")
+SETTINGS = dict(
+    region=REGION,
+    bundle_uri=f"s3://{BUCKET}/{BUNDLE_PREFIX}",
+    bundle_hash="abc",
+    app_secret_arn="app",
+    db_secret_arn="db",
+    db_host="db.example.rds.amazonaws.com",
+    db_port="5432",
+    public_host="mlflow.example.com",
+    artifact_bucket=BUCKET,
+    mlflow_image="1.dkr.ecr.us-east-1.amazonaws.com/m:1",
+)
 
 # Stand-in for the container engine: logs each call; at `compose ... up` also the password .env
 # holds at that moment (what `migrate` would connect with).
@@ -43,7 +51,7 @@ args = sys.argv[1:]
 log = open(os.environ["DOCKER_LOG"], "a")
 log.write(" ".join(args) + "\\n")
 if args[:2] == ["compose", "version"]:
-    print("Docker Compose version v{COMPOSE_PY_VERSION.rsplit('.', 1)[0]}")
+    print("Docker Compose version v{COMPOSE_PY_VERSION.rsplit(".", 1)[0]}")
 elif args and args[0] == "compose" and "up" in args:
     env = open(os.path.join(args[args.index("--project-directory") + 1], ".env")).read()
     log.write("PASSWORD_AT_UP " + [l for l in env.splitlines() if l.startswith("POSTGRES_PASSWORD=")][0] + "\\n")
@@ -59,9 +67,12 @@ def _script(tmp_path, **overrides) -> Path:
 
 @pytest.mark.parametrize("tls", ["", "arn:tls"])
 def test_user_data_passes_shellcheck(tmp_path, tls):
-    result = subprocess.run([str(VENV_BIN / "shellcheck"), "--severity=style",
-                             str(_script(tmp_path, tls_secret_arn=tls))],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(VENV_BIN / "shellcheck"), "--severity=style", str(_script(tmp_path, tls_secret_arn=tls))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -71,12 +82,13 @@ def test_ssm_document_runs_the_same_script(tmp_path):
     commands = ssm_deploy_document(script)["mainSteps"][0]["inputs"]["runCommand"]
     start = next(i for i, c in enumerate(commands) if "<<'MLFLOW_BOOT_SCRIPT_END'" in c)
     end = commands.index("MLFLOW_BOOT_SCRIPT_END")
-    assert "\n".join(commands[start + 1:end]) == script.rstrip("\n")
+    assert "\n".join(commands[start + 1 : end]) == script.rstrip("\n")
     assert commands[-1].startswith("exec bash ")
     as_sh = tmp_path / "document.sh"
     as_sh.write_text("#!/bin/sh\n" + "\n".join(commands).replace("{{ deployment }}", "x") + "\n")
-    result = subprocess.run([str(VENV_BIN / "shellcheck"), "--severity=warning", str(as_sh)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(VENV_BIN / "shellcheck"), "--severity=warning", str(as_sh)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -90,8 +102,9 @@ def aws(moto_server, tmp_path):
     bundle. Returns the environment the boot script runs with (AWS_ENDPOINT_URL at moto)."""
     moto_server.reset()
     moto_server.enforce_iam(False)
-    creds = dict(region_name=REGION, aws_access_key_id="test", aws_secret_access_key="test",
-                 endpoint_url=moto_server.endpoint)
+    creds = dict(
+        region_name=REGION, aws_access_key_id="test", aws_secret_access_key="test", endpoint_url=moto_server.endpoint
+    )
     sm, s3 = boto3.client("secretsmanager", **creds), boto3.client("s3", **creds)
     sm.create_secret(Name="app", SecretString=json.dumps(APP))
     sm.create_secret(Name="db", SecretString=json.dumps({"username": "postgres", "password": DB_PASSWORD}))
@@ -104,15 +117,19 @@ def aws(moto_server, tmp_path):
     (bin_dir / "docker").write_text(FAKE_DOCKER)
     (bin_dir / "docker").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
-    env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", AWS_ENDPOINT_URL=moto_server.endpoint,
-               AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION=REGION,
-               DOCKER_LOG=str(tmp_path / "docker.log"))
+    env.update(
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        AWS_ENDPOINT_URL=moto_server.endpoint,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_DEFAULT_REGION=REGION,
+        DOCKER_LOG=str(tmp_path / "docker.log"),
+    )
     return {"env": env, "sm": sm, "s3": s3, "log": tmp_path / "docker.log"}
 
 
 def _run(args, aws, timeout=180):
-    result = subprocess.run(["bash", *map(str, args)], env=aws["env"], capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(["bash", *map(str, args)], env=aws["env"], capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -132,16 +149,21 @@ def test_deploy_fetches_bundle_writes_env_and_starts(tmp_path, aws):
     assert stat.S_IMODE((app_dir / "certs" / "server.key").stat().st_mode) == 0o600
     assert (app_dir / "certs" / "server.crt").read_text() == "CERT-1\n"
     calls = aws["log"].read_text()
-    assert (f"compose --project-directory {app_dir} -f {app_dir}/docker-compose.production.yml "
-            f"-f {app_dir}/docker-compose.aws.yml up -d --wait --remove-orphans") in calls
+    assert (
+        f"compose --project-directory {app_dir} -f {app_dir}/docker-compose.production.yml "
+        f"-f {app_dir}/docker-compose.aws.yml up -d --wait --remove-orphans"
+    ) in calls
 
 
 def test_env_is_private_complete_and_has_no_s3_endpoint(tmp_path, aws):
     """Real S3: no MLFLOW_S3_ENDPOINT_URL at all, although .env.example sets one for the local store."""
     _run([_script(tmp_path)], aws)
     env = _env_file(tmp_path / "opt-mlflow")
-    example = {line.split("=", 1)[0] for line in (REPO_ROOT / ".env.example").read_text().splitlines()
-               if "=" in line and not line.startswith("#")}
+    example = {
+        line.split("=", 1)[0]
+        for line in (REPO_ROOT / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
     assert "MLFLOW_S3_ENDPOINT_URL" in example
     assert "MLFLOW_S3_ENDPOINT_URL" not in env
     assert example - {"MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
@@ -155,14 +177,14 @@ def test_restart_rereads_the_rotated_master_password(tmp_path, aws):
     `mlflow-boot up`) and the hourly refresh read the current one."""
     _run([_script(tmp_path)], aws)
     app_dir = tmp_path / "opt-mlflow"
-    aws["sm"].put_secret_value(SecretId="db", SecretString=json.dumps(
-        {"username": "postgres", "password": ROTATED_PASSWORD}))
+    aws["sm"].put_secret_value(
+        SecretId="db", SecretString=json.dumps({"username": "postgres", "password": ROTATED_PASSWORD})
+    )
     aws["log"].write_text("")
     _run([app_dir / "mlflow-boot", "up"], aws)
     quoted = ROTATED_PASSWORD.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$")
     assert f'PASSWORD_AT_UP POSTGRES_PASSWORD="{quoted}"' in aws["log"].read_text()
-    aws["sm"].put_secret_value(SecretId="db", SecretString=json.dumps(
-        {"username": "postgres", "password": "third"}))
+    aws["sm"].put_secret_value(SecretId="db", SecretString=json.dumps({"username": "postgres", "password": "third"}))
     _run([app_dir / "mlflow-boot", "refresh"], aws)  # what the timer runs: backups read .env
     assert _env_file(app_dir)["POSTGRES_PASSWORD"] == '"third"'
 
@@ -172,8 +194,9 @@ def test_missing_secret_key_fails_without_touching_env(tmp_path, aws):
     app_dir = tmp_path / "opt-mlflow"
     before = (app_dir / ".env").read_text()
     aws["sm"].put_secret_value(SecretId="db", SecretString=json.dumps({"username": "postgres"}))
-    result = subprocess.run(["bash", str(app_dir / "mlflow-boot"), "refresh"], env=aws["env"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", str(app_dir / "mlflow-boot"), "refresh"], env=aws["env"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode != 0
     assert (app_dir / ".env").read_text() == before
 
@@ -202,8 +225,9 @@ def test_units_start_the_stack_through_the_refresh(tmp_path):
     script = _script(tmp_path)
     units = tmp_path / "units"
     units.mkdir()
-    subprocess.run(["bash", "-c", 'source "$1"; install_units "$2"', "_", str(script), str(units)],
-                   check=True, timeout=60)
+    subprocess.run(
+        ["bash", "-c", 'source "$1"; install_units "$2"', "_", str(script), str(units)], check=True, timeout=60
+    )
     app_dir = tmp_path / "opt-mlflow"
     app_dir.mkdir()
     shutil.copy(script, app_dir / "mlflow-boot")  # where deploy installs itself
@@ -215,18 +239,35 @@ def test_units_start_the_stack_through_the_refresh(tmp_path):
     assert f"ExecStart={app_dir}/mlflow-boot refresh\n" in (units / "mlflow-refresh.service").read_text()
     assert "OnUnitActiveSec=1h" in (units / "mlflow-refresh.timer").read_text()
     if shutil.which("systemd-analyze"):
-        result = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, units.iterdir())],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", *map(str, units.iterdir())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         # docker.service exists on the instance, not here.
-        problems = [line for line in result.stderr.splitlines()
-                    if "mlflow" in line and "docker.service not found" not in line]
+        problems = [
+            line for line in result.stderr.splitlines() if "mlflow" in line and "docker.service not found" not in line
+        ]
         assert not problems, result.stderr
 
 
 def _compose(*args, env_file):
-    return subprocess.run([str(VENV_BIN / "docker-compose"), *(a for f in AWS_COMPOSE_FILES for a in ("-f", f)),
-                           "--project-directory", str(REPO_ROOT), "--env-file", str(env_file), *args],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            str(VENV_BIN / "docker-compose"),
+            *(a for f in AWS_COMPOSE_FILES for a in ("-f", f)),
+            "--project-directory",
+            str(REPO_ROOT),
+            "--env-file",
+            str(env_file),
+            *args,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture()
@@ -270,11 +311,23 @@ def test_s3_redirect_passes_through_for_offline_runs(tmp_path, aws):
     _run([_script(tmp_path)], aws)
     redirect = {"AWS_ENDPOINT_URL_S3": "http://10.0.0.5:5000", "AWS_ACCESS_KEY_ID": "test"}
     result = subprocess.run(
-        [str(VENV_BIN / "docker-compose"), *(a for f in AWS_COMPOSE_FILES for a in ("-f", f)),
-         "--project-directory", str(REPO_ROOT), "--env-file", str(tmp_path / "opt-mlflow" / ".env"),
-         "config", "--format", "json"],
-        cwd=REPO_ROOT, env={"PATH": os.environ["PATH"], **redirect}, capture_output=True, text=True,
-        timeout=120)
+        [
+            str(VENV_BIN / "docker-compose"),
+            *(a for f in AWS_COMPOSE_FILES for a in ("-f", f)),
+            "--project-directory",
+            str(REPO_ROOT),
+            "--env-file",
+            str(tmp_path / "opt-mlflow" / ".env"),
+            "config",
+            "--format",
+            "json",
+        ],
+        cwd=REPO_ROOT,
+        env={"PATH": os.environ["PATH"], **redirect},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     env = json.loads(result.stdout)["services"]["mlflow"]["environment"]
     assert {k: env[k] for k in redirect} == redirect and "MLFLOW_S3_ENDPOINT_URL" not in env
@@ -295,9 +348,14 @@ def test_bundle_holds_every_bind_mount(aws_model):
 def test_bundle_holds_only_what_the_server_runs(aws_model):
     """A benchmark or test edit must not redeploy the server: the bundle is the compose files,
     .env.example and what the AWS model mounts, nothing else."""
-    mounted = {os.path.relpath(v["source"], REPO_ROOT) for svc in aws_model["services"].values()
-               for v in svc.get("volumes") or [] if v["type"] == "bind"}
+    mounted = {
+        os.path.relpath(v["source"], REPO_ROOT)
+        for svc in aws_model["services"].values()
+        for v in svc.get("volumes") or []
+        if v["type"] == "bind"
+    }
     for rel in map(str, bundle_files()):
-        assert (rel in (*AWS_COMPOSE_FILES, ".env.example")
-                or any(rel == m or rel.startswith(m + "/") for m in mounted)), rel
+        assert rel in (*AWS_COMPOSE_FILES, ".env.example") or any(
+            rel == m or rel.startswith(m + "/") for m in mounted
+        ), rel
     assert not any(str(f).startswith(("ctl/", "client/", "jobs/", "tests/", "docs/")) for f in bundle_files())

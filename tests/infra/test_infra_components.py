@@ -3,6 +3,7 @@
 Mock boundary: AWS and the Pulumi engine cannot run here, so the program runs under Pulumi's
 mocks (infra/mockrun.py). These tests prove what the program ASKS AWS for, not that AWS accepts it.
 """
+
 import json
 
 import pytest
@@ -23,10 +24,13 @@ def test_bucket_secure_defaults(stack_run):
     bucket = inputs(stack_run, "aws:s3/bucket:Bucket")
     env = bucket["tags"]["environment"]
     assert bucket.get("forceDestroy", False) is (env == "dev")
-    assert inputs(stack_run, "aws:s3/bucketVersioning:BucketVersioning")["versioningConfiguration"]["status"] == "Enabled"
+    assert (
+        inputs(stack_run, "aws:s3/bucketVersioning:BucketVersioning")["versioningConfiguration"]["status"] == "Enabled"
+    )
     pab = inputs(stack_run, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
-    assert all(pab[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
-                                        "restrictPublicBuckets"))
+    assert all(
+        pab[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    )
     own = inputs(stack_run, "aws:s3/bucketOwnershipControls:BucketOwnershipControls")
     assert own["rule"]["objectOwnership"] == "BucketOwnerEnforced"
     policy = json.loads(inputs(stack_run, "aws:s3/bucketPolicy:BucketPolicy")["policy"])
@@ -71,12 +75,19 @@ def test_parameter_group_comes_from_postgresql_conf(stack_run):
 
 def test_database_reachable_only_from_server_sg(stack_run):
     db_sg = next(r for r in stack_run.of_type("aws:ec2/securityGroup:SecurityGroup") if r.name.endswith("-db-sg"))
-    server_sg = next(r for r in stack_run.of_type("aws:ec2/securityGroup:SecurityGroup")
-                     if r.name.endswith("-server") and "Compute" not in r.name)
-    rules = [r.inputs for r in stack_run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
-             if r.inputs["securityGroupId"] == db_sg.name + "-id"]
-    assert rules == [{**rules[0], "fromPort": 5432, "toPort": 5432,
-                      "referencedSecurityGroupId": server_sg.name + "-id"}]
+    server_sg = next(
+        r
+        for r in stack_run.of_type("aws:ec2/securityGroup:SecurityGroup")
+        if r.name.endswith("-server") and "Compute" not in r.name
+    )
+    rules = [
+        r.inputs
+        for r in stack_run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        if r.inputs["securityGroupId"] == db_sg.name + "-id"
+    ]
+    assert rules == [
+        {**rules[0], "fromPort": 5432, "toPort": 5432, "referencedSecurityGroupId": server_sg.name + "-id"}
+    ]
     assert "cidrIpv4" not in rules[0]
 
 
@@ -86,7 +97,11 @@ def test_server_policy_document_is_exact():
     assert allows["ListArtifactBucket"]["Action"] == ["s3:ListBucket"]
     assert allows["ListArtifactBucket"]["Resource"] == ["arn:aws:s3:::b"]
     assert set(allows["ReadWriteDeleteArtifacts"]["Action"]) == {
-        "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+    }
     assert allows["ReadWriteDeleteArtifacts"]["Resource"] == ["arn:aws:s3:::b/*"]
     assert allows["ReadOwnSecrets"]["Resource"] == ["arn:s1", "arn:s2"]
     assert allows["UseArtifactKey"]["Resource"] == ["arn:aws:kms:k"]
@@ -100,12 +115,16 @@ def test_role_uses_that_document(stack_run):
     import yaml
 
     from infra.mockrun import REPO_ROOT
+
     stack = stack_run.one("aws:s3/bucket:Bucket").inputs["tags"]["environment"]
     tls = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"].get(
-        "mlflow-tracking:tlsCertificateSecretArn")
-    secrets = [stack_run.one("aws:secretsmanager/secret:Secret").outputs["arn"],
-               stack_run.one("aws:rds/instance:Instance").outputs["masterUserSecrets"][0]["secretArn"],
-               *([tls] if tls else [])]
+        "mlflow-tracking:tlsCertificateSecretArn"
+    )
+    secrets = [
+        stack_run.one("aws:secretsmanager/secret:Secret").outputs["arn"],
+        stack_run.one("aws:rds/instance:Instance").outputs["masterUserSecrets"][0]["secretArn"],
+        *([tls] if tls else []),
+    ]
     key = stack_run.of_type("aws:kms/key:Key")
     policies = {r.name: json.loads(r.inputs["policy"]) for r in stack_run.of_type("aws:iam/rolePolicy:RolePolicy")}
     main = next(v for k, v in policies.items() if k.endswith("artifacts-secrets"))
@@ -113,8 +132,9 @@ def test_role_uses_that_document(stack_run):
     pull = next(v for k, v in policies.items() if k.endswith("image-pull"))
     wild = [s for s in pull["Statement"] if s["Resource"] == "*"]
     assert [set(s["Action"]) for s in wild] == [set(RESOURCE_WILDCARD_ONLY_ACTIONS)]
-    assert [r.inputs["policyArn"] for r in stack_run.of_type(
-        "aws:iam/rolePolicyAttachment:RolePolicyAttachment")] == [SSM_CORE_POLICY_ARN]
+    assert [r.inputs["policyArn"] for r in stack_run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")] == [
+        SSM_CORE_POLICY_ARN
+    ]
     assert stack_run.one("aws:iam/instanceProfile:InstanceProfile")
 
 
@@ -131,10 +151,14 @@ def test_front_door_only_from_configured_cidrs(stack_run):
     import yaml
 
     from infra.mockrun import REPO_ROOT
+
     stack = stack_run.one("aws:s3/bucket:Bucket").inputs["tags"]["environment"]
     cidrs = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]["mlflow-tracking:allowedCidrs"]
-    rules = [r.inputs for r in stack_run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
-             if "cidrIpv4" in r.inputs]
+    rules = [
+        r.inputs
+        for r in stack_run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        if "cidrIpv4" in r.inputs
+    ]
     assert {(r["fromPort"], r["cidrIpv4"]) for r in rules} == {(p, c) for p in (443, 80) for c in cidrs}
 
 
@@ -155,47 +179,70 @@ def test_secrets_never_exported_in_plain_text(stack_run):
     envelope = version["secretString"]
     assert envelope.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270"
     assert set(json.loads(envelope["value"])) == {
-        "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+        "MLFLOW_DB_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    }
 
 
 def test_every_taggable_resource_has_the_tag_dict(stack_run):
     for r in stack_run.resources:
         if r.type in TAGGABLE_TYPES:
             assert all(r.inputs.get("tags", {}).get(t) for t in REQUIRED_TAGS), r.name
-    assert not {r.type for r in stack_run.resources if r.type.startswith("aws:") and "tags" in r.inputs} - TAGGABLE_TYPES
+    assert (
+        not {r.type for r in stack_run.resources if r.type.startswith("aws:") and "tags" in r.inputs} - TAGGABLE_TYPES
+    )
 
 
 def test_existing_vpc_mode_creates_no_network():
-    run = run_stack("dev", {"vpcId": "vpc-123", "publicSubnetIds": ["subnet-p1", "subnet-p2"],
-                            "privateSubnetIds": ["subnet-a", "subnet-b"]})
+    run = run_stack(
+        "dev",
+        {
+            "vpcId": "vpc-123",
+            "publicSubnetIds": ["subnet-p1", "subnet-p2"],
+            "privateSubnetIds": ["subnet-a", "subnet-b"],
+        },
+    )
     assert not run.of_type("aws:ec2/vpc:Vpc") and not run.of_type("aws:ec2/natGateway:NatGateway")
     assert inputs(run, "aws:rds/subnetGroup:SubnetGroup")["subnetIds"] == ["subnet-a", "subnet-b"]
     assert inputs(run, "aws:ec2/instance:Instance")["subnetId"] == "subnet-a"
 
 
 def test_scale_out_mode_is_one_config_value():
-    run = run_stack("prod", {"computeMode": "ecs",
-                             "acmCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"})
+    run = run_stack(
+        "prod", {"computeMode": "ecs", "acmCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"}
+    )
     assert not run.of_type("aws:ec2/instance:Instance")
     svc = inputs(run, "aws:ecs/service:Service")
     assert svc["launchType"] == "FARGATE" and svc["networkConfiguration"]["assignPublicIp"] is False
     https = next(r.inputs for r in run.of_type("aws:lb/listener:Listener") if r.inputs["port"] == 443)
     assert https["protocol"] == "HTTPS" and https["certificateArn"].startswith("arn:aws:acm")
-    task = next(r for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition")
-                if r.inputs["family"] == "mlflow-prod-service")
+    task = next(
+        r for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition") if r.inputs["family"] == "mlflow-prod-service"
+    )
     containers = json.loads(task.inputs["containerDefinitions"])
     mlflow = next(c for c in containers if c["name"] == "mlflow")
-    env_text = json.dumps([json.loads(t.inputs["containerDefinitions"])
-                           for t in run.of_type("aws:ecs/taskDefinition:TaskDefinition")])
+    env_text = json.dumps(
+        [json.loads(t.inputs["containerDefinitions"]) for t in run.of_type("aws:ecs/taskDefinition:TaskDefinition")]
+    )
     assert not any(s in env_text for s in run.secret_values)
-    assert {s["name"] for s in mlflow["secrets"]} == {"PGPASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD",
-                                                      "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+    assert {s["name"] for s in mlflow["secrets"]} == {
+        "PGPASSWORD",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    }
 
 
 def test_scale_out_refuses_more_tasks_than_the_database_supports():
     with pytest.raises(Exception, match="connections"):
-        run_stack("prod", {"computeMode": "ecs", "ecsMaxTasks": 40,
-                           "acmCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"})
+        run_stack(
+            "prod",
+            {
+                "computeMode": "ecs",
+                "ecsMaxTasks": 40,
+                "acmCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x",
+            },
+        )
 
 
 def test_config_refuses_missing_cidrs():

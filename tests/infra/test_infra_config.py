@@ -4,6 +4,7 @@ in infra/README.md, and fed to the components without a second default.
 Mock boundary: values reach the program through Pulumi's own `pulumi.Config`, set the way the
 engine hands them over (strings, JSON for non-strings) under Pulumi's mocks; no Pulumi CLI.
 """
+
 import ast
 import json
 import re
@@ -34,8 +35,9 @@ def field_keys() -> set[str]:
 def readme_keys() -> set[str]:
     text = (REPO_ROOT / "infra" / "README.md").read_text()
     table = text.split("\n## Config keys", 1)[1].split("\n## ", 1)[0]
-    return {key for row in table.splitlines() if row.startswith("| `")
-            for key in re.findall(r"`(\w+)`", row.split("|")[1])}
+    return {
+        key for row in table.splitlines() if row.startswith("| `") for key in re.findall(r"`(\w+)`", row.split("|")[1])
+    }
 
 
 def test_every_pulumi_yaml_key_is_a_field_and_a_readme_row():
@@ -51,8 +53,9 @@ def test_every_field_has_its_declared_type_and_no_default_of_its_own():
         if f.name == "region":
             continue
         assert GETTERS[declared[config_key(f.name)]["type"]][1].__name__ == str(f.type).split("[")[0], f.name
-        assert f.default is MISSING and f.default_factory is MISSING, \
+        assert f.default is MISSING and f.default_factory is MISSING, (
             f"{f.name} has a default in config.py: defaults live in Pulumi.yaml only"
+        )
 
 
 def test_stack_files_set_only_declared_keys():
@@ -69,8 +72,9 @@ def test_configured_zero_false_empty_and_empty_list_round_trip():
     dev = stack_config("dev")
     values = {key: FALSY[spec["type"]] for key, spec in declared.items() if key not in REQUIRED_NON_EMPTY}
     # The engine hands every value over as a string (JSON for non-strings).
-    pulumi.runtime.set_all_config({**dev, **{f"{name}:{key}": v if isinstance(v, str) else json.dumps(v)
-                                             for key, v in values.items()}})
+    pulumi.runtime.set_all_config(
+        {**dev, **{f"{name}:{key}": v if isinstance(v, str) else json.dumps(v) for key, v in values.items()}}
+    )
     cfg = StackConfig.load()
     for key, value in values.items():
         field = re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), key)
@@ -80,8 +84,7 @@ def test_configured_zero_false_empty_and_empty_list_round_trip():
 
 def test_unset_keys_take_their_pulumi_yaml_default():
     name, declared = project_name(), declared_config()
-    given = {f"{name}:{key}": stack_config("dev")[f"{name}:{key}"]
-             for key in REQUIRED_NON_EMPTY | {"publicHost"}}
+    given = {f"{name}:{key}": stack_config("dev")[f"{name}:{key}"] for key in REQUIRED_NON_EMPTY | {"publicHost"}}
     pulumi.runtime.set_all_config({**given, "aws:region": "us-east-1"})
     cfg = StackConfig.load()
     for f in fields(StackConfig):
@@ -97,16 +100,21 @@ def test_components_take_configured_values_without_a_default_of_their_own():
     tree = ast.parse(Path(infra.program.__file__).read_text())
     checked = 0
     for call in ast.walk(tree):
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-                and call.func.id.endswith("Args")):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id.endswith("Args")):
             continue
         args_class = getattr(infra.program, call.func.id)
         arg_fields = {f.name: f for f in fields(args_class)}
         for keyword in call.keywords:
-            if any(isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "cfg"
-                   and n.attr in config_fields for n in ast.walk(keyword.value)):
+            if any(
+                isinstance(n, ast.Attribute)
+                and isinstance(n.value, ast.Name)
+                and n.value.id == "cfg"
+                and n.attr in config_fields
+                for n in ast.walk(keyword.value)
+            ):
                 f = arg_fields[keyword.arg]
-                assert f.default is MISSING and f.default_factory is MISSING, \
+                assert f.default is MISSING and f.default_factory is MISSING, (
                     f"{call.func.id}.{f.name} has a default; it comes from Pulumi.yaml"
+                )
                 checked += 1
     assert checked >= len(config_fields) // 2, checked

@@ -3,6 +3,7 @@
 Mock boundary: the program runs under Pulumi's mocks (no AWS, no Pulumi CLI). The ECS container
 definitions are compared with the model the real Compose binary resolves.
 """
+
 import json
 
 import pytest
@@ -16,17 +17,20 @@ DB_HOST = "mlflow-prod-db.abc123.us-east-1.rds.amazonaws.com"
 
 
 def _ecs(overrides=None, **kwargs):
-    return run_stack("prod", {"computeMode": "ecs", "acmCertificateArn": ACM, **(overrides or {})},
-                     **kwargs)
+    return run_stack("prod", {"computeMode": "ecs", "acmCertificateArn": ACM, **(overrides or {})}, **kwargs)
 
 
 def _containers(run, family_suffix=""):
-    task = next(r for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition")
-                if r.inputs["family"] == f"mlflow-prod-service{family_suffix}")
+    task = next(
+        r
+        for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition")
+        if r.inputs["family"] == f"mlflow-prod-service{family_suffix}"
+    )
     return {c["name"]: c for c in json.loads(task.inputs["containerDefinitions"])}
 
 
 # --- Day one (item 6) ----------------------------------------------------------------------
+
 
 def test_no_task_runs_before_the_image_is_pushed():
     empty = _ecs(pushed_tags=[])
@@ -53,8 +57,9 @@ def test_migrations_run_once_per_deploy_as_their_own_task():
     migrate = _containers(run, "-migrate")["migrate"]
     assert migrate["essential"] is True
     invocation = run.one("aws:lambda/invocation:Invocation")
-    task = next(r for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition")
-                if r.inputs["family"].endswith("-migrate"))
+    task = next(
+        r for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition") if r.inputs["family"].endswith("-migrate")
+    )
     assert json.loads(invocation.inputs["input"])["taskDefinition"] == task.outputs["arn"]
     assert invocation.inputs["triggers"]["taskDefinition"] == task.outputs["arn"]
     assert invocation.urn in run.one("aws:ecs/service:Service").dependencies
@@ -73,12 +78,17 @@ class FakeEcs:
         return type("W", (), {"wait": lambda _, **kw: self.calls.append(("wait", kw))})()
 
     def describe_tasks(self, **kw):
-        return {"tasks": [{"containers": [{"name": "migrate", "exitCode": self.exit_code}],
-                           "stoppedReason": "Essential container in task exited"}]}
+        return {
+            "tasks": [
+                {
+                    "containers": [{"name": "migrate", "exitCode": self.exit_code}],
+                    "stoppedReason": "Essential container in task exited",
+                }
+            ]
+        }
 
 
-EVENT = {"cluster": "c", "taskDefinition": "td", "subnets": ["s"], "securityGroups": ["g"],
-         "imagePresent": True}
+EVENT = {"cluster": "c", "taskDefinition": "td", "subnets": ["s"], "securityGroups": ["g"], "imagePresent": True}
 
 
 def test_migrate_runner_waits_and_reports_failure():
@@ -93,13 +103,15 @@ def test_migrate_runner_waits_and_reports_failure():
 
 # --- One source for the mlflow service (item 7) --------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ecs_run_and_model():
     run = _ecs()
     bucket = run.one("aws:s3/bucket:Bucket").outputs["bucket"]
     image = _containers(run)["mlflow"]["image"]
-    model = resolve(aws_env(public_host="mlflow.example.com", bucket=bucket, region="us-east-1",
-                            db_host=DB_HOST, image=image))
+    model = resolve(
+        aws_env(public_host="mlflow.example.com", bucket=bucket, region="us-east-1", db_host=DB_HOST, image=image)
+    )
     return run, model
 
 
@@ -125,47 +137,81 @@ def test_ecs_mlflow_container_is_the_compose_service(ecs_run_and_model):
 def test_ecs_carries_the_bind_mounted_files(ecs_run_and_model):
     run, model = ecs_run_and_model
     containers = _containers(run)
-    files = json.loads(next(e["value"] for e in containers["config"]["environment"]
-                            if e["name"] == "CONFIG_FILES"))
+    files = json.loads(next(e["value"] for e in containers["config"]["environment"] if e["name"] == "CONFIG_FILES"))
     targets = {v["target"] for v in model["services"]["mlflow"]["volumes"] if v["type"] == "bind"}
     assert set(files) == targets
     mounted = {m["containerPath"] for m in containers["mlflow"]["mountPoints"]}
     assert all(any(t.startswith(d + "/") for d in mounted) for t in targets)
     assert {"containerName": "config", "condition": "SUCCESS"} in containers["mlflow"]["dependsOn"]
-    assert all(f"@{DB_HOST}:5432/" in uri for uri in
-               (line for text in files.values() for line in text.splitlines() if "postgresql" in line))
+    assert all(
+        f"@{DB_HOST}:5432/" in uri
+        for uri in (line for text in files.values() for line in text.splitlines() if "postgresql" in line)
+    )
 
 
 def test_derivation_is_generic():
     """Whatever the compose service says (another entrypoint, new variables, options) is what ECS
     gets: the derivation knows no variable by name."""
-    model = {"services": {"db": {}, "app": {
-        "command": ["serve", "--port", "8080"], "entrypoint": ["/entry.sh"], "user": "10001",
-        "environment": {"NEW_OPTION": "--flag 1 $$HOME", "EMPTY": "", "PASSWORD": "secret-ref-X",
-                        "URI": "postgresql+psycopg2://u@db:6432/name?x=1", "OTHER": "http://db:1",
-                        "PLUGIN": "my-postgresql://u@db:6432/t"},
-        "healthcheck": {"test": ["CMD", "true"], "interval": "1m30s", "timeout": "5s",
-                        "retries": 3, "start_period": "10s"}}}}
+    model = {
+        "services": {
+            "db": {},
+            "app": {
+                "command": ["serve", "--port", "8080"],
+                "entrypoint": ["/entry.sh"],
+                "user": "10001",
+                "environment": {
+                    "NEW_OPTION": "--flag 1 $$HOME",
+                    "EMPTY": "",
+                    "PASSWORD": "secret-ref-X",
+                    "URI": "postgresql+psycopg2://u@db:6432/name?x=1",
+                    "OTHER": "http://db:1",
+                    "PLUGIN": "my-postgresql://u@db:6432/t",
+                },
+                "healthcheck": {
+                    "test": ["CMD", "true"],
+                    "interval": "1m30s",
+                    "timeout": "5s",
+                    "retries": 3,
+                    "start_period": "10s",
+                },
+            },
+        }
+    }
     c = derive_container(model, "app", image="img", secrets={"X": "arn:x::"}, db_host="rds")
     assert c["command"] == ["serve", "--port", "8080"] and c["entryPoint"] == ["/entry.sh"]
     assert c["user"] == "10001"
     env = {e["name"]: e["value"] for e in c["environment"]}
-    assert env == {"NEW_OPTION": "--flag 1 $HOME", "OTHER": "http://db:1",
-                   "URI": "postgresql+psycopg2://u@rds:5432/name?x=1&sslmode=require",
-                   "PLUGIN": "my-postgresql://u@rds:5432/t?sslmode=require"}
+    assert env == {
+        "NEW_OPTION": "--flag 1 $HOME",
+        "OTHER": "http://db:1",
+        "URI": "postgresql+psycopg2://u@rds:5432/name?x=1&sslmode=require",
+        "PLUGIN": "my-postgresql://u@rds:5432/t?sslmode=require",
+    }
     assert c["secrets"] == [{"name": "PASSWORD", "valueFrom": "arn:x::"}]
-    assert c["healthCheck"] == {"command": ["CMD", "true"], "interval": 90, "timeout": 5,
-                                "retries": 3, "startPeriod": 10}
+    assert c["healthCheck"] == {
+        "command": ["CMD", "true"],
+        "interval": 90,
+        "timeout": 5,
+        "retries": 3,
+        "startPeriod": 10,
+    }
     with pytest.raises(ValueError, match="whole values"):
-        derive_container({"services": {"a": {"environment": {"U": "x:secret-ref-X"}}}}, "a",
-                         image="i", secrets={"X": "y"}, db_host="h")
+        derive_container(
+            {"services": {"a": {"environment": {"U": "x:secret-ref-X"}}}},
+            "a",
+            image="i",
+            secrets={"X": "y"},
+            db_host="h",
+        )
 
 
 def test_parameter_group_is_sized_for_the_instance_class(dev_run, prod_run):
     """dev runs db.t4g.micro (1 GiB), prod db.t4g.medium (4 GiB): 4x the memory settings."""
+
     def shared_buffers(run):
         params = run.one("aws:rds/parameterGroup:ParameterGroup").inputs["parameters"]
         return int(next(p["value"] for p in params if p["name"] == "shared_buffers"))
+
     classes = [run.one("aws:rds/instance:Instance").inputs["instanceClass"] for run in (dev_run, prod_run)]
     assert classes == ["db.t4g.micro", "db.t4g.medium"]
     assert shared_buffers(prod_run) == 4 * shared_buffers(dev_run)
@@ -177,6 +223,7 @@ def test_zero_min_tasks_reaches_autoscaling():
 
 
 # --- Operators (item 8) ----------------------------------------------------------------------
+
 
 def test_instance_id_output_for_the_ssm_command(stack_run):
     instance = stack_run.one("aws:ec2/instance:Instance")
@@ -192,8 +239,7 @@ def test_prod_requires_a_real_certificate():
 
 def test_artifacts_reach_s3_through_the_gateway_endpoint(stack_run):
     endpoint = stack_run.one("aws:ec2/vpcEndpoint:VpcEndpoint").inputs
-    private_rt = next(r for r in stack_run.of_type("aws:ec2/routeTable:RouteTable")
-                      if r.name.endswith("-private"))
+    private_rt = next(r for r in stack_run.of_type("aws:ec2/routeTable:RouteTable") if r.name.endswith("-private"))
     assert endpoint["vpcEndpointType"] == "Gateway" and endpoint["serviceName"].endswith(".s3")
     assert endpoint["routeTableIds"] == [private_rt.name + "-id"]
 

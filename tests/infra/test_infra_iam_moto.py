@@ -8,6 +8,7 @@ the `mlflow gc` command). moto checks resource ARNs only for S3 (other services 
 against "*"), so the secrets statement's scoping is asserted on the document in
 test_infra_components.py, not here.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,12 @@ def _with_moto_delete_shim(doc: dict) -> dict:
     """moto 5.2 authorises a multi-object delete (POST ?delete, what MLflow and `mlflow gc` use)
     as s3:DeleteObject on the BUCKET arn; AWS checks s3:DeleteObject on each OBJECT arn, which our
     policy grants. Only for moto, the same action is also allowed on the bucket arn."""
-    shim = {"Sid": "MotoOnlyMultiDelete", "Effect": "Allow", "Action": ["s3:DeleteObject"],
-            "Resource": [doc["Statement"][0]["Resource"][0]]}
+    shim = {
+        "Sid": "MotoOnlyMultiDelete",
+        "Effect": "Allow",
+        "Action": ["s3:DeleteObject"],
+        "Resource": [doc["Statement"][0]["Resource"][0]],
+    }
     return {**doc, "Statement": doc["Statement"] + [shim]}
 
 
@@ -60,8 +65,7 @@ def iam_world(moto_server):
 
     doc = server_policy_document(f"arn:aws:s3:::{BUCKET}", [own])
     server = user("mlflow-server", _with_moto_delete_shim(doc))
-    admin = user("admin", {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+    admin = user("admin", {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
     moto_server.enforce_iam(True)
     yield {"endpoint": ep, "server": server, "admin": admin}
     moto_server.enforce_iam(False)
@@ -88,8 +92,9 @@ def _keys(world, prefix=""):
 
 def test_enforcement_is_on(as_server):
     """Sanity: an unknown key is refused, so the allows below are the policy's doing."""
-    s3 = _client("s3", as_server["endpoint"], {"aws_access_key_id": "AKIAUNKNOWN0000000000",
-                                                "aws_secret_access_key": "x"})
+    s3 = _client(
+        "s3", as_server["endpoint"], {"aws_access_key_id": "AKIAUNKNOWN0000000000", "aws_secret_access_key": "x"}
+    )
     with pytest.raises(ClientError):
         s3.list_objects_v2(Bucket=BUCKET)
 
@@ -124,32 +129,59 @@ def test_mlflow_gc_deletes_artifacts_of_deleted_runs(as_server, tmp_path):
     assert _keys(as_server, f"gc/{run.info.run_id}/")
     client.delete_run(run.info.run_id)
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
-    result = subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", tracking],
-                            env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", tracking],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert _keys(as_server, f"gc/{run.info.run_id}/") == []
 
 
-@pytest.mark.parametrize("action", ["put_other_bucket", "delete_bucket", "put_bucket_policy",
-                                    "delete_bucket_policy", "put_bucket_versioning",
-                                    "overwrite_deploy_bundle", "delete_deploy_bundle",
-                                    "list_all_buckets"])
+@pytest.mark.parametrize(
+    "action",
+    [
+        "put_other_bucket",
+        "delete_bucket",
+        "put_bucket_policy",
+        "delete_bucket_policy",
+        "put_bucket_versioning",
+        "overwrite_deploy_bundle",
+        "delete_deploy_bundle",
+        "list_all_buckets",
+    ],
+)
 def test_everything_else_is_denied(as_server, action):
     s3 = _client("s3", as_server["endpoint"], as_server["server"])
     calls = {
         "put_other_bucket": lambda: s3.put_object(Bucket=OTHER_BUCKET, Key="x", Body=b"x"),
         "delete_bucket": lambda: s3.delete_bucket(Bucket=BUCKET),
-        "put_bucket_policy": lambda: s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*",
-                                                    "Action": "s3:GetObject",
-                                                    "Resource": f"arn:aws:s3:::{BUCKET}/*"}]})),
+        "put_bucket_policy": lambda: s3.put_bucket_policy(
+            Bucket=BUCKET,
+            Policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": "*",
+                            "Action": "s3:GetObject",
+                            "Resource": f"arn:aws:s3:::{BUCKET}/*",
+                        }
+                    ],
+                }
+            ),
+        ),
         "delete_bucket_policy": lambda: s3.delete_bucket_policy(Bucket=BUCKET),
         "put_bucket_versioning": lambda: s3.put_bucket_versioning(
-            Bucket=BUCKET, VersioningConfiguration={"Status": "Suspended"}),
+            Bucket=BUCKET, VersioningConfiguration={"Status": "Suspended"}
+        ),
         "overwrite_deploy_bundle": lambda: s3.put_object(
-            Bucket=BUCKET, Key=f"{BUNDLE_PREFIX}docker-compose.aws.yml", Body=b"evil"),
-        "delete_deploy_bundle": lambda: s3.delete_object(
-            Bucket=BUCKET, Key=f"{BUNDLE_PREFIX}docker-compose.aws.yml"),
+            Bucket=BUCKET, Key=f"{BUNDLE_PREFIX}docker-compose.aws.yml", Body=b"evil"
+        ),
+        "delete_deploy_bundle": lambda: s3.delete_object(Bucket=BUCKET, Key=f"{BUNDLE_PREFIX}docker-compose.aws.yml"),
         "list_all_buckets": lambda: s3.list_buckets(),
     }
     with pytest.raises(ClientError) as err:

@@ -1,4 +1,5 @@
 """RDS parameter group from postgres/postgresql.conf (pure parsing; no mocks involved)."""
+
 import pytest
 
 from infra.pgconf import (
@@ -35,8 +36,7 @@ def test_every_tuning_key_is_carried_with_rds_units():
         assert int(params[key]) == to_kb(conf[key])
     for key in ("max_wal_size", "min_wal_size"):
         assert int(params[key]) == to_kb(conf[key]) // 1024
-    for key in ("max_connections", "password_encryption", "checkpoint_completion_target",
-                "log_min_duration_statement"):
+    for key in ("max_connections", "password_encryption", "checkpoint_completion_target", "log_min_duration_statement"):
         assert params[key] == conf[key]
     assert params["rds.force_ssl"] == "1"
 
@@ -65,8 +65,10 @@ def test_unclassified_key_is_an_error(tmp_path):
 
 def test_memory_values_follow_the_instance_class():
     """A 4 GiB class gets twice the memory settings of the 2 GiB file; a 1 GiB class half."""
+
     def values(cls):
         return {p["name"]: int(p["value"]) for p in rds_parameters(cls) if p["name"] in MEMORY_SCALED}
+
     base, small, big = values(CLASS), values("db.t4g.micro"), values("db.t4g.medium")
     assert base and all(big[k] == 2 * base[k] and small[k] * 2 == base[k] for k in base)
 

@@ -1,6 +1,7 @@
 """`python -m infra.plan`: the reviewer's view of what `pulumi up` would create.
 
 Mock boundary: it runs the program under Pulumi's mocks (no AWS, no Pulumi CLI here)."""
+
 import json
 import subprocess
 import sys
@@ -26,6 +27,7 @@ def test_plan_json_masks_secret_inputs(capsys):
 
 
 def test_plan_command_line_help():
-    result = subprocess.run([sys.executable, "-m", "infra.plan", "--help"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.plan", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "--stack" in result.stdout

@@ -5,6 +5,7 @@ Each service is its container (`podman://mlflow-SERVICE-1` or `docker://...`, wh
 images ship (cat, stat, the services' own clients): no `ps`, `ss` or `netstat`, which the slim
 images lack. Processes come from the engine (`compose top`), listening sockets from /proc/net.
 """
+
 import json
 import subprocess
 
@@ -34,23 +35,28 @@ def repo_host():
 def service_host(eng):
     def get(service: str):
         return testinfra.get_host(f"{eng.kind}://{engine.container_name(service)}")
+
     return get
 
 
 @pytest.fixture(scope="session")
 def compose(eng):
     """Run `docker compose ARGS` for the stack; returns the CompletedProcess (text, captured)."""
+
     def run(*args, check=True, timeout=300):
         return engine.compose(eng, *args, check=check, capture=True, timeout=timeout)
+
     return run
 
 
 @pytest.fixture(scope="session")
 def bring_up(eng):
     """Start services again after a test stopped them, without recreating anything (engine.up)."""
+
     def run(*services):
         proc = engine.up(eng, *services, timeout_s=300, capture=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
+
     return run
 
 
@@ -60,11 +66,14 @@ def run_in_image(eng):
     entrypoint, the stack's networks) and return the JSON object the code prints last. podman 4.3's
     API always returns 0 from `compose run`, so that line, printed only when every step worked, is
     the check."""
+
     def run(code: str, *options, input: str = None) -> dict:
         cmd = engine.compose_args() + ["run", "--rm", "--no-deps", "-T", *options, "mlflow", "python", "-c", code]
-        proc = subprocess.run(cmd, input=input, env=eng.env, cwd=engine.ROOT, capture_output=True, text=True,
-                              timeout=180)
+        proc = subprocess.run(
+            cmd, input=input, env=eng.env, cwd=engine.ROOT, capture_output=True, text=True, timeout=180
+        )
         lines = proc.stdout.strip().splitlines()
         assert proc.returncode == 0 and lines and lines[-1].startswith("{"), proc.stderr[-2000:]
         return json.loads(lines[-1])
+
     return run

@@ -25,6 +25,7 @@ The namespace keeps the instance's ports away from the main stack. It has its ow
 and its own /run/containers/networks (a tmpfs): rootful podman keeps its network state and DNS
 server config at that fixed path, so a second network namespace needs its own.
 """
+
 import ctypes
 import json
 import os
@@ -41,10 +42,10 @@ from pathlib import Path
 import boto3
 import requests
 
-from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files, bundle_hash
-from infra.userdata import COMPOSE_PY_VERSION, BootSettings, render_user_data
 from ctl import engine
 from ctl.settings import Settings
+from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files, bundle_hash
+from infra.userdata import COMPOSE_PY_VERSION, BootSettings, render_user_data
 
 REGION, BUCKET = "us-east-1", "mlflow-boot-e2e"
 MOTO_PORT = 5000
@@ -74,9 +75,12 @@ class Namespace:
     requests) in a worker thread that joined its network namespace (setns is per thread)."""
 
     def __init__(self):
-        self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "unchanged", "--fork",
-                                        "--", "sh", "-c", HOLDER], stdout=subprocess.PIPE, text=True,
-                                       start_new_session=True)
+        self.holder = subprocess.Popen(
+            ["unshare", "--net", "--mount", "--propagation", "unchanged", "--fork", "--", "sh", "-c", HOLDER],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.pid = int(self.holder.stdout.readline())
         # --wd: entering a mount namespace moves the working directory to its root.
         self.prefix = ["nsenter", f"--target={self.pid}", "--net", "--mount", f"--wd={REPO_ROOT}", "--"]
@@ -96,8 +100,15 @@ class Namespace:
 
     def run(self, cmd, env, timeout=120, input=None) -> subprocess.CompletedProcess:
         """Run CMD in the namespace; on timeout its whole process group goes (compose included)."""
-        proc = subprocess.Popen([*self.prefix, *map(str, cmd)], env=env, text=True, start_new_session=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*self.prefix, *map(str, cmd)],
+            env=env,
+            text=True,
+            start_new_session=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -108,8 +119,14 @@ class Namespace:
 
     def spawn(self, cmd, env, log: Path) -> subprocess.Popen:
         with log.open("w") as fh:
-            proc = subprocess.Popen([*self.prefix, *map(str, cmd)], env=env, stdin=subprocess.DEVNULL,
-                                    stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [*self.prefix, *map(str, cmd)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.daemons.append(proc)
         return proc
 
@@ -174,34 +191,60 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
     sock = tmp_path / "podman.sock"
     images = engine.read_images_env()
     postgres_image = images.get("POSTGRES_IMAGE") or engine.image_variables()["POSTGRES_IMAGE"]
-    app_secret = {"MLFLOW_DB_PASSWORD": secrets.token_urlsafe(18), "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
-                  "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(24)}
+    app_secret = {
+        "MLFLOW_DB_PASSWORD": secrets.token_urlsafe(18),
+        "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(24),
+    }
     # RDS-generated passwords hold punctuation: $ and # must survive .env and Compose.
     first, rotated = (f"$a{secrets.token_urlsafe(12)}#!", f"$b{secrets.token_urlsafe(12)}&*")
 
-    base_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("AWS_", "MLFLOW_", "DOCKER_", "COMPOSE_", "POSTGRES_", "NGINX_", "PGBOUNCER_"))}
-    base_env.update(DOCKER_HOST=f"unix://{sock}", DOCKER_CONFIG=str(cfg), COMPOSE_PROJECT_NAME=project,
-                    PATH=f"{Path(docker).parent}:{os.environ['PATH']}")
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "MLFLOW_", "DOCKER_", "COMPOSE_", "POSTGRES_", "NGINX_", "PGBOUNCER_"))
+    }
+    base_env.update(
+        DOCKER_HOST=f"unix://{sock}",
+        DOCKER_CONFIG=str(cfg),
+        COMPOSE_PROJECT_NAME=project,
+        PATH=f"{Path(docker).parent}:{os.environ['PATH']}",
+    )
     ns = Namespace()
     try:
         ns.spawn(["podman", "system", "service", "--time=0", f"unix://{sock}"], base_env, tmp_path / "podman.log")
         poll("podman's API socket", sock.exists, 60)
         ns.spawn([sys.executable, "-m", "ctl.engine", "tick"], base_env, tmp_path / "ticker.log")
         dk = lambda *args, **kw: ns.run([docker, *args], base_env, **kw)  # noqa: E731
-        must(subprocess.run(["podman", "tag", Settings.load().env["MLFLOW_IMAGE"], ecr_image],
-                            capture_output=True, text=True, timeout=60), "tagging the image for ECR")
+        must(
+            subprocess.run(
+                ["podman", "tag", Settings.load().env["MLFLOW_IMAGE"], ecr_image],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ),
+            "tagging the image for ECR",
+        )
 
         # AWS's side: one network whose gateway (an address of the namespace) serves moto, and RDS.
         label = f"com.docker.compose.project={project}"  # so the cleanup finds them with the stack
         # No DNS on it: else podman's DNS server outlives `mlflow-boot down` and, reloaded for the
         # stack's new networks at `up`, did not always answer on them.
-        must(ns.run(["podman", "network", "create", "--disable-dns", "--label", label, f"{project}-aws"], base_env),
-             "network create")
-        gateway = must(ns.run(["podman", "network", "inspect", "--format", "{{(index .Subnets 0).Gateway}}",
-                               f"{project}-aws"], base_env), "network inspect").strip()
+        must(
+            ns.run(["podman", "network", "create", "--disable-dns", "--label", label, f"{project}-aws"], base_env),
+            "network create",
+        )
+        gateway = must(
+            ns.run(
+                ["podman", "network", "inspect", "--format", "{{(index .Subnets 0).Gateway}}", f"{project}-aws"],
+                base_env,
+            ),
+            "network inspect",
+        ).strip()
         endpoint = f"http://{gateway}:{MOTO_PORT}"
-        ns.spawn([sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", MOTO_PORT], base_env, tmp_path / "moto.log")
+        ns.spawn(
+            [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", MOTO_PORT], base_env, tmp_path / "moto.log"
+        )
         rds_ip = start_fake_rds(dk, project, label, postgres_image, tmp_path, first)
 
         def seed():
@@ -212,17 +255,36 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
             s3.create_bucket(Bucket=BUCKET)
             for rel in bundle_files():  # what Compute uploads
                 s3.upload_file(str(REPO_ROOT / rel), BUCKET, f"{BUNDLE_PREFIX}{rel}")
+
         ns.call(seed)
 
-        settings = BootSettings(region=REGION, bundle_uri=f"s3://{BUCKET}/{BUNDLE_PREFIX}", bundle_hash=bundle_hash(),
-                                app_secret_arn="mlflow-app", db_secret_arn="rds-master", db_host=rds_ip, db_port="5432",
-                                public_host=PUBLIC_HOST, artifact_bucket=BUCKET, mlflow_image=ecr_image)
+        settings = BootSettings(
+            region=REGION,
+            bundle_uri=f"s3://{BUCKET}/{BUNDLE_PREFIX}",
+            bundle_hash=bundle_hash(),
+            app_secret_arn="mlflow-app",
+            db_secret_arn="rds-master",
+            db_host=rds_ip,
+            db_port="5432",
+            public_host=PUBLIC_HOST,
+            artifact_bucket=BUCKET,
+            mlflow_image=ecr_image,
+        )
         user_data = tmp_path / "user-data.sh"
         user_data.write_text(render_user_data(settings, app_dir=str(app_dir)))
-        boot_env = {**base_env, **images, "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint,
-                    "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "NGINX_BIND_ADDRESS": "127.0.0.1"}
+        boot_env = {
+            **base_env,
+            **images,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "NGINX_BIND_ADDRESS": "127.0.0.1",
+        }
         boot = lambda *args: ns.run(["bash", *args], boot_env, timeout=BOOT_TIMEOUT_S)  # noqa: E731
-        status = lambda: engine.json_rows(must(boot(app_dir / "mlflow-boot", "compose", "ps", "--all", "--format", "json"), "compose ps"))  # noqa: E731,E501
+        status = lambda: engine.json_rows(
+            must(boot(app_dir / "mlflow-boot", "compose", "ps", "--all", "--format", "json"), "compose ps")
+        )  # noqa: E731,E501
 
         # boot.sh installs Docker and the Compose plugin where `docker compose version` differs: here
         # that would be this machine's, so the test stops first.
@@ -246,12 +308,44 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
 
         # --- day eight: RDS rotates the master password, the instance restarts ------------------
         sql = f"ALTER ROLE postgres PASSWORD '{rotated.replace(chr(39), chr(39) * 2)}'"
-        must(dk("exec", "-i", f"{project}-rds", "psql", "-v", "ON_ERROR_STOP=1", "-U", "rdsadmin", "-d", "postgres",
-                input=sql), "ALTER ROLE on the fake RDS")
-        ns.call(lambda: aws_clients(endpoint)[0].put_secret_value(
-            SecretId="rds-master", SecretString=json.dumps({"username": "postgres", "password": rotated})))
-        login = lambda pw: dk("exec", "-e", f"PGPASSWORD={pw}", f"{project}-rds", "psql", "-h", "127.0.0.1",  # noqa: E731
-                              "-U", "postgres", "-d", "postgres", "-tAc", "select 1").returncode
+        must(
+            dk(
+                "exec",
+                "-i",
+                f"{project}-rds",
+                "psql",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "rdsadmin",
+                "-d",
+                "postgres",
+                input=sql,
+            ),
+            "ALTER ROLE on the fake RDS",
+        )
+        ns.call(
+            lambda: aws_clients(endpoint)[0].put_secret_value(
+                SecretId="rds-master", SecretString=json.dumps({"username": "postgres", "password": rotated})
+            )
+        )
+        login = lambda pw: (
+            dk(
+                "exec",
+                "-e",
+                f"PGPASSWORD={pw}",
+                f"{project}-rds",
+                "psql",
+                "-h",
+                "127.0.0.1",  # noqa: E731
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-tAc",
+                "select 1",
+            ).returncode
+        )
         assert login(first) != 0 and login(rotated) == 0, "the fake RDS did not rotate"
         must(boot(app_dir / "mlflow-boot", "down"), "mlflow-boot down")
         must(boot(app_dir / "mlflow-boot", "up"), "mlflow-boot up after the rotation")  # what the unit runs
@@ -288,22 +382,81 @@ def start_fake_rds(dk, project: str, label: str, image: str, tmp_path: Path, pas
     """PostgreSQL that behaves like RDS where the stack can tell: TLS required, master not superuser."""
     conf = tmp_path / "rds"
     conf.mkdir()
-    must(subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                         "/CN=fake-rds", "-keyout", conf / "server.key", "-out", conf / "server.crt"],
-                        capture_output=True, text=True, timeout=60), "openssl")
+    must(
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=fake-rds",
+                "-keyout",
+                conf / "server.key",
+                "-out",
+                conf / "server.crt",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ),
+        "openssl",
+    )
     os.chown(conf / "server.key", 999, 999)  # the postgres uid of the official image and the stand-in
     (conf / "server.key").chmod(0o600)
     (conf / "pg_hba.conf").write_text("local all all trust\nhostssl all all all scram-sha-256\n")
     name = f"{project}-rds"
-    must(dk("run", "-d", "--name", name, "--label", label, "--network", f"{project}-aws",
-            "-e", f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}", "-e", "POSTGRES_USER=rdsadmin",
-            "-v", f"{conf}:/etc/fake-rds:ro", image, "postgres", "-c", "ssl=on",
-            "-c", "ssl_cert_file=/etc/fake-rds/server.crt", "-c", "ssl_key_file=/etc/fake-rds/server.key",
-            "-c", "hba_file=/etc/fake-rds/pg_hba.conf"), "starting the fake RDS")
+    must(
+        dk(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            label,
+            "--network",
+            f"{project}-aws",
+            "-e",
+            f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}",
+            "-e",
+            "POSTGRES_USER=rdsadmin",
+            "-v",
+            f"{conf}:/etc/fake-rds:ro",
+            image,
+            "postgres",
+            "-c",
+            "ssl=on",
+            "-c",
+            "ssl_cert_file=/etc/fake-rds/server.crt",
+            "-c",
+            "ssl_key_file=/etc/fake-rds/server.key",
+            "-c",
+            "hba_file=/etc/fake-rds/pg_hba.conf",
+        ),
+        "starting the fake RDS",
+    )
     poll("fake RDS", lambda: dk("exec", name, "pg_isready", "-h", "127.0.0.1").returncode == 0, 120)
     escaped = password.replace("'", "''")
-    must(dk("exec", "-i", name, "psql", "-v", "ON_ERROR_STOP=1", "-U", "rdsadmin", "-d", "postgres",
-            input=f"CREATE ROLE postgres LOGIN CREATEDB CREATEROLE PASSWORD '{escaped}'"), "the master user")
+    must(
+        dk(
+            "exec",
+            "-i",
+            name,
+            "psql",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "rdsadmin",
+            "-d",
+            "postgres",
+            input=f"CREATE ROLE postgres LOGIN CREATEDB CREATEROLE PASSWORD '{escaped}'",
+        ),
+        "the master user",
+    )
     info = json.loads(must(dk("inspect", name), "inspect"))[0]
     return info["NetworkSettings"]["Networks"][f"{project}-aws"]["IPAddress"]
 
@@ -320,8 +473,12 @@ def assert_healthy(rows: list) -> dict:
 
 
 def assert_real_s3_mode(dk, project: str, endpoint: str):
-    env = dict(item.split("=", 1) for item in json.loads(
-        must(dk("inspect", "--format", "{{json .Config.Env}}", f"{project}-mlflow-1"), "inspect mlflow")))
+    env = dict(
+        item.split("=", 1)
+        for item in json.loads(
+            must(dk("inspect", "--format", "{{json .Config.Env}}", f"{project}-mlflow-1"), "inspect mlflow")
+        )
+    )
     assert "MLFLOW_S3_ENDPOINT_URL" not in env
     assert env["AWS_ENDPOINT_URL_S3"] == endpoint and env["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://{BUCKET}"
 
@@ -335,6 +492,7 @@ def _api(auth, ca):
         resp = session.request(method, f"https://{PUBLIC_HOST}{path}", verify=str(ca), timeout=60, **kw)
         assert resp.ok, (method, path, resp.status_code, resp.text[:500])
         return resp
+
     return call
 
 
@@ -342,18 +500,27 @@ def create_data(auth, ca, payload: bytes) -> dict:
     api = _api(auth, ca)
     exp = api("POST", "/api/2.0/mlflow/experiments/create", json={"name": "boot-e2e"}).json()["experiment_id"]
     run = api("POST", "/api/2.0/mlflow/runs/create", json={"experiment_id": exp}).json()["run"]["info"]["run_id"]
-    api("POST", "/api/2.0/mlflow/runs/log-metric",
-        json={"run_id": run, "key": "loss", "value": 0.25, "timestamp": int(time.time() * 1000), "step": 1})
+    api(
+        "POST",
+        "/api/2.0/mlflow/runs/log-metric",
+        json={"run_id": run, "key": "loss", "value": 0.25, "timestamp": int(time.time() * 1000), "step": 1},
+    )
     api("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{exp}/{run}/artifacts/model.bin", data=payload)
     return {"experiment_id": exp, "run_id": run}
 
 
 def read_data(auth, ca, made: dict) -> dict:
     api = _api(auth, ca)
-    assert api("GET", "/api/2.0/mlflow/experiments/get",
-               params={"experiment_id": made["experiment_id"]}).json()["experiment"]["name"] == "boot-e2e"
+    assert (
+        api("GET", "/api/2.0/mlflow/experiments/get", params={"experiment_id": made["experiment_id"]}).json()[
+            "experiment"
+        ]["name"]
+        == "boot-e2e"
+    )
     metrics = api("GET", "/api/2.0/mlflow/runs/get", params={"run_id": made["run_id"]}).json()["run"]["data"]["metrics"]
-    blob = api("GET", f"/api/2.0/mlflow-artifacts/artifacts/{made['experiment_id']}/{made['run_id']}/artifacts/model.bin")
+    blob = api(
+        "GET", f"/api/2.0/mlflow-artifacts/artifacts/{made['experiment_id']}/{made['run_id']}/artifacts/model.bin"
+    )
     return {"metric": {m["key"]: m["value"] for m in metrics}["loss"], "artifact": blob.content}
 
 
@@ -361,8 +528,11 @@ def cleanup(ns: Namespace, project: str, env: dict, ecr_image: str):
     """Everything of the project (the stack, fake RDS, networks, volumes), by label, from inside the
     namespace (netavark tears down interfaces there); then the daemons and the namespace."""
     label = f"label=com.docker.compose.project={project}"
-    for ls, rm in ((["ps", "-aq"], ["rm", "-f", "-t", "5"]), (["network", "ls", "-q"], ["network", "rm"]),
-                   (["volume", "ls", "-q"], ["volume", "rm", "-f"])):
+    for ls, rm in (
+        (["ps", "-aq"], ["rm", "-f", "-t", "5"]),
+        (["network", "ls", "-q"], ["network", "rm"]),
+        (["volume", "ls", "-q"], ["volume", "rm", "-f"]),
+    ):
         for _ in range(3):  # a network can still be in use while its last container goes
             ids = ns.run(["podman", *ls, "--filter", label], env, timeout=120).stdout.split()
             if not ids:

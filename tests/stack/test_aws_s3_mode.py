@@ -7,6 +7,7 @@ MLFLOW_S3_ENDPOINT_URL set EMPTY, as a .env without a local store gives it, and 
 local store through its own AWS_ENDPOINT_URL_S3: MLflow's S3 artifact repository must log, list and
 download through that path. The store is the local one (no AWS here); the code path is AWS's.
 """
+
 CHECK = r"""
 import json, os, tempfile
 from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository

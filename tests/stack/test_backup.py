@@ -5,6 +5,7 @@ without --force. The scratch targets are dropped at the end, also on failure.
 The databases and the bucket are on the engine's internal network: the test reads them where they
 are, with psql in the postgres container and boto3 in our image (ctl/stackexec.py).
 """
+
 import json
 import os
 import stat
@@ -49,8 +50,11 @@ def mlflowctl(*args, timeout=600):
 def scratch(stack):
     """Names for scratch targets; whatever restore created under them is removed afterwards."""
     tag = f"{os.getpid()}_{time.time_ns()}"
-    names = {"tracking": f"mlflow_restore_{tag}", "auth": f"mlflow_auth_restore_{tag}",
-             "bucket": f"mlflow-restore-{tag.replace('_', '-')}"}
+    names = {
+        "tracking": f"mlflow_restore_{tag}",
+        "auth": f"mlflow_auth_restore_{tag}",
+        "bucket": f"mlflow-restore-{tag.replace('_', '-')}",
+    }
     yield names
     for db in (names["tracking"], names["auth"]):
         stackexec.psql('DROP DATABASE IF EXISTS :"db" WITH (FORCE)', "postgres", {"db": db})
@@ -69,6 +73,7 @@ def query(db, text, **variables):
 
 def sha256_of(data: bytes) -> str:
     import hashlib
+
     return hashlib.sha256(data).hexdigest()
 
 
@@ -98,7 +103,9 @@ def test_backup_and_restore_round_trip(mlflow_admin, stack, stack_env, unique, s
             mode = stat.S_IMODE(path.stat().st_mode)
             assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
         manifest = json.loads((backup / "manifest.json").read_text())
-        key = next(k for k in manifest["bucket"]["objects"] if k.endswith(f"{run.info.run_id}/artifacts/docs/model-card.txt"))
+        key = next(
+            k for k in manifest["bucket"]["objects"] if k.endswith(f"{run.info.run_id}/artifacts/docs/model-card.txt")
+        )
         assert manifest["bucket"]["objects"][key]["sha256"] == sha256_of(artifact.read_bytes())
         # The copy is exactly the live bucket at that time (our new object included), byte for byte.
         assert (backup / "artifacts" / key).read_bytes() == artifact.read_bytes()
@@ -111,8 +118,11 @@ def test_backup_and_restore_round_trip(mlflow_admin, stack, stack_env, unique, s
         for kind in ("tracking", "auth"):
             for name, text in COUNTS[kind].items():
                 assert int(query(scratch[kind], text)[0][0]) == manifest["databases"][kind]["counts"][name], name
-        steps = query(scratch["tracking"], "SELECT step, value FROM metrics WHERE run_uuid = :'run' "
-                      "AND key = 'loss' ORDER BY step", run=run.info.run_id)
+        steps = query(
+            scratch["tracking"],
+            "SELECT step, value FROM metrics WHERE run_uuid = :'run' AND key = 'loss' ORDER BY step",
+            run=run.info.run_id,
+        )
         assert [(int(s), float(v)) for s, v in steps] == [(s, 1.0 / (s + 1)) for s in range(5)]
         assert query(scratch["auth"], "SELECT count(*) FROM users WHERE username = :'user'", user=user) == [("1",)]
         # ...and the same bytes in the scratch bucket as in the live one.

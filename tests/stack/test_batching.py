@@ -1,4 +1,5 @@
 """MetricBatcher sends one HTTP request per batch (counted at MLflow's HTTP layer) and loses nothing."""
+
 import mlflow.utils.rest_utils as rest_utils
 
 from client.batching import MetricBatcher
@@ -16,7 +17,7 @@ def test_one_request_per_batch_and_every_point_stored(mlflow_admin, unique, monk
     run_id = run.info.run_id
     monkeypatch.setattr(rest_utils, "http_request", counting)
     with MetricBatcher(mlflow_admin, run_id, max_batch=1000, flush_seconds=3600) as batcher:
-        for step in range(250):                     # 250 steps x 10 metrics = 2,500 points
+        for step in range(250):  # 250 steps x 10 metrics = 2,500 points
             batcher.log({f"m{k}": step * 10 + k for k in range(10)}, step=step)
     monkeypatch.setattr(rest_utils, "http_request", real)
 

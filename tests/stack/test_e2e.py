@@ -1,4 +1,5 @@
 """End to end through Nginx over HTTPS with the real mlflow client, trusting our CA."""
+
 import json
 import os
 import time
@@ -29,8 +30,11 @@ print(json.dumps({"keys": keys, "body": body, "on_disk": on_disk}))
 
 
 def test_unauthenticated_is_401_and_says_nothing_more(stack, http, admin_auth):
-    cases = {"no credentials": None, "wrong password": (admin_auth[0], "wrong-password"),
-             "unknown user": ("no-such-user", admin_auth[1])}
+    cases = {
+        "no credentials": None,
+        "wrong password": (admin_auth[0], "wrong-password"),
+        "unknown user": ("no-such-user", admin_auth[1]),
+    }
     bodies = set()
     for case, auth in cases.items():
         r = http.get(stack + SEARCH, auth=auth, timeout=10)
@@ -43,6 +47,7 @@ def test_unauthenticated_is_401_and_says_nothing_more(stack, http, admin_auth):
 
 def test_admin_logs_run_with_artifact_in_s3(mlflow_admin, unique, stack_env, tmp_path):
     import mlflow
+
     exp_id = mlflow_admin.create_experiment(f"e2e/{unique}")
     artifact = tmp_path / f"{unique}.txt"
     artifact.write_text("artifact body " + unique)
@@ -53,14 +58,16 @@ def test_admin_logs_run_with_artifact_in_s3(mlflow_admin, unique, stack_env, tmp
     data = mlflow_admin.get_run(run.info.run_id).data
     assert data.params == {"alpha": "0.5"} and data.metrics == {"loss": 0.25, "acc": 0.9}
     assert [f.path for f in mlflow_admin.list_artifacts(run.info.run_id, "reports")] == [f"reports/{artifact.name}"]
-    downloaded = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"reports/{artifact.name}",
-                                                     dst_path=str(tmp_path / "dl"))
+    downloaded = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path=f"reports/{artifact.name}", dst_path=str(tmp_path / "dl")
+    )
     assert Path(downloaded).read_text() == artifact.read_text()
 
     # Proxied artifacts: the object is in the bucket, under the run's id (looked at from inside the
     # engine's network, where the store is)...
-    seen = json.loads(stackexec.python(FIND_CODE, stack_env["MLFLOW_ARTIFACT_BUCKET"], artifact.name,
-                                       timeout=120).stdout)
+    seen = json.loads(
+        stackexec.python(FIND_CODE, stack_env["MLFLOW_ARTIFACT_BUCKET"], artifact.name, timeout=120).stdout
+    )
     assert len(seen["keys"]) == 1 and run.info.run_id in seen["keys"][0]
     assert seen["body"] == artifact.read_text()
     # ...and not on the server's disk: no file of that name anywhere in the mlflow container (its
@@ -93,6 +100,7 @@ def test_foreign_host_header_rejected(stack, http, admin_auth):
 
 def test_non_admin_sees_only_what_default_permission_allows(mlflow_admin, stack, http, unique):
     from mlflow.server import get_app_client
+
     auth_client = get_app_client("basic-auth", tracking_uri=stack)  # MLflow's own auth API client, as admin
     user, password = f"u{time.time_ns()}", os.urandom(12).hex()
     auth_client.create_user(user, password)
@@ -103,12 +111,19 @@ def test_non_admin_sees_only_what_default_permission_allows(mlflow_admin, stack,
     # default_permission = NO_PERMISSIONS: another user's experiment is invisible...
     assert http.get(get_exp, params={"experiment_id": exp_id}, **as_user).status_code == 403
     # ...administration is refused...
-    r = http.post(f"{stack}/api/2.0/mlflow/users/create", json={"username": user + "x", "password": password}, **as_user)
+    r = http.post(
+        f"{stack}/api/2.0/mlflow/users/create", json={"username": user + "x", "password": password}, **as_user
+    )
     assert r.status_code == 403
-    r = http.post(grant, json={"username": user, "resource_type": "experiment", "resource_id": exp_id,
-                               "permission": "MANAGE"}, **as_user)
+    r = http.post(
+        grant,
+        json={"username": user, "resource_type": "experiment", "resource_id": exp_id, "permission": "MANAGE"},
+        **as_user,
+    )
     assert r.status_code == 403
     # ...until the admin grants READ, which allows reading and nothing more.
     auth_client.grant_user_permission(user, "experiment", exp_id, "READ")
     assert http.get(get_exp, params={"experiment_id": exp_id}, **as_user).status_code == 200
-    assert http.post(f"{stack}/api/2.0/mlflow/runs/create", json={"experiment_id": exp_id}, **as_user).status_code == 403
+    assert (
+        http.post(f"{stack}/api/2.0/mlflow/runs/create", json={"experiment_id": exp_id}, **as_user).status_code == 403
+    )

@@ -2,6 +2,7 @@
 
 Real MLflow client through Nginx/TLS; the CLI is run as a user runs it (`python -m ctl`).
 """
+
 import json
 import threading
 import time
@@ -18,13 +19,17 @@ def registry_state(mlf, name) -> dict:
     """Aliases and tags of the model and all its versions: what a refused promotion must not change."""
     model = mlf.get_registered_model(name)
     versions = mlf.search_model_versions(f"name = '{name}'")
-    return {"aliases": dict(model.aliases), "tags": dict(model.tags),
-            "versions": {v.version: dict(v.tags) for v in versions}}
+    return {
+        "aliases": dict(model.aliases),
+        "tags": dict(model.tags),
+        "versions": {v.version: dict(v.tags) for v in versions},
+    }
 
 
 def register_versions(mlf, name, trained, team) -> list:
     """Register each trained model as a version of NAME (admin; the CLI path is tested separately)."""
     import mlflow
+
     mlf.create_registered_model(name, tags={"team": team})
     return [mlflow.register_model(t["model_uri"], name).version for t in trained]
 
@@ -57,7 +62,8 @@ def test_full_lifecycle_with_gates(teams_setup, trained, admin_mlf):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == (
         f"mlflowctl promote: refused: {name} v{v2} is not the current challenger (@challenger is unset); "
-        "promote it with --to challenger first")
+        "promote it with --to challenger first"
+    )
     out = run_cli(env, "promote", name, v2, "--to", "challenger")
     assert out.returncode == 1 and "validation_status=unset" in out.stderr
     assert registry_state(admin_mlf, name) == before
@@ -66,7 +72,9 @@ def test_full_lifecycle_with_gates(teams_setup, trained, admin_mlf):
     assert out.returncode == 1 and "failed validation: val_ndcg=" in out.stderr
     assert admin_mlf.get_model_version(name, v2).tags["validation_status"] == "failed"
     assert run_cli(env, "promote", name, v2, "--to", "challenger").returncode == 1
-    out = run_cli(env, "validate", f"models:/{name}/{v2}", "--min-metric", "val_ndcg=0.3", "--max-metric", "train_loss=10")
+    out = run_cli(
+        env, "validate", f"models:/{name}/{v2}", "--min-metric", "val_ndcg=0.3", "--max-metric", "train_loss=10"
+    )
     assert out.returncode == 0, out.stderr
 
     for alias in ("candidate", "challenger", "champion"):
@@ -81,6 +89,7 @@ def test_full_lifecycle_with_gates(teams_setup, trained, admin_mlf):
     assert "archived_at" not in new.tags and "promoted_to_champion_at" in new.tags
 
     import mlflow.pyfunc
+
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert loaded.metadata.run_id == new.run_id == trained[1]["run_id"]
     assert loaded.metadata.signature is not None
@@ -100,6 +109,7 @@ class FailOnce:
         def boom(*args, **kwargs):
             self.failed = True
             raise RuntimeError("injected failure")
+
         return boom
 
 
@@ -116,8 +126,10 @@ def test_failure_between_alias_moves_is_detected_and_repaired(teams_setup, train
     with pytest.raises(CommandError) as exc:
         promote(failing, name, v2, "champion")
     assert failing.failed
-    assert (f"stopped after 'set @champion -> v{v2}' at 'remove @challenger from v{v2}': injected failure; "
-            f"@champion resolves to v{v2}; finish it with: ./mlflowctl promote {name} --repair") in str(exc.value)
+    assert (
+        f"stopped after 'set @champion -> v{v2}' at 'remove @challenger from v{v2}': injected failure; "
+        f"@champion resolves to v{v2}; finish it with: ./mlflowctl promote {name} --repair"
+    ) in str(exc.value)
     half = admin_mlf.get_registered_model(name)
     assert half.aliases == {"champion": v2, "challenger": v2}  # serving already sees the new champion
     assert json.loads(half.tags[INTENT_TAG])["version"] == v2
@@ -134,6 +146,7 @@ def test_failure_between_alias_moves_is_detected_and_repaired(teams_setup, train
 
 def test_concurrent_reader_always_loads_champion(teams_setup, trained, admin_mlf):
     import mlflow.pyfunc
+
     name = f"{teams_setup['prefix_a']}-serving"
     v1, v2 = register_versions(admin_mlf, name, trained, teams_setup["a"])
     for v in (v1, v2):
@@ -176,8 +189,16 @@ def test_concurrent_reader_always_loads_champion(teams_setup, trained, admin_mlf
 def test_team_isolation_and_idempotent_teams(teams_setup, trained, admin_env, admin_mlf):
     env_a, prefix_b = teams_setup["env_a"], teams_setup["prefix_b"]
     model_b = f"{prefix_b}-xgb"
-    out = run_cli(admin_env, "register", trained[0]["model_uri"], model_b, "--team", teams_setup["b"],
-                  "--file", str(teams_setup["file"]))
+    out = run_cli(
+        admin_env,
+        "register",
+        trained[0]["model_uri"],
+        model_b,
+        "--team",
+        teams_setup["b"],
+        "--file",
+        str(teams_setup["file"]),
+    )
     assert out.returncode == 0, out.stderr
 
     # The tool refuses team b's prefix to team a's user, before anything reaches the server.
@@ -185,19 +206,23 @@ def test_team_isolation_and_idempotent_teams(teams_setup, trained, admin_env, ad
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == (
         f"mlflowctl register: model name '{prefix_b}-other' is outside the prefixes of your team(s) "
-        f"({teams_setup['a']}: {teams_setup['prefix_a']}*-ALGORITHM); it belongs to team {teams_setup['b']}")
+        f"({teams_setup['a']}: {teams_setup['prefix_a']}*-ALGORITHM); it belongs to team {teams_setup['b']}"
+    )
     with pytest.raises(MlflowException):
         admin_mlf.get_registered_model(f"{prefix_b}-other")
 
     # The server refuses team a's user on team b's model and experiment (default NO_PERMISSIONS).
     import mlflow
+
     user_a = mlflow.MlflowClient(tracking_uri=env_a["MLFLOW_TRACKING_URI"])
     exp_b = admin_mlf.get_experiment_by_name(teams_setup["experiment_b"])
     with _as_user(env_a):
-        for attempt in (lambda: mlflow.register_model(trained[0]["model_uri"], model_b),
-                        lambda: user_a.set_registered_model_alias(model_b, "champion", "1"),
-                        lambda: user_a.create_run(exp_b.experiment_id),
-                        lambda: user_a.set_experiment_tag(exp_b.experiment_id, "owner", "team-a")):
+        for attempt in (
+            lambda: mlflow.register_model(trained[0]["model_uri"], model_b),
+            lambda: user_a.set_registered_model_alias(model_b, "champion", "1"),
+            lambda: user_a.create_run(exp_b.experiment_id),
+            lambda: user_a.set_experiment_tag(exp_b.experiment_id, "owner", "team-a"),
+        ):
             with pytest.raises(MlflowException) as exc:
                 attempt()
             assert exc.value.error_code == "PERMISSION_DENIED", exc.value.message
@@ -221,12 +246,14 @@ class _as_user:
 
     def __enter__(self):
         import os
+
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             self.saved[key] = os.environ.get(key)
             os.environ[key] = self.env[key]
 
     def __exit__(self, *exc):
         import os
+
         for key, value in self.saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -7,6 +7,7 @@ The bucket and the backend store are on the engine's internal network: objects a
 image in the mlflow container; `cleanup --execute` runs on this host and its purge step (it writes
 to the tracking DB, as `mlflow gc` does) runs there as jobs/purge.py.
 """
+
 import json
 import time
 
@@ -45,6 +46,7 @@ def listing(bucket, *prefixes) -> dict:
 def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, stack_env, unique, monkeypatch):
     import mlflow
     from sklearn.linear_model import LogisticRegression
+
     monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     mlf, bucket = mlflow_admin, stack_env["MLFLOW_ARTIFACT_BUCKET"]
     exp_id = mlf.create_experiment(f"cleanup/{unique}")
@@ -73,6 +75,7 @@ def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, stack_env, unique
 
     def prefix(run_id):
         return f"{exp_id}/{run_id}/"
+
     runs = old_best + old_doomed + [old_registered, young]
     model_prefix = f"{exp_id}/models/{logged.model_id}/"
     seen = listing(bucket, model_prefix, *map(prefix, runs))

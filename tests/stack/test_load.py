@@ -5,17 +5,27 @@ counted by status) both go through Nginx, the only published port; the no-loss c
 with psql inside the postgres container, and the components' CPU and memory come from the engine.
 The long runs are a benchmark (`./mlflowctl benchmark`, README "Performance"), not tests.
 """
+
 import pytest
 
 from ctl.perf import load
 
 
-@pytest.mark.parametrize("client,mode,loggers", [("mlflow", "per-metric", 50), ("mlflow", "batch", 50),
-                                                 ("raw", "batch-wide", 20)])
+@pytest.mark.parametrize(
+    "client,mode,loggers", [("mlflow", "per-metric", 50), ("mlflow", "batch", 50), ("raw", "batch-wide", 20)]
+)
 def test_short_load_no_errors_no_loss(stack, settings, client, mode, loggers):
     target = load.stack_target(settings)
-    report = load.run_load(target["env"], loggers=loggers, duration=5, mode=mode, batch_size=100,
-                           db=target["db"], label="test", client=client)
+    report = load.run_load(
+        target["env"],
+        loggers=loggers,
+        duration=5,
+        mode=mode,
+        batch_size=100,
+        db=target["db"],
+        label="test",
+        client=client,
+    )
     assert report["requests"] > 0
     assert report["errors"] == {}
     assert report["no_loss"]["ok"] and report["no_loss"]["stored"] == report["points_acked"] > 0

@@ -1,4 +1,5 @@
 """Prometheus metrics: served to an internal scraper (with credentials), never through Nginx."""
+
 METRIC = "mlflow_http_request_duration_seconds"
 
 

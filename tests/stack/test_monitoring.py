@@ -13,6 +13,7 @@ compose model has none, its target is expected down and its metric names are exe
 live-data check. Grafana is not rendered where its image cannot be had (no registry; Debian
 packages no Grafana): then only its provisioning files and the dashboard JSON are checked.
 """
+
 import json
 import re
 import time
@@ -32,8 +33,11 @@ RULE_TESTS = ROOT / "prometheus" / "rules" / "mlflow.rules.test.yml"
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 # What Grafana substitutes before a query reaches Prometheus.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
-BACKUP_METRICS = {"mlflow_backup_last_success_timestamp_seconds", "mlflow_backup_interval_seconds",
-                  "mlflow_backup_last_run_success"}
+BACKUP_METRICS = {
+    "mlflow_backup_last_success_timestamp_seconds",
+    "mlflow_backup_interval_seconds",
+    "mlflow_backup_last_run_success",
+}
 # The official images' contract (their Dockerfiles): entrypoint, user, port; the stand-ins keep it.
 STANDIN_CONTRACTS = {
     "PROMETHEUS_IMAGE": (["/bin/prometheus"], "nobody", "9090/tcp"),
@@ -42,8 +46,21 @@ STANDIN_CONTRACTS = {
     "NODE_EXPORTER_IMAGE": (["/bin/node_exporter"], "nobody", "9100/tcp"),
     "BLACKBOX_EXPORTER_IMAGE": (["/bin/blackbox_exporter"], "blackbox_exporter", "9115/tcp"),
 }
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset",
-                "bool", "inf", "nan"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +82,17 @@ def monitoring(stack, eng):
 
 def ps(eng) -> list:
     """`compose ps` rows with the profile enabled (without it, Compose leaves its containers out)."""
-    return engine.json_rows(engine.compose(eng, "ps", "--all", "--format", "json", capture=True, profiles=PROFILES).stdout)
+    return engine.json_rows(
+        engine.compose(eng, "ps", "--all", "--format", "json", capture=True, profiles=PROFILES).stdout
+    )
 
 
 def prometheus_get(eng, path: str, **params) -> dict:
     """GET Prometheus's HTTP API from inside its container (it publishes no port)."""
     url = f"http://127.0.0.1:9090{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-    out = engine.run([*eng.cli, "exec", engine.container_name("prometheus"), "wget", "-q", "-O", "-", url],
-                     env=eng.env, timeout=60)
+    out = engine.run(
+        [*eng.cli, "exec", engine.container_name("prometheus"), "wget", "-q", "-O", "-", url], env=eng.env, timeout=60
+    )
     assert out.returncode == 0, f"{path} {params}: wget exit {out.returncode} {out.stderr}"
     body = json.loads(out.stdout)
     assert body["status"] == "success", body
@@ -139,9 +159,11 @@ def metric_names(expr: str) -> set:
 
 # --- the alert rules, under promtool (test doubles: made-up series) ----------------------------
 def test_promtool_checks_config_and_rules_and_runs_rule_tests(monitoring, compose):
-    for cmd in (["promtool", "check", "config", "/etc/prometheus/rendered/prometheus.yml"],
-                ["promtool", "check", "rules", "/etc/prometheus/rules/mlflow.rules.yml"],
-                ["promtool", "test", "rules", "/etc/prometheus/rules/mlflow.rules.test.yml"]):
+    for cmd in (
+        ["promtool", "check", "config", "/etc/prometheus/rendered/prometheus.yml"],
+        ["promtool", "check", "rules", "/etc/prometheus/rules/mlflow.rules.yml"],
+        ["promtool", "test", "rules", "/etc/prometheus/rules/mlflow.rules.test.yml"],
+    ):
         proc = compose("--profile", "monitoring", "exec", "-T", "prometheus", *cmd, check=False)
         assert proc.returncode == 0 and "SUCCESS" in proc.stdout, f"{' '.join(cmd)}:\n{proc.stdout}\n{proc.stderr}"
 
@@ -160,8 +182,12 @@ def test_prometheus_scrapes_every_target(monitoring, eng, compose_services):
 
     def all_scraped():
         found = targets(eng)
-        return found if all(found.get(j, {}).get("health") == "up" for j in jobs) \
-            and found.get("backup", {}).get("health", "unknown") != "unknown" else None
+        return (
+            found
+            if all(found.get(j, {}).get("health") == "up" for j in jobs)
+            and found.get("backup", {}).get("health", "unknown") != "unknown"
+            else None
+        )
 
     found = poll(all_scraped, f"targets {sorted(jobs)} up and backup scraped")
     if "backup" not in compose_services:
@@ -207,10 +233,15 @@ def test_mlflow_request_counters_count_every_request_through_nginx(monitoring, e
     before_total = value(eng, total)
     n = 24
     for _ in range(n):
-        r = http.get(f"{stack}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=admin_auth, timeout=30)
+        r = http.get(
+            f"{stack}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=admin_auth, timeout=30
+        )
         assert r.status_code == 200, r.text
-    poll(lambda: scraped() != before_scrape and value(eng, series) >= before + n,
-         f"{n} more experiments/search requests in Prometheus", deadline_s=120)
+    poll(
+        lambda: scraped() != before_scrape and value(eng, series) >= before + n,
+        f"{n} more experiments/search requests in Prometheus",
+        deadline_s=120,
+    )
     assert value(eng, series) == before + n
     assert value(eng, total) >= before_total + n
 
@@ -252,8 +283,12 @@ def test_every_metric_used_is_in_live_data(monitoring, eng, compose_services):
     for rule in alert_rules():
         for name in metric_names(rule["expr"]):
             used.setdefault(name, f"{RULES.name}: {rule['alert']}")
-    assert {"mlflow_http_request_duration_seconds_bucket", "pg_settings_max_connections",
-            "pgbouncer_pools_client_maxwait_seconds", "probe_ssl_earliest_cert_expiry"} <= set(used)
+    assert {
+        "mlflow_http_request_duration_seconds_bucket",
+        "pg_settings_max_connections",
+        "pgbouncer_pools_client_maxwait_seconds",
+        "probe_ssl_earliest_cert_expiry",
+    } <= set(used)
     exempt = BACKUP_METRICS if "backup" not in compose_services else set()
     poll(lambda: query(eng, 'up{job="tls"} == 1') and query(eng, 'up{job="mlflow"} == 1'), "targets scraped")
     present = set(prometheus_get(eng, "/api/v1/label/__name__/values"))
@@ -266,8 +301,11 @@ def test_stopped_exporter_is_seen_down_and_alert_goes_pending(monitoring, eng, c
     compose("--profile", "monitoring", "stop", "pgbouncer-exporter")
     try:
         poll(lambda: query(eng, 'up{job="pgbouncer"} == 0'), "up{job=pgbouncer} == 0", deadline_s=90)
-        alerts = lambda: [a for a in prometheus_get(eng, "/api/v1/alerts")["alerts"]  # noqa: E731
-                          if a["labels"]["alertname"] == "ScrapeTargetDown" and a["labels"].get("job") == "pgbouncer"]
+        alerts = lambda: [
+            a
+            for a in prometheus_get(eng, "/api/v1/alerts")["alerts"]  # noqa: E731
+            if a["labels"]["alertname"] == "ScrapeTargetDown" and a["labels"].get("job") == "pgbouncer"
+        ]
         assert poll(alerts, "ScrapeTargetDown pending", deadline_s=60)[0]["state"] in ("pending", "firing")
     finally:
         proc = engine.up(eng, "pgbouncer-exporter", timeout_s=180, capture=True, profiles=PROFILES)

@@ -12,6 +12,7 @@
 
 Nothing here is a double: real PostgreSQL, MLflow, the S3 stand-in, and the backup image.
 """
+
 import json
 import subprocess
 import time
@@ -24,8 +25,9 @@ from ctl import stackexec as sx
 from tests.conftest import ROOT
 
 LAST_SUCCESS = "mlflow_backup_last_success_timestamp_seconds"
-SCRAPE = ("import urllib.request; "
-          "print(urllib.request.urlopen('http://backup:9188/metrics', timeout=10).read().decode())")
+SCRAPE = (
+    "import urllib.request; print(urllib.request.urlopen('http://backup:9188/metrics', timeout=10).read().decode())"
+)
 
 
 def mlflowctl(*args, timeout=600):
@@ -79,8 +81,12 @@ def test_backups_on_schedule_with_retention(stack, eng):
         restart_backup_service(eng, BACKUP_INTERVAL_SECONDS="20", BACKUP_KEEP="2")
         assert poll("the new interval in /metrics", lambda: scrape().get("mlflow_backup_interval_seconds") == 20, 120)
         # Two backups the service took by itself, after the restart, one interval apart.
-        fresh = poll("two scheduled backups", lambda: at_least(2, [b for b in successes() if b["started"] >= started]),
-                     180, every=3)
+        fresh = poll(
+            "two scheduled backups",
+            lambda: at_least(2, [b for b in successes() if b["started"] >= started]),
+            180,
+            every=3,
+        )
         assert fresh[1]["started"] - fresh[0]["started"] >= 19
         # Retention: exactly BACKUP_KEEP successful backups, the newest ones.
         kept = poll("retention down to 2", lambda: successes() if len(successes()) == 2 else None, 60)
@@ -126,6 +132,7 @@ def scratch_gone(bucket: str) -> bool:
 @pytest.fixture
 def seeded(mlflow_admin, unique, tmp_path):
     import mlflow
+
     exp_id = mlflow_admin.create_experiment(f"drill/{unique}")
     artifact = tmp_path / "weights.bin"
     artifact.write_bytes(unique.encode() * 1000)

@@ -11,6 +11,7 @@ one address, the network gateway's. So the rate-limit test runs its client in a 
 container on the stack's `frontend` network: an address of its own, talking to `nginx:443`
 directly, as a client on another machine would.
 """
+
 import os
 import re
 import time
@@ -20,7 +21,7 @@ import pytest
 from ctl import engine
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
-BURST = 20          # nginx/mlflow.conf.template: limit_req zone=auth_failures burst=20 (then 10 a minute)
+BURST = 20  # nginx/mlflow.conf.template: limit_req zone=auth_failures burst=20 (then 10 a minute)
 UPSTREAM_DEFAULT_PASSWORD = "password1234"  # MLflow's shipped admin password (CVE-2026-2635)
 
 # Runs in our image (requests is there). Credentials come on stdin, never on a command line.
@@ -57,7 +58,7 @@ def test_failed_logins_rate_limited_valid_user_unaffected(stack, admin_auth, sta
     failed, valid = out["failed"], out["valid"]
     assert failed[-1] == 429, f"no 429 after {len(failed)} failed logins: {failed}"
     # The whole burst is answered 401 first: one bad password is never a lock-out.
-    assert failed[:BURST + 1] == [401] * (BURST + 1)
+    assert failed[: BURST + 1] == [401] * (BURST + 1)
     assert set(valid) == {200}, f"valid requests were limited: {valid}"
     # 429 still carries HSTS, the next failure is refused too (the budget refills slowly), the admin is not.
     assert out["after"] == 429 and "max-age=" in out["after_hsts"]
@@ -65,8 +66,9 @@ def test_failed_logins_rate_limited_valid_user_unaffected(stack, admin_auth, sta
     # The error-log line a fail2ban filter bans on (docs/security.md): Nginx logs to stderr, i.e. the
     # container's log, which the engine keeps (`compose logs nginx`).
     log = compose("logs", "--no-color", "--since", "10m", "nginx", timeout=60).stdout
-    assert re.search(r'limiting requests, excess: [\d.]+ by zone "auth_failures".*, client: '
-                     + re.escape(out["address"]) + ",", log)
+    assert re.search(
+        r'limiting requests, excess: [\d.]+ by zone "auth_failures".*, client: ' + re.escape(out["address"]) + ",", log
+    )
 
 
 def test_admin_password_is_not_upstream_default(stack, http, admin_auth, stack_env):
@@ -80,6 +82,7 @@ def test_admin_password_is_not_upstream_default(stack, http, admin_auth, stack_e
 def two_teams(mlflow_admin, stack, unique):
     """Team A's user owns an experiment with a run; team B's user has no grant on it."""
     from mlflow.server import get_app_client
+
     auth_client = get_app_client("basic-auth", tracking_uri=stack)
     users = {}
     for team in ("a", "b"):
@@ -98,19 +101,22 @@ def two_teams(mlflow_admin, stack, unique):
 def test_other_team_cannot_read_experiment(stack, http, two_teams):
     t = two_teams
     api = f"{stack}/api/2.0/mlflow"
-    reads = [("GET", "experiments/get-by-name", {"params": {"experiment_name": t["exp_name"]}}),
-             ("GET", "runs/get", {"params": {"run_id": t["run_id"]}}),
-             ("GET", "artifacts/list", {"params": {"run_id": t["run_id"]}}),
-             ("GET", "metrics/get-history", {"params": {"run_id": t["run_id"], "metric_key": "loss"}})]
+    reads = [
+        ("GET", "experiments/get-by-name", {"params": {"experiment_name": t["exp_name"]}}),
+        ("GET", "runs/get", {"params": {"run_id": t["run_id"]}}),
+        ("GET", "artifacts/list", {"params": {"run_id": t["run_id"]}}),
+        ("GET", "metrics/get-history", {"params": {"run_id": t["run_id"], "metric_key": "loss"}}),
+    ]
     for method, path, kwargs in reads:
         as_a = http.request(method, f"{api}/{path}", auth=t["users"]["a"], timeout=10, **kwargs)
         as_b = http.request(method, f"{api}/{path}", auth=t["users"]["b"], timeout=10, **kwargs)
         assert as_a.status_code == 200, (path, as_a.text[:200])
         assert as_b.status_code == 403, (path, as_b.status_code, as_b.text[:200])
     # Searches are filtered rather than refused: team B sees neither the experiment nor its run.
-    for path, body, key in (("experiments/search", {"filter": f"name = '{t['exp_name']}'", "max_results": 10},
-                             "experiments"),
-                            ("runs/search", {"experiment_ids": [t["exp_id"]]}, "runs")):
+    for path, body, key in (
+        ("experiments/search", {"filter": f"name = '{t['exp_name']}'", "max_results": 10}, "experiments"),
+        ("runs/search", {"experiment_ids": [t["exp_id"]]}, "runs"),
+    ):
         as_a = http.post(f"{api}/{path}", json=body, auth=t["users"]["a"], timeout=10)
         as_b = http.post(f"{api}/{path}", json=body, auth=t["users"]["b"], timeout=10)
         assert as_a.status_code == 200 and len(as_a.json().get(key, [])) == 1, (path, as_a.text[:200])
@@ -126,8 +132,11 @@ def test_non_admin_cannot_administer_users_or_permissions(stack, http, two_teams
         ("PATCH", f"{api2}/users/update-password", {"username": admin_auth[0], "password": "taken-over-123"}),
         ("PATCH", f"{api2}/users/update-password", {"username": a[0], "password": "taken-over-123"}),
         ("DELETE", f"{api2}/users/delete", {"username": a[0]}),
-        ("POST", f"{api3}/users/permissions/revoke", {"username": a[0], "resource_type": "experiment",
-                                                      "resource_id": t["exp_id"]}),
+        (
+            "POST",
+            f"{api3}/users/permissions/revoke",
+            {"username": a[0], "resource_type": "experiment", "resource_id": t["exp_id"]},
+        ),
         ("POST", f"{api3}/roles/create", {"name": f"r{time.time_ns()}", "workspace": "default"}),
     ]
     for method, url, body in attempts:

@@ -9,6 +9,7 @@ during the test (host 10.254.254.1, namespace 10.254.254.2) plays the other mach
 only between the two ends; the namespace has no other route. A listener the test opens on the
 host end proves the probe can reach the host at all, so "closed" means closed.
 """
+
 import json
 import os
 import socket
@@ -20,8 +21,15 @@ import pytest
 from ctl import engine
 
 HOST_END, NS_END = "10.254.254.1", "10.254.254.2"
-STACK_PORTS = {"nginx https": 443, "nginx http": 80, "postgres": 5432, "pgbouncer": 6432, "mlflow": 5000,
-               "s3": 8333, "plain-mlflow (benchmark)": 5001}
+STACK_PORTS = {
+    "nginx https": 443,
+    "nginx http": 80,
+    "postgres": 5432,
+    "pgbouncer": 6432,
+    "mlflow": 5000,
+    "s3": 8333,
+    "plain-mlflow (benchmark)": 5001,
+}
 PROBE = """
 import json, socket, sys
 out = {}
@@ -68,8 +76,12 @@ def test_nothing_of_the_stack_reachable_from_another_machine(stack, other_machin
     control_port = control.getsockname()[1]
     try:
         ports = [*STACK_PORTS.values(), control_port]
-        probe = subprocess.run(["ip", "netns", "exec", other_machine, sys.executable, "-c", PROBE, HOST_END,
-                                *map(str, ports)], capture_output=True, text=True, timeout=60)
+        probe = subprocess.run(
+            ["ip", "netns", "exec", other_machine, sys.executable, "-c", PROBE, HOST_END, *map(str, ports)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         control.close()
     assert probe.returncode == 0, probe.stderr
@@ -84,7 +96,9 @@ def test_only_nginx_publishes_and_only_on_loopback(stack, eng, stack_env):
     for row in engine.ps(eng):
         for pub in row.get("Publishers") or []:
             if pub.get("PublishedPort"):
-                published.setdefault(row["Service"], set()).add((pub.get("URL"), pub["PublishedPort"], pub["TargetPort"]))
+                published.setdefault(row["Service"], set()).add(
+                    (pub.get("URL"), pub["PublishedPort"], pub["TargetPort"])
+                )
     assert set(published) - {"plain-mlflow"} == {"nginx"}, published
     https, http = int(stack_env.get("HTTPS_PORT", "443")), int(stack_env.get("HTTP_PORT", "80"))
     assert published["nginx"] == {("127.0.0.1", https, 443), ("127.0.0.1", http, 80)}, published

@@ -6,6 +6,7 @@ container that mounts it sees it, and the command lines of this host's processes
 process in the stack's containers (the engine's `top`).
 The admin password against MLflow's default `password1234` is in test_security_auth.py.
 """
+
 import stat
 import subprocess
 
@@ -26,8 +27,9 @@ def secret_values(stack_env) -> dict:
 
 
 def test_no_secret_in_git_history(secret_values):
-    log = subprocess.run(["git", "-C", str(ROOT), "log", "-p", "--all"], capture_output=True, text=True,
-                         timeout=120, errors="replace")
+    log = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-p", "--all"], capture_output=True, text=True, timeout=120, errors="replace"
+    )
     assert log.returncode == 0, log.stderr
     assert not [k for k, v in secret_values.items() if v in log.stdout]
 
@@ -70,9 +72,13 @@ def test_every_private_key_is_0600(key):
 def test_rendered_secret_files_private(stack, compose_services, service_host, rel):
     """Each rendered secret file, inside every running container that mounts its volume."""
     subdir, name = rel.split("/")
-    mounts = [(svc_name, vol["target"]) for svc_name, svc in compose_services.items()
-              if svc_name != "render-config" and svc.get("restart") != "no"
-              for vol in svc.get("volumes", []) if vol.get("source") == f"rendered-{subdir}"]
+    mounts = [
+        (svc_name, vol["target"])
+        for svc_name, svc in compose_services.items()
+        if svc_name != "render-config" and svc.get("restart") != "no"
+        for vol in svc.get("volumes", [])
+        if vol.get("source") == f"rendered-{subdir}"
+    ]
     if not mounts and subdir == "prometheus":
         pytest.skip("monitoring profile not running; tests/stack/test_monitoring.py checks this file in it")
     assert mounts, f"no long-running service mounts rendered-{subdir}"

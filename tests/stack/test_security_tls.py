@@ -2,6 +2,7 @@
 
 HTTP -> HTTPS for GET is also in test_smoke.py::test_http_only_redirects; here every method.
 """
+
 import json
 import shutil
 import socket
@@ -18,10 +19,21 @@ TESTSSL_DEADLINE_S = 150
 # Findings about the certificate: our private CA has no CRL or OCSP responder by design, so
 # `cert_revocation` is always HIGH; these are judged apart (trust, expiry, key, signature).
 CERT_FINDING = ("cert", "OCSP", "DNS_CAA", "certificate_transparency")
-CERT_MUST_BE_OK = ("cert_chain_of_trust", "cert_trust", "cert_expirationStatus", "cert_keySize",
-                   "cert_signatureAlgorithm")
-WEAK_CIPHER_CATEGORIES = ("cipherlist_NULL", "cipherlist_aNULL", "cipherlist_EXPORT", "cipherlist_LOW",
-                          "cipherlist_3DES_IDEA", "cipherlist_AVERAGE")
+CERT_MUST_BE_OK = (
+    "cert_chain_of_trust",
+    "cert_trust",
+    "cert_expirationStatus",
+    "cert_keySize",
+    "cert_signatureAlgorithm",
+)
+WEAK_CIPHER_CATEGORIES = (
+    "cipherlist_NULL",
+    "cipherlist_aNULL",
+    "cipherlist_EXPORT",
+    "cipherlist_LOW",
+    "cipherlist_3DES_IDEA",
+    "cipherlist_AVERAGE",
+)
 
 
 def handshake(host: str, ca_bundle: str, version=None, ciphers: str = None) -> tuple:
@@ -48,17 +60,29 @@ def test_old_tls_refused(stack, stack_env, ca_bundle, version):
         handshake(stack_env["MLFLOW_PUBLIC_HOST"], ca_bundle, version, "ALL:@SECLEVEL=0")
 
 
-@pytest.mark.parametrize("ciphers", ["AES128-SHA:AES256-SHA:AES128-GCM-SHA256",   # no forward secrecy
-                                     "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA",  # CBC
-                                     "DHE-RSA-AES128-GCM-SHA256", "DES-CBC3-SHA:ECDHE-RSA-DES-CBC3-SHA"])
+@pytest.mark.parametrize(
+    "ciphers",
+    [
+        "AES128-SHA:AES256-SHA:AES128-GCM-SHA256",  # no forward secrecy
+        "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA",  # CBC
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DES-CBC3-SHA:ECDHE-RSA-DES-CBC3-SHA",
+    ],
+)
 def test_weak_tls12_ciphers_refused(stack, stack_env, ca_bundle, ciphers):
     with pytest.raises(ssl.SSLError):
         handshake(stack_env["MLFLOW_PUBLIC_HOST"], ca_bundle, ssl.TLSVersion.TLSv1_2, ciphers + ":@SECLEVEL=0")
 
 
-@pytest.mark.parametrize("path,auth,status", [("/health", False, 200), ("/metrics", False, 404),
-                                              ("/api/2.0/mlflow/experiments/search", False, 401),
-                                              ("/api/2.0/mlflow/experiments/search?max_results=1", True, 200)])
+@pytest.mark.parametrize(
+    "path,auth,status",
+    [
+        ("/health", False, 200),
+        ("/metrics", False, 404),
+        ("/api/2.0/mlflow/experiments/search", False, 401),
+        ("/api/2.0/mlflow/experiments/search?max_results=1", True, 200),
+    ],
+)
 def test_hsts_on_every_answer(stack, http, admin_auth, path, auth, status):
     r = http.get(stack + path, auth=admin_auth if auth else None, timeout=30)
     assert r.status_code == status
@@ -69,8 +93,13 @@ def test_hsts_on_every_answer(stack, http, admin_auth, path, auth, status):
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE", "PATCH"])
 def test_http_redirects_every_method_to_https(stack, http, stack_env, admin_auth, method):
     host = stack_env["MLFLOW_PUBLIC_HOST"]
-    r = http.request(method, f"http://{host}/api/2.0/mlflow/experiments/create", json={"name": "never-created"},
-                     allow_redirects=False, timeout=10)
+    r = http.request(
+        method,
+        f"http://{host}/api/2.0/mlflow/experiments/create",
+        json={"name": "never-created"},
+        allow_redirects=False,
+        timeout=10,
+    )
     assert r.status_code == 301 and r.headers["Location"] == f"https://{host}/api/2.0/mlflow/experiments/create"
 
 
@@ -80,9 +109,28 @@ def testssl_findings(stack, stack_env, ca_bundle, tmp_path_factory) -> dict:
     if not shutil.which("testssl"):
         pytest.fail("testssl not installed: run `./mlflowctl install` (apt package testssl.sh)")
     out = tmp_path_factory.mktemp("testssl") / "scan.json"
-    cmd = ["testssl", "--quiet", "--warnings", "off", "--color", "0", "--ip", "one", "--nodns", "min",
-           "--connect-timeout", "5", "--openssl-timeout", "5", "--add-ca", ca_bundle, "--jsonfile", str(out),
-           *TESTSSL_CHECKS, f"https://{stack_env['MLFLOW_PUBLIC_HOST']}/health"]
+    cmd = [
+        "testssl",
+        "--quiet",
+        "--warnings",
+        "off",
+        "--color",
+        "0",
+        "--ip",
+        "one",
+        "--nodns",
+        "min",
+        "--connect-timeout",
+        "5",
+        "--openssl-timeout",
+        "5",
+        "--add-ca",
+        ca_bundle,
+        "--jsonfile",
+        str(out),
+        *TESTSSL_CHECKS,
+        f"https://{stack_env['MLFLOW_PUBLIC_HOST']}/health",
+    ]
     started = time.monotonic()
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=TESTSSL_DEADLINE_S)

@@ -1,6 +1,7 @@
 """testinfra smoke tests of the running stack, inside its containers: processes, listeners,
 mounted files and their modes, configs in force, and what the engine publishes.
 """
+
 import configparser
 
 import pytest
@@ -35,8 +36,11 @@ def test_every_server_has_a_row_in_the_tables(servers):
 
 
 def test_long_running_services_healthy(ps, servers):
-    bad = {s: ps.get(s) for s in servers if not (ps.get(s, {}).get("State") == "running"
-                                                 and ps[s].get("Health") == "healthy")}
+    bad = {
+        s: ps.get(s)
+        for s in servers
+        if not (ps.get(s, {}).get("State") == "running" and ps[s].get("Health") == "healthy")
+    }
     assert not bad
 
 
@@ -49,8 +53,9 @@ def test_one_shot_jobs_exited_zero_without_health_check(ps, compose_services):
 
 
 def test_only_nginx_publishes_ports_and_only_443_80(ps):
-    published = {(svc, p["TargetPort"]) for svc, row in ps.items() for p in row.get("Publishers") or []
-                 if p.get("PublishedPort")}
+    published = {
+        (svc, p["TargetPort"]) for svc, row in ps.items() for p in row.get("Publishers") or [] if p.get("PublishedPort")
+    }
     assert published == {("nginx", 443), ("nginx", 80)}
 
 
@@ -165,9 +170,20 @@ def conf_values(text: str) -> dict:
     return out
 
 
-@pytest.mark.parametrize("setting", ["shared_buffers", "effective_cache_size", "work_mem", "maintenance_work_mem",
-                                     "wal_buffers", "checkpoint_completion_target", "max_wal_size", "max_connections",
-                                     "password_encryption"])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "shared_buffers",
+        "effective_cache_size",
+        "work_mem",
+        "maintenance_work_mem",
+        "wal_buffers",
+        "checkpoint_completion_target",
+        "max_wal_size",
+        "max_connections",
+        "password_encryption",
+    ],
+)
 def test_postgres_settings_in_force(stack, service_host, stack_env, setting):
     wanted = conf_values((ROOT / "postgres" / "postgresql.conf").read_text())[setting]
     # Through PgBouncer as the app role: exactly the path MLflow uses.
@@ -188,9 +204,16 @@ def test_nginx_config_in_force_is_rendered_from_repo(stack, service_host, compos
 def test_up_again_recreates_nothing(stack, eng, servers):
     """`up` on a running stack restarts nothing: podman's API makes plain `compose up` recreate
     every container (a PostgreSQL restart, and the offline S3 store's objects lost)."""
+
     def ids():
-        return {name: engine.run([*eng.cli, "inspect", "--format", "{{.Id}} {{.State.StartedAt}}",
-                                  engine.container_name(name)], env=eng.env).stdout.strip() for name in servers}
+        return {
+            name: engine.run(
+                [*eng.cli, "inspect", "--format", "{{.Id}} {{.State.StartedAt}}", engine.container_name(name)],
+                env=eng.env,
+            ).stdout.strip()
+            for name in servers
+        }
+
     before = ids()
     assert engine.up(eng, capture=True).returncode == 0
     assert ids() == before

@@ -4,6 +4,7 @@ Runs docker/standins/check.sh against the stand-ins `./mlflowctl up` built (var/
 and uids, entrypoints, the tools health checks call, and each service doing its job in a network
 of its own. With the official images (a registry was reachable) there is nothing to check.
 """
+
 import subprocess
 
 import pytest
@@ -19,6 +20,7 @@ def test_standin_contracts(stack):
     standins = engine.read_images_env()
     if not set(CHECKED) <= set(standins):
         pytest.skip(f"official images in use; stand-ins only for {sorted(standins) or 'none'}")
-    run = subprocess.run(["bash", str(ROOT / "docker" / "standins" / "check.sh")], capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        ["bash", str(ROOT / "docker" / "standins" / "check.sh")], capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

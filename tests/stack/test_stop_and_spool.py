@@ -2,6 +2,7 @@
 
 The stop tests stop a service for real, then bring it back (`engine.up`, which recreates nothing).
 """
+
 import hashlib
 import os
 import threading
@@ -19,6 +20,7 @@ def exit_code(eng, service) -> int:
 def test_large_artifact_round_trip(mlflow_admin, unique, tmp_path):
     """A multi-hundred-MB artifact through Nginx and MLflow's proxy, spooled on disk, byte for byte."""
     import mlflow
+
     path = tmp_path / "model.bin"
     digest = hashlib.sha256()
     with open(path, "wb") as fh:
@@ -29,8 +31,9 @@ def test_large_artifact_round_trip(mlflow_admin, unique, tmp_path):
     exp = mlflow_admin.create_experiment(f"large/{unique}")
     run = mlflow_admin.create_run(exp)
     mlflow_admin.log_artifact(run.info.run_id, str(path))
-    got = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model.bin",
-                                              dst_path=str(tmp_path / "dl"))
+    got = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="model.bin", dst_path=str(tmp_path / "dl")
+    )
     check = hashlib.sha256()
     with open(got, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -44,11 +47,15 @@ def test_large_artifact_round_trip(mlflow_admin, unique, tmp_path):
 def test_pgbouncer_stops_at_once_despite_idle_clients(stack, http, compose, eng, bring_up, service_host, stack_env):
     """MLflow's connection pools keep idle clients on PgBouncer: on SIGTERM, PgBouncer >= 1.23
     would wait for them until the engine's SIGKILL (exit 137); SIGINT stops it at once."""
-    http.get(f"{stack}/api/2.0/mlflow/experiments/search?max_results=1", auth=tuple(
-        stack_env[k] for k in ("MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD")), timeout=30)
+    http.get(
+        f"{stack}/api/2.0/mlflow/experiments/search?max_results=1",
+        auth=tuple(stack_env[k] for k in ("MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD")),
+        timeout=30,
+    )
     clients = service_host("pgbouncer").check_output(
         "PGPASSWORD=%s psql -h 127.0.0.1 -p 6432 -U mlflow -d pgbouncer -tAc 'SHOW CLIENTS'",
-        stack_env["MLFLOW_DB_PASSWORD"])
+        stack_env["MLFLOW_DB_PASSWORD"],
+    )
     assert [line for line in clients.splitlines() if "|mlflow|" in line], "no idle MLflow client on PgBouncer"
     try:
         started = time.monotonic()
@@ -60,8 +67,9 @@ def test_pgbouncer_stops_at_once_despite_idle_clients(stack, http, compose, eng,
         bring_up("pgbouncer")
 
 
-def test_mlflow_stop_finishes_the_upload_in_flight(mlflow_admin, unique, http, stack, admin_auth, compose, eng,
-                                                  bring_up):
+def test_mlflow_stop_finishes_the_upload_in_flight(
+    mlflow_admin, unique, http, stack, admin_auth, compose, eng, bring_up
+):
     """`docker stop` while a raw client (no retries) streams an upload: the upload is answered 200,
     then the server exits 0, before the engine would SIGKILL it."""
     run = mlflow_admin.create_run(mlflow_admin.create_experiment(f"stop/{unique}"))

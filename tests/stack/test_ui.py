@@ -4,6 +4,7 @@ Chromium is driven over the DevTools protocol: basic-auth credentials go in an A
 header (not in a URL or on a command line) and only our server's key is trusted (SPKI pin).
 The screenshot is saved to test-artifacts/ui-experiments.png.
 """
+
 import base64
 import hashlib
 import itertools
@@ -62,17 +63,34 @@ def chromium(tmp_path):
     if not CHROMIUM:
         pytest.fail("chromium not installed: run `./mlflowctl install`")
     profile = tmp_path / "profile"
-    proc = subprocess.Popen([
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1400,900",
-        f"--ignore-certificate-errors-spki-list={spki_pin(ROOT / 'certs' / 'server.crt')}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-quic",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--window-size=1400,900",
+            f"--ignore-certificate-errors-spki-list={spki_pin(ROOT / 'certs' / 'server.crt')}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         port_file = profile / "DevToolsActivePort"
         port = poll(lambda: port_file.exists() and port_file.read_text().split("\n")[0], 30, "DevTools port")
-        targets = poll(lambda: json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5)),
-                       30, "a page target")
+        targets = poll(
+            lambda: json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5)),
+            30,
+            "a page target",
+        )
         page = next(t for t in targets if t["type"] == "page")
         yield DevTools(page["webSocketDebuggerUrl"])
     finally:
@@ -89,11 +107,12 @@ def test_ui_shows_experiment_after_basic_auth(mlflow_admin, stack, admin_auth, c
     chromium.call("Page.navigate", url=f"{stack}/#/experiments")
 
     def page_text():
-        return chromium.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")["result"].get("value", "")
+        return chromium.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")[
+            "result"
+        ].get("value", "")
 
     poll(lambda: name in page_text(), 90, f"experiment {name} on the experiments page")
     ARTIFACTS.mkdir(exist_ok=True)
     shot = chromium.call("Page.captureScreenshot", format="png")
     (ARTIFACTS / "ui-experiments.png").write_bytes(base64.b64decode(shot["data"]))
     assert (ARTIFACTS / "ui-experiments.png").stat().st_size > 10_000
-

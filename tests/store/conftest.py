@@ -5,6 +5,7 @@ the stack's own PostgreSQL image (the official pin, or its offline stand-in), ru
 `./mlflowctl up` uses, published on 127.0.0.1 only. Everything else creates and drops its own
 scratch databases through that superuser DSN.
 """
+
 import secrets
 import subprocess
 import tempfile
@@ -30,13 +31,38 @@ def pg_admin_dsn():
     password = secrets.token_hex(16)
     name = f"store-test-pg-{uuid.uuid4().hex[:8]}"
     started = subprocess.run(
-        [*eng.cli, "run", "-d", "--rm", "--name", name, "-e", "POSTGRES_PASSWORD", "-p", "127.0.0.1::5432",
-         postgres_image(), "postgres", "-c", "fsync=off", "-c", "full_page_writes=off"],  # scratch data only
-        env={**eng.env, "POSTGRES_PASSWORD": password}, capture_output=True, text=True, timeout=120)
+        [
+            *eng.cli,
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            name,
+            "-e",
+            "POSTGRES_PASSWORD",
+            "-p",
+            "127.0.0.1::5432",
+            postgres_image(),
+            "postgres",
+            "-c",
+            "fsync=off",
+            "-c",
+            "full_page_writes=off",
+        ],  # scratch data only
+        env={**eng.env, "POSTGRES_PASSWORD": password},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert started.returncode == 0, started.stderr
     try:
-        port = subprocess.run([*eng.cli, "port", name, "5432/tcp"], env=eng.env, capture_output=True, text=True,
-                              timeout=30).stdout.split(":")[-1].strip()
+        port = (
+            subprocess.run(
+                [*eng.cli, "port", name, "5432/tcp"], env=eng.env, capture_output=True, text=True, timeout=30
+            )
+            .stdout.split(":")[-1]
+            .strip()
+        )
         dsn = f"host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres"
         deadline = time.monotonic() + 90
         while True:

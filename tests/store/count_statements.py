@@ -6,6 +6,7 @@ usage: count_statements.py TRACKING_URI AUTH_URI APP  (APP: basic-auth | bundle-
 Environment: MLFLOW_AUTH_CONFIG_PATH, MLFLOW_AUTH_ADMIN_*, MLFLOW_FLASK_SERVER_SECRET_KEY.
 Prints JSON: {"tracking": n, "auth": n, "log": [[db, statement], ...]}.
 """
+
 import base64
 import json
 import os
@@ -74,9 +75,13 @@ run = post("runs/create", {"experiment_id": exp, "start_time": 0})["run"]["info"
 
 
 def batch(step: int) -> dict:
-    return {"run_id": run, "metrics": [{"key": f"m{i:03d}", "value": i * 0.5 + step,
-                                        "timestamp": 1_700_000_000_000 + step, "step": step}
-                                       for i in range(100)]}
+    return {
+        "run_id": run,
+        "metrics": [
+            {"key": f"m{i:03d}", "value": i * 0.5 + step, "timestamp": 1_700_000_000_000 + step, "step": step}
+            for i in range(100)
+        ],
+    }
 
 
 post("runs/log-batch", batch(0))  # first batch creates the latest_metrics rows; warms caches

@@ -1,5 +1,6 @@
 """`mlflow server --app-name bundle-auth --backend-store-uri bundle-postgresql://...` as the stack
 runs it (gunicorn), on 127.0.0.1: the entry points resolve, metrics land, errors are JSON."""
+
 import configparser
 import json
 import math
@@ -34,14 +35,35 @@ def server(scratch_db, mlflow_template, tmp_path_factory):
         with open(tmp / "auth.ini", "w") as fh:
             ini.write(fh)
         port = _free_port()
-        env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(tmp / "auth.ini"),
-               "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0], "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
-               "MLFLOW_FLASK_SERVER_SECRET_KEY": "s" * 32, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               "HOME": str(tmp)}
-        cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "bundle-auth",
-               "--backend-store-uri", tracking.replace("postgresql+psycopg2://", "bundle-postgresql://"),
-               "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1", "--gunicorn-opts", "--threads 2 --no-control-socket"]
+        env = {
+            **os.environ,
+            "MLFLOW_AUTH_CONFIG_PATH": str(tmp / "auth.ini"),
+            "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "s" * 32,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "HOME": str(tmp),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--app-name",
+            "bundle-auth",
+            "--backend-store-uri",
+            tracking.replace("postgresql+psycopg2://", "bundle-postgresql://"),
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--gunicorn-opts",
+            "--threads 2 --no-control-socket",
+        ]
         log = open(tmp / "server.log", "wb")
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
@@ -78,18 +100,23 @@ def session():
 @pytest.fixture(scope="module")
 def run_id(server, session):
     exp = session.post(f"{server}/api/2.0/mlflow/experiments/create", json={"name": "app"}).json()
-    r = session.post(f"{server}/api/2.0/mlflow/runs/create",
-                     json={"experiment_id": exp["experiment_id"], "start_time": 0})
+    r = session.post(
+        f"{server}/api/2.0/mlflow/runs/create", json={"experiment_id": exp["experiment_id"], "start_time": 0}
+    )
     return r.json()["run"]["info"]["run_id"]
 
 
 def test_log_batch_and_metric_through_our_store(server, session, run_id):
     metrics = [{"key": "loss", "value": v, "timestamp": 5, "step": 1} for v in (2.0, 1.0)]
     metrics.append({"key": "acc", "value": "NaN", "timestamp": 5, "step": 1})
-    assert session.post(f"{server}/api/2.0/mlflow/runs/log-batch",
-                        json={"run_id": run_id, "metrics": metrics}).status_code == 200
-    assert session.post(f"{server}/api/2.0/mlflow/runs/log-metric",
-                        json={"run_id": run_id, "key": "loss", "value": 0.5, "timestamp": 4, "step": 1}).ok
+    assert (
+        session.post(f"{server}/api/2.0/mlflow/runs/log-batch", json={"run_id": run_id, "metrics": metrics}).status_code
+        == 200
+    )
+    assert session.post(
+        f"{server}/api/2.0/mlflow/runs/log-metric",
+        json={"run_id": run_id, "key": "loss", "value": 0.5, "timestamp": 4, "step": 1},
+    ).ok
     latest = session.get(f"{server}/api/2.0/mlflow/runs/get", params={"run_id": run_id}).json()
     got = {m["key"]: m for m in latest["run"]["data"]["metrics"]}
     assert got["loss"]["value"] == 2.0  # (step 1, ts 5, 2.0) beats (1, 5, 1.0) and (1, 4, 0.5)
@@ -103,8 +130,15 @@ def test_model_registry_uses_the_same_database(server, session):
 
 
 @pytest.mark.parametrize("body", ["{not json", "[]", '[{"run_id": "x"}]', '"x"', "null", '"[1]"', "1"])
-@pytest.mark.parametrize("path", ["/api/2.0/mlflow/runs/log-batch", "/ajax-api/2.0/mlflow/runs/log-metric",
-                                  "/api/2.0/mlflow/experiments/create", "/api/2.0/mlflow/runs/search"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/2.0/mlflow/runs/log-batch",
+        "/ajax-api/2.0/mlflow/runs/log-metric",
+        "/api/2.0/mlflow/experiments/create",
+        "/api/2.0/mlflow/runs/search",
+    ],
+)
 def test_malformed_json_is_a_json_400(server, session, path, body):
     r = session.post(f"{server}{path}", data=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
@@ -113,8 +147,7 @@ def test_malformed_json_is_a_json_400(server, session, path, body):
 
 def test_legacy_double_encoded_body_still_works(server, session, run_id):
     body = json.dumps(json.dumps({"run_id": run_id, "metrics": []}))
-    r = session.post(f"{server}/api/2.0/mlflow/runs/log-batch", data=body,
-                     headers={"Content-Type": "application/json"})
+    r = session.post(f"{server}/api/2.0/mlflow/runs/log-batch", data=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 200, r.text
 
 
@@ -127,8 +160,12 @@ def test_unknown_api_path_is_json_and_ui_is_html(server, session):
 
 
 def test_unauthenticated_still_401(server):
-    r = requests.post(f"{server}/api/2.0/mlflow/runs/log-batch", data="{not json",
-                      headers={"Content-Type": "application/json"}, auth=("admin", "wrong"))
+    r = requests.post(
+        f"{server}/api/2.0/mlflow/runs/log-batch",
+        data="{not json",
+        headers={"Content-Type": "application/json"},
+        auth=("admin", "wrong"),
+    )
     # Malformed bodies are refused before authentication: no password is checked for them.
     assert r.status_code == 400
     r = requests.post(f"{server}/api/2.0/mlflow/runs/log-batch", json={"run_id": "x"}, auth=("admin", "wrong"))

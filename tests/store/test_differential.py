@@ -1,6 +1,7 @@
 """The same random workload through MLflow's SqlAlchemyStore and through BundleSqlAlchemyStore,
 each on its own scratch PostgreSQL database: every row of metrics and latest_metrics (and of
 params and tags) must be equal, and every call must fail or succeed alike."""
+
 import math
 import random
 import tempfile
@@ -21,11 +22,15 @@ def _value(rng: random.Random) -> float:
     choice = rng.randrange(12)
     return [
         float("nan"),  # a new NaN object: MLflow's in-batch dedup (Metric equality) misses it
-        math.nan,      # one shared NaN object: MLflow's dedup catches it
-        math.inf, -math.inf,
-        MAX_DOUBLE, -MAX_DOUBLE,  # the same stored row as +/-inf, with is_nan false
-        0.0, -0.0,                # equal for PostgreSQL and Python; NaN is stored as 0 too
-        1.0, -3.0,
+        math.nan,  # one shared NaN object: MLflow's dedup catches it
+        math.inf,
+        -math.inf,
+        MAX_DOUBLE,
+        -MAX_DOUBLE,  # the same stored row as +/-inf, with is_nan false
+        0.0,
+        -0.0,  # equal for PostgreSQL and Python; NaN is stored as 0 too
+        1.0,
+        -3.0,
         rng.choice([0.5, 2.0, 1e-300]),
         rng.uniform(-10, 10),
     ][choice]
@@ -100,8 +105,9 @@ def _rows(store, run_ids: list[str], table: str) -> list[tuple]:
 
 def _runs(store) -> list[str]:
     exp = store.create_experiment("differential")
-    return [store.create_run(exp, user_id="u", start_time=0, tags=[], run_name=f"r{i}").info.run_id
-            for i in range(RUNS)]
+    return [
+        store.create_run(exp, user_id="u", start_time=0, tags=[], run_name=f"r{i}").info.run_id for i in range(RUNS)
+    ]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])

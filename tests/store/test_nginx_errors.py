@@ -1,6 +1,7 @@
 """nginx/mlflow.conf.template, rendered by jobs/render.py and run by Debian's nginx on loopback
 (own prefix, never the system service) in front of a tiny upstream: the answers Nginx makes on
 /api/ and /ajax-api/ are MLflow JSON errors, the UI keeps HTML, the 401 -> 429 limiter holds."""
+
 import http.server
 import shutil
 import socket
@@ -56,23 +57,48 @@ def nginx(tmp_path_factory):
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     prefix = tmp_path_factory.mktemp("nginx")
     (prefix / "certs").mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-keyout", str(prefix / "certs/server.key"), "-out", str(prefix / "certs/server.crt")],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(prefix / "certs/server.key"),
+            "-out",
+            str(prefix / "certs/server.crt"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     http_port, https_port = _free_port(), _free_port()
-    env = {"MLFLOW_UPSTREAM": f"127.0.0.1:{upstream.server_address[1]}", "MLFLOW_PUBLIC_HOST": "localhost",
-           "HTTPS_PORT": str(https_port), "NGINX_LISTEN_HTTP": f"127.0.0.1:{http_port}",
-           "NGINX_LISTEN_HTTPS": f"127.0.0.1:{https_port}", "NGINX_MAX_BODY_SIZE": "1k",
-           "MLFLOW_DIRECT_ARTIFACT_ACCESS": "false"}
+    env = {
+        "MLFLOW_UPSTREAM": f"127.0.0.1:{upstream.server_address[1]}",
+        "MLFLOW_PUBLIC_HOST": "localhost",
+        "HTTPS_PORT": str(https_port),
+        "NGINX_LISTEN_HTTP": f"127.0.0.1:{http_port}",
+        "NGINX_LISTEN_HTTPS": f"127.0.0.1:{https_port}",
+        "NGINX_MAX_BODY_SIZE": "1k",
+        "MLFLOW_DIRECT_ARTIFACT_ACCESS": "false",
+    }
     (prefix / "mlflow.conf").write_text(render_text((ROOT / "nginx/mlflow.conf.template").read_text(), env))
     (prefix / "nginx.conf").write_text(
         f"daemon off; master_process on; worker_processes 1; pid {prefix}/nginx.pid;\n"
         f"error_log {prefix}/error.log warn;\n"
         "events { worker_connections 64; }\n"
         f"http {{ access_log off; client_body_temp_path {prefix}/tmp_body; proxy_temp_path {prefix}/tmp_proxy;\n"
-        f"  include {prefix}/mlflow.conf; }}\n")
-    proc = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        f"  include {prefix}/mlflow.conf; }}\n"
+    )
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     url = f"https://127.0.0.1:{https_port}"
     try:
         deadline = time.monotonic() + 30
@@ -121,8 +147,13 @@ def test_server_info_location_has_the_json_errors_too(nginx, client):
 
 
 def test_body_too_large_is_json_413(nginx, client):
-    _json_error(client.post(f"{nginx}/api/2.0/mlflow/runs/log-batch", data=b"x" * 4096,
-                          headers={"Content-Type": "application/json"}), 413, "INVALID_PARAMETER_VALUE")
+    _json_error(
+        client.post(
+            f"{nginx}/api/2.0/mlflow/runs/log-batch", data=b"x" * 4096, headers={"Content-Type": "application/json"}
+        ),
+        413,
+        "INVALID_PARAMETER_VALUE",
+    )
 
 
 def test_other_statuses_pass_through(nginx, client):

@@ -6,6 +6,7 @@ two tables change, the re-implementation may silently store something else. Then
 MLflow code, port the change to store/mlflow_bundle_store/tracking.py, run
 tests/store/test_differential.py, and only then update the pins below.
 """
+
 import hashlib
 import inspect
 
@@ -23,8 +24,14 @@ METHOD_SOURCE = {
     "_update_latest_metrics_if_necessary": "9a68eb580f007f5e",
     "sanitize_metric_value": "6552ab68700c2dcd",
 }
-COLUMNS = [("key", "VARCHAR(250)"), ("value", "FLOAT"), ("timestamp", "BIGINT"),
-           ("step", "BIGINT"), ("is_nan", "BOOLEAN"), ("run_uuid", "VARCHAR(32)")]
+COLUMNS = [
+    ("key", "VARCHAR(250)"),
+    ("value", "FLOAT"),
+    ("timestamp", "BIGINT"),
+    ("step", "BIGINT"),
+    ("is_nan", "BOOLEAN"),
+    ("run_uuid", "VARCHAR(32)"),
+]
 
 
 def test_mlflow_version_is_the_pinned_one():
@@ -37,8 +44,8 @@ def test_replaced_methods_unchanged():
     changed = {
         name: digest
         for name, expected in METHOD_SOURCE.items()
-        if (digest := hashlib.sha256(inspect.getsource(getattr(SqlAlchemyStore, name)).encode())
-            .hexdigest()[:16]) != expected
+        if (digest := hashlib.sha256(inspect.getsource(getattr(SqlAlchemyStore, name)).encode()).hexdigest()[:16])
+        != expected
     }
     assert not changed, (
         f"MLflow changed SqlAlchemyStore methods that mlflow_bundle_store replaces: {changed}. "
@@ -47,8 +54,10 @@ def test_replaced_methods_unchanged():
 
 
 def test_metric_tables_unchanged():
-    for table, pk in [(SqlMetric.__table__, ["key", "timestamp", "step", "run_uuid", "value", "is_nan"]),
-                      (SqlLatestMetric.__table__, ["key", "run_uuid"])]:
+    for table, pk in [
+        (SqlMetric.__table__, ["key", "timestamp", "step", "run_uuid", "value", "is_nan"]),
+        (SqlLatestMetric.__table__, ["key", "run_uuid"]),
+    ]:
         assert [(c.name, str(c.type)) for c in table.columns] == COLUMNS, table.name
         # The ON CONFLICT targets rely on exactly these primary keys.
         assert [c.name for c in table.primary_key] == pk, table.name

@@ -2,6 +2,7 @@
 
 Goal (issue 11): <= 10. MLflow 3.17.2's own store: 113 on the tracking database (one UPDATE per key) + 4 auth.
 """
+
 import configparser
 import json
 import os
@@ -22,11 +23,21 @@ def _count(tmp_path, tracking_uri: str, auth_uri: str, app: str) -> dict:
     config = tmp_path / f"auth-{app}.ini"
     with open(config, "w") as fh:
         ini.write(fh)
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
-           "MLFLOW_AUTH_ADMIN_PASSWORD": "count-statements-pw-1", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32,
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    out = subprocess.run([sys.executable, str(HERE / "count_statements.py"), tracking_uri, auth_uri, app],
-                         env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "count-statements-pw-1",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    out = subprocess.run(
+        [sys.executable, str(HERE / "count_statements.py"), tracking_uri, auth_uri, app],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -1,4 +1,5 @@
 """Config files and the compose model, checked with the real tools (Compose, hadolint, nginx -t)."""
+
 import re
 import subprocess
 import sys
@@ -24,10 +25,18 @@ def env_file(tmp_path_factory) -> Path:
 
 
 def compose(env_file, *args, profile=None):
-    cmd = [str(VENV_BIN / "docker-compose"), "-f", str(ROOT / "docker-compose.production.yml"),
-           "--env-file", str(env_file), "--project-directory", str(ROOT)]
-    return subprocess.run(cmd + (["--profile", profile] if profile else []) + list(args),
-                          capture_output=True, text=True)
+    cmd = [
+        str(VENV_BIN / "docker-compose"),
+        "-f",
+        str(ROOT / "docker-compose.production.yml"),
+        "--env-file",
+        str(env_file),
+        "--project-directory",
+        str(ROOT),
+    ]
+    return subprocess.run(
+        cmd + (["--profile", profile] if profile else []) + list(args), capture_output=True, text=True
+    )
 
 
 @pytest.mark.parametrize("profile", [None, "local", "monitoring"])
@@ -46,6 +55,7 @@ def test_compose_refuses_missing_secrets(tmp_path):
 @pytest.fixture(scope="module")
 def model(env_file):
     import json
+
     result = compose(env_file, "config", "--format", "json", profile="local")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -65,8 +75,9 @@ def test_only_nginx_publishes_ports(model):
 def test_config_mounts_read_only(model):
     for name, svc in model["services"].items():
         for vol in svc.get("volumes", []):
-            writable = vol["target"].startswith(("/var/lib/postgresql", "/data", "/rendered", "/var/spool/mlflow",
-                                               "/var/run/postgresql", "/backups"))
+            writable = vol["target"].startswith(
+                ("/var/lib/postgresql", "/data", "/rendered", "/var/spool/mlflow", "/var/run/postgresql", "/backups")
+            )
             assert vol.get("read_only", False) != writable, f"{name}: {vol['target']}"
 
 
@@ -77,8 +88,12 @@ def test_database_network_internal(model):
 
 
 def one_shots(services: dict) -> set:
-    return {dep for s in services.values() for dep, d in s.get("depends_on", {}).items()
-            if d["condition"] == "service_completed_successfully"}
+    return {
+        dep
+        for s in services.values()
+        for dep, d in s.get("depends_on", {}).items()
+        if d["condition"] == "service_completed_successfully"
+    }
 
 
 def test_daemons_restart_and_one_shots_do_not(model):
@@ -98,9 +113,19 @@ def test_every_image_is_a_variable_with_an_official_default_and_a_standin():
     """Each image but ours: `${NAME_IMAGE:-official}`, and docker/standins/NAME to build offline;
     Grafana has none (Debian does not package it; `up` leaves it out offline)."""
     variables = engine.image_variables((ROOT / "docker-compose.production.yml").read_text())
-    assert set(variables) == {"POSTGRES_IMAGE", "PGBOUNCER_IMAGE", "NGINX_IMAGE", "S3_IMAGE", "PYTHON_IMAGE",
-                              "PROMETHEUS_IMAGE", "POSTGRES_EXPORTER_IMAGE", "PGBOUNCER_EXPORTER_IMAGE",
-                              "NODE_EXPORTER_IMAGE", "BLACKBOX_EXPORTER_IMAGE", "GRAFANA_IMAGE"}
+    assert set(variables) == {
+        "POSTGRES_IMAGE",
+        "PGBOUNCER_IMAGE",
+        "NGINX_IMAGE",
+        "S3_IMAGE",
+        "PYTHON_IMAGE",
+        "PROMETHEUS_IMAGE",
+        "POSTGRES_EXPORTER_IMAGE",
+        "PGBOUNCER_EXPORTER_IMAGE",
+        "NODE_EXPORTER_IMAGE",
+        "BLACKBOX_EXPORTER_IMAGE",
+        "GRAFANA_IMAGE",
+    }
     assert not engine.standin_dir("GRAFANA_IMAGE").exists()
     variables.pop("GRAFANA_IMAGE")
     standin_tags = {engine.standin_tag(v, o) for v, o in variables.items()}
@@ -141,7 +166,9 @@ def test_mlflow_tmp_is_sized(model):
 
 def test_podman_conf_keeps_other_settings(tmp_path):
     conf = tmp_path / "containers.conf"
-    conf.write_text('[containers]\nlog_driver = "k8s-file"\npids_limit = 2048\n\n[network]\nnetwork_backend = "netavark"\n')
+    conf.write_text(
+        '[containers]\nlog_driver = "k8s-file"\npids_limit = 2048\n\n[network]\nnetwork_backend = "netavark"\n'
+    )
     engine.ensure_podman_conf(conf)
     first = conf.read_text()
     engine.ensure_podman_conf(conf)
@@ -167,8 +194,9 @@ def test_backend_uris_use_psycopg2(model):
 
 
 def test_hadolint_clean():
-    result = subprocess.run([str(VENV_BIN / "hadolint"), str(ROOT / "docker" / "Dockerfile")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(VENV_BIN / "hadolint"), str(ROOT / "docker" / "Dockerfile")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

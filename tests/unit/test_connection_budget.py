@@ -1,6 +1,7 @@
 """The connection budget holds for the repository's files, and breaks, naming the inequality, when
 any one of its numbers alone moves the wrong way (in the compose model as the real Compose binary
 resolves it, or in temporary copies of pgbouncer/ and postgres/)."""
+
 import copy
 import re
 import shutil
@@ -39,6 +40,7 @@ def _command_value(flag):
     def put(model, value):
         command = _service(model)["command"]
         command[command.index(flag) + 1] = str(value)
+
     return get, put
 
 
@@ -51,12 +53,15 @@ def _threads():
     def put(model, value):
         env = _service(model)["environment"]
         env["MLFLOW_GUNICORN_OPTS"] = re.sub(pattern, f"--threads {value}", env["MLFLOW_GUNICORN_OPTS"])
+
     return get, put
 
 
 def _env(name):
-    return (lambda model: int(_service(model)["environment"][name]),
-            lambda model, value: _service(model)["environment"].__setitem__(name, str(value)))
+    return (
+        lambda model: int(_service(model)["environment"][name]),
+        lambda model, value: _service(model)["environment"].__setitem__(name, str(value)),
+    )
 
 
 def _nofile():
@@ -65,6 +70,7 @@ def _nofile():
 
     def put(model, value):
         model["services"]["pgbouncer"]["ulimits"]["nofile"]["soft"] = value
+
     return get, put
 
 
@@ -87,8 +93,8 @@ FILE_NUMBERS = {
 def steps(current: int, direction: int) -> list[int]:
     """Values in the breaking direction: one step, then doubling (up) or halving (down) to 1."""
     if direction > 0:
-        return [current + 1] + [current * 2 ** k for k in range(1, 8)]
-    return [current - 1] + [v for v in (current // 2 ** k for k in range(1, 13)) if v >= 1]
+        return [current + 1] + [current * 2**k for k in range(1, 8)]
+    return [current - 1] + [v for v in (current // 2**k for k in range(1, 13)) if v >= 1]
 
 
 def first_failure(values, check) -> tuple[int, str]:
@@ -132,16 +138,24 @@ def test_a_file_number_alone_breaks_the_budget(name, root):
     assert rule in message, message
 
 
-@pytest.mark.parametrize("command, env, workers, threads", [
-    (["--workers=3", "--gunicorn-opts", "--threads 5"], {}, 3, 5),
-    (["-w", "3"], {"MLFLOW_GUNICORN_OPTS": "--timeout 60", "GUNICORN_CMD_ARGS": "--threads=6"}, 3, 6),
-    ([], {"MLFLOW_WORKERS": "2", "MLFLOW_GUNICORN_OPTS": "--threads 3",
-          "GUNICORN_CMD_ARGS": "--threads 9"}, 2, 3),  # gunicorn's command line wins
-    ([], {"MLFLOW_GUNICORN_OPTS": "--timeout 60"}, 4, 1),  # MLflow's and gunicorn's defaults
-])
+@pytest.mark.parametrize(
+    "command, env, workers, threads",
+    [
+        (["--workers=3", "--gunicorn-opts", "--threads 5"], {}, 3, 5),
+        (["-w", "3"], {"MLFLOW_GUNICORN_OPTS": "--timeout 60", "GUNICORN_CMD_ARGS": "--threads=6"}, 3, 6),
+        (
+            [],
+            {"MLFLOW_WORKERS": "2", "MLFLOW_GUNICORN_OPTS": "--threads 3", "GUNICORN_CMD_ARGS": "--threads 9"},
+            2,
+            3,
+        ),  # gunicorn's command line wins
+        ([], {"MLFLOW_GUNICORN_OPTS": "--timeout 60"}, 4, 1),  # MLflow's and gunicorn's defaults
+    ],
+)
 def test_workers_and_threads_are_read_wherever_they_are_set(command, env, workers, threads):
-    model = {"services": {**MODEL["services"], "mlflow": {"command": ["mlflow", "server", *command],
-                                                          "environment": env}}}
+    model = {
+        "services": {**MODEL["services"], "mlflow": {"command": ["mlflow", "server", *command], "environment": env}}
+    }
     budget = read_budget(model)
     assert (budget.workers, budget.threads) == (workers, threads)
 

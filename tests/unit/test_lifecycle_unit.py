@@ -1,4 +1,5 @@
 """Day-2 operations without the stack: CLI surface, teams file rules, metric batching, workflows."""
+
 import inspect
 import json
 import subprocess
@@ -20,19 +21,28 @@ WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 
 @pytest.mark.parametrize("command", ["teams", "register", "promote", "validate", "cleanup"])
 def test_subcommand_help(command):
-    out = subprocess.run([sys.executable, "-m", "ctl", command, "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "ctl", command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert f"usage: mlflowctl {command}" in out.stdout
 
 
 def test_missing_tracking_uri_is_one_line_error(monkeypatch):
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MLFLOW_")}
-    out = subprocess.run([sys.executable, "-m", "ctl", "promote", "m", "--repair"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "ctl", "promote", "m", "--repair"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines()[-1] == \
-        "mlflowctl promote: MLFLOW_TRACKING_URI is not set (e.g. https://localhost; see docs/lifecycle.md)"
+    assert (
+        out.stderr.strip().splitlines()[-1]
+        == "mlflowctl promote: MLFLOW_TRACKING_URI is not set (e.g. https://localhost; see docs/lifecycle.md)"
+    )
 
 
 def test_example_teams_file_loads():
@@ -49,23 +59,39 @@ def write_teams(tmp_path, teams) -> Path:
 
 
 def test_overlapping_prefixes_are_refused(tmp_path):
-    path = write_teams(tmp_path, [{"name": "a", "project_prefixes": ["reco"], "members": ["x"]},
-                                  {"name": "b", "project_prefixes": ["recommend"], "members": ["y"]}])
+    path = write_teams(
+        tmp_path,
+        [
+            {"name": "a", "project_prefixes": ["reco"], "members": ["x"]},
+            {"name": "b", "project_prefixes": ["recommend"], "members": ["y"]},
+        ],
+    )
     with pytest.raises(CommandError, match="overlaps"):
         load_teams(path)
 
 
 def test_bad_permission_is_refused(tmp_path):
-    path = write_teams(tmp_path, [{"name": "a", "project_prefixes": ["p"], "members": [{"username": "x", "permission": "OWNER"}]}])
+    path = write_teams(
+        tmp_path, [{"name": "a", "project_prefixes": ["p"], "members": [{"username": "x", "permission": "OWNER"}]}]
+    )
     with pytest.raises(CommandError, match="permission must be one of"):
         load_teams(path)
 
 
 def test_register_refuses_other_teams_prefix(tmp_path):
-    spec = load_teams(write_teams(tmp_path, [{"name": "a", "project_prefixes": ["pa"], "members": ["alice"]},
-                                             {"name": "b", "project_prefixes": ["pb"], "members": ["bob"]}]))
+    spec = load_teams(
+        write_teams(
+            tmp_path,
+            [
+                {"name": "a", "project_prefixes": ["pa"], "members": ["alice"]},
+                {"name": "b", "project_prefixes": ["pb"], "members": ["bob"]},
+            ],
+        )
+    )
     assert team_for_model(spec, "pa-als", "alice", False).name == "a"
-    with pytest.raises(CommandError, match=r"outside the prefixes of your team\(s\) \(a: pa\*-ALGORITHM\); it belongs to team b"):
+    with pytest.raises(
+        CommandError, match=r"outside the prefixes of your team\(s\) \(a: pa\*-ALGORITHM\); it belongs to team b"
+    ):
         team_for_model(spec, "pb-als", "alice", False)
     with pytest.raises(CommandError, match="not a member of team 'b'"):
         team_for_model(spec, "pb-als", "alice", False, team="b")
@@ -84,14 +110,24 @@ def test_thresholds():
 def test_gc_core_signature_we_call():
     """cleanup calls mlflow gc's core with scoping arguments: an MLflow upgrade that renames them fails here."""
     from mlflow.cli import _gc_tracking_resources
+
     params = inspect.signature(_gc_tracking_resources).parameters
-    for name in ("backend_store", "run_ids", "experiment_ids", "logged_model_ids", "older_than", "time_delta",
-                 "skip_experiments", "skip_logged_models"):
+    for name in (
+        "backend_store",
+        "run_ids",
+        "experiment_ids",
+        "logged_model_ids",
+        "older_than",
+        "time_delta",
+        "skip_experiments",
+        "skip_logged_models",
+    ):
         assert name in params
 
 
 class CountingMlflow(BaseHTTPRequestHandler):
     """A local stand-in for the REST endpoint: counts log-batch requests and the metrics in each."""
+
     batches = []
 
     def do_POST(self):
@@ -113,6 +149,7 @@ def test_per_step_metrics_are_batched_one_request_per_1000(monkeypatch):
     import mlflow
 
     from client.batching import MetricBatcher
+
     CountingMlflow.batches = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), CountingMlflow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -121,7 +158,7 @@ def test_per_step_metrics_are_batched_one_request_per_1000(monkeypatch):
             monkeypatch.delenv(var, raising=False)
         client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{server.server_address[1]}")
         with MetricBatcher(client, "0" * 32) as batcher:
-            for step in range(1250):                           # 2 metrics x 1250 steps = 2500 points
+            for step in range(1250):  # 2 metrics x 1250 steps = 2500 points
                 batcher.log({"loss": 0.5, "ndcg": 0.5}, step=step)
     finally:
         server.shutdown()
@@ -138,8 +175,12 @@ def test_workflow_files_exist():
 def test_workflow_validates_against_schema(workflow):
     """check-jsonschema's vendored GitHub workflow schema: no network at test time."""
     exe = Path(sys.executable).parent / "check-jsonschema"
-    out = subprocess.run([str(exe), "--builtin-schema", "vendor.github-workflows", str(workflow)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(exe), "--builtin-schema", "vendor.github-workflows", str(workflow)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 

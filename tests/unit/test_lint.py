@@ -1,4 +1,5 @@
 """ruff (pinned in requirements.lock, configured in pyproject.toml): lint and format are clean."""
+
 import subprocess
 import sys
 from pathlib import Path

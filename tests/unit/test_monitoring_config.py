@@ -1,4 +1,5 @@
 """The `monitoring` profile's compose model and config files (no stack): README "Monitoring"."""
+
 import json
 
 import pytest
@@ -8,9 +9,14 @@ from jobs import render
 from tests.unit.test_config_files import ROOT, compose, env_file  # noqa: F401 (env_file is a fixture)
 
 PROFILE_NETWORKS = {  # every service of the profile and the only networks it joins
-    "monitoring-config": None, "monitoring-setup": ["backend"], "prometheus": ["backend", "monitoring"],
-    "postgres-exporter": ["backend"], "pgbouncer-exporter": ["backend"], "node-exporter": ["backend"],
-    "blackbox-exporter": ["backend", "frontend"], "grafana": ["frontend", "monitoring"],
+    "monitoring-config": None,
+    "monitoring-setup": ["backend"],
+    "prometheus": ["backend", "monitoring"],
+    "postgres-exporter": ["backend"],
+    "pgbouncer-exporter": ["backend"],
+    "node-exporter": ["backend"],
+    "blackbox-exporter": ["backend", "frontend"],
+    "grafana": ["frontend", "monitoring"],
 }
 
 
@@ -61,5 +67,8 @@ def test_rendered_prometheus_config(tmp_path):
     config = yaml.safe_load(written["prometheus.yml"].read_text())
     assert "s3cret" not in written["prometheus.yml"].read_text()
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert jobs["mlflow"]["basic_auth"] == {"username": "mon", "password_file": "/etc/prometheus/rendered/mlflow_password"}
+    assert jobs["mlflow"]["basic_auth"] == {
+        "username": "mon",
+        "password_file": "/etc/prometheus/rendered/mlflow_password",
+    }
     assert jobs["backup"]["static_configs"] == [{"targets": ["backup:9188"]}]

@@ -1,4 +1,5 @@
 """The template renderer and the bootstrap step (secrets, certificates, idempotency)."""
+
 import os
 import shutil
 import stat
@@ -23,7 +24,10 @@ def test_render_substitutes_and_refuses_unset():
 
 def test_public_url_omits_default_port():
     assert render.derived({"MLFLOW_PUBLIC_HOST": "m.example", "HTTPS_PORT": "443"})["PUBLIC_URL"] == "https://m.example"
-    assert render.derived({"MLFLOW_PUBLIC_HOST": "m.example", "HTTPS_PORT": "8443"})["PUBLIC_URL"] == "https://m.example:8443"
+    assert (
+        render.derived({"MLFLOW_PUBLIC_HOST": "m.example", "HTTPS_PORT": "8443"})["PUBLIC_URL"]
+        == "https://m.example:8443"
+    )
 
 
 def test_render_tree_secret_files_private(tmp_path):
@@ -45,8 +49,11 @@ def project(tmp_path) -> Path:
 
 
 def snapshot(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_bootstrap_random_private_idempotent(project):
@@ -69,7 +76,9 @@ def test_bootstrap_random_private_idempotent(project):
 def test_bootstrap_keeps_values_and_appends_new_variables(project):
     bootstrap.bootstrap(project)
     env_file = project / ".env"
-    env_file.write_text(env_file.read_text().replace("MLFLOW_ARTIFACT_BUCKET=mlflow-artifacts", "MLFLOW_ARTIFACT_BUCKET=mine"))
+    env_file.write_text(
+        env_file.read_text().replace("MLFLOW_ARTIFACT_BUCKET=mlflow-artifacts", "MLFLOW_ARTIFACT_BUCKET=mine")
+    )
     (project / ".env.example").write_text((project / ".env.example").read_text() + "NEW_SETTING=1\n")
     values, added = bootstrap.ensure_env(project)
     assert added == ["NEW_SETTING"] and values["MLFLOW_ARTIFACT_BUCKET"] == "mine"
@@ -86,7 +95,9 @@ def test_certificate_reissued_for_new_host(project):
     bootstrap.bootstrap(project)
     ca_before = (project / "certs" / "ca.crt").read_bytes()
     env_file = project / ".env"
-    env_file.write_text(env_file.read_text().replace("MLFLOW_PUBLIC_HOST=localhost", "MLFLOW_PUBLIC_HOST=mlflow.example.org"))
+    env_file.write_text(
+        env_file.read_text().replace("MLFLOW_PUBLIC_HOST=localhost", "MLFLOW_PUBLIC_HOST=mlflow.example.org")
+    )
     bootstrap.bootstrap(project)
     cert = x509.load_pem_x509_certificate((project / "certs" / "server.crt").read_bytes())
     assert bootstrap.covers(cert, "mlflow.example.org") and bootstrap.covers(cert, "localhost")
