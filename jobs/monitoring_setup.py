@@ -55,7 +55,6 @@ def main() -> int:
         host, port, env.get("POSTGRES_USER", "postgres"), env["POSTGRES_PASSWORD"], user, env["MONITORING_PASSWORD"]
     )
     print(f"monitoring-setup: PostgreSQL role {user} (pg_monitor) ready", flush=True)
-    os.environ["PGPASSWORD"] = env["MLFLOW_DB_PASSWORD"]  # libpq: no password in the URI
     state = ensure_mlflow_user(
         f"postgresql+psycopg2://mlflow@{host}:{port}/mlflow_auth", user, env["MONITORING_PASSWORD"]
     )

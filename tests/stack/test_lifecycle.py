@@ -3,6 +3,7 @@
 Real MLflow client through Nginx/TLS; the CLI is run as a user runs it (`python -m ctl`).
 """
 
+import contextlib
 import json
 import threading
 import time
@@ -238,24 +239,10 @@ def test_team_isolation_and_idempotent_teams(teams_setup, trained, admin_env, ad
     assert second.stdout.strip().splitlines() == ["teams: no changes"]
 
 
-class _as_user:
+@contextlib.contextmanager
+def _as_user(env):
     """Switch the process' MLflow credentials (the fluent API reads them from the environment)."""
-
-    def __init__(self, env):
-        self.env, self.saved = env, {}
-
-    def __enter__(self):
-        import os
-
+    with pytest.MonkeyPatch.context() as mp:
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            self.saved[key] = os.environ.get(key)
-            os.environ[key] = self.env[key]
-
-    def __exit__(self, *exc):
-        import os
-
-        for key, value in self.saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            mp.setenv(key, env[key])
+        yield

@@ -3,7 +3,8 @@
 MLflow's Flask app and stores are process globals, so stock and ours each get a fresh process.
 
 usage: count_statements.py TRACKING_URI AUTH_URI APP  (APP: basic-auth | bundle-auth)
-Environment: MLFLOW_AUTH_CONFIG_PATH, MLFLOW_AUTH_ADMIN_*, MLFLOW_FLASK_SERVER_SECRET_KEY.
+Environment: MLFLOW_AUTH_CONFIG_PATH, MLFLOW_AUTH_ADMIN_*, MLFLOW_FLASK_SERVER_SECRET_KEY, and
+_MLFLOW_SERVER_FILE_STORE / _MLFLOW_SERVER_ARTIFACT_ROOT (what `mlflow server` hands its workers).
 Prints JSON: {"tracking": n, "auth": n, "log": [[db, statement], ...]}.
 """
 
@@ -11,12 +12,9 @@ import base64
 import json
 import os
 import sys
-import tempfile
 from collections import Counter
 
 tracking_uri, auth_uri, app_name = sys.argv[1:4]
-os.environ["_MLFLOW_SERVER_FILE_STORE"] = tracking_uri  # what `mlflow server` hands its workers
-os.environ["_MLFLOW_SERVER_ARTIFACT_ROOT"] = tempfile.mkdtemp(prefix="store-art-")
 
 from sqlalchemy import event  # noqa: E402
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2  # noqa: E402

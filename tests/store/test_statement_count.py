@@ -30,6 +30,8 @@ def _count(tmp_path, tracking_uri: str, auth_uri: str, app: str) -> dict:
         "MLFLOW_AUTH_ADMIN_PASSWORD": "count-statements-pw-1",
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "_MLFLOW_SERVER_FILE_STORE": tracking_uri,  # what `mlflow server` hands its workers
+        "_MLFLOW_SERVER_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
     }
     out = subprocess.run(
         [sys.executable, str(HERE / "count_statements.py"), tracking_uri, auth_uri, app],
