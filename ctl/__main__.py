@@ -8,8 +8,9 @@
   status      each service's state and health; exit 3 if one is not running/healthy
   logs        service logs (`docker compose logs`)
   compose     any `docker compose` command, with this bundle's files, engine and images
-  config      check docker-compose.production.yml with the real Compose binary (both profiles)
-  test        `up`, then the whole test suite (unit, stack, infra); extra args go to pytest
+  config      check docker-compose.production.yml with the real Compose binary (its profiles)
+  test        `up`, then the test suite (unit, store, stack, infra); extra args go to pytest
+              (`test -m unit` or `test tests/infra` need no stack and skip `up`)
   backup, restore                              databases + artifact bucket (docs/security.md)
   restore-drill                                restore a backup into scratch targets and compare (README)
   upgrade                                      backup, migrations once, roll MLflow to a new image (README)
