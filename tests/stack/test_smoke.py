@@ -13,9 +13,15 @@ from tests.conftest import ROOT
 
 # service -> a word of its main process's command line; none of these may run as root but nginx's
 # master (it binds 443/80 and reads the key) and the S3 store (root in its official image).
-PROCESS_WORDS = {"postgres": "postgres", "pgbouncer": "pgbouncer", "mlflow": "gunicorn", "nginx": "nginx: worker"}
+PROCESS_WORDS = {
+    "postgres": "postgres",
+    "pgbouncer": "pgbouncer",
+    "mlflow": "gunicorn",
+    "nginx": "nginx: worker",
+    "backup": "jobs.backup",
+}
 # service -> port it listens on inside its network: one row for every server of the compose model.
-PORTS = {"postgres": 5432, "pgbouncer": 6432, "mlflow": 5000, "nginx": 443, "s3": 8333}
+PORTS = {"postgres": 5432, "pgbouncer": 6432, "mlflow": 5000, "nginx": 443, "s3": 8333, "backup": 9188}
 LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp
 
 
