@@ -56,5 +56,13 @@ if ! .venv/bin/pip show -q mlflow-bundle-store 2>/dev/null; then
     .venv/bin/pip install -q --disable-pip-version-check --no-deps -e ./store
 fi
 .venv/bin/pip check >/dev/null || { .venv/bin/pip check; exit 1; }
+# The aws CLI the boot-script tests drive (the instance's own tool): a venv of its own, since its
+# botocore pin differs from the lock's. `./mlflowctl` puts it on PATH.
+AWSCLI_VERSION=1.45.11
+if ! .venv-awscli/bin/aws --version 2>&1 | grep -q "^aws-cli/${AWSCLI_VERSION} "; then
+    step "pip install awscli==${AWSCLI_VERSION} into .venv-awscli"
+    /usr/bin/python3 -m venv .venv-awscli
+    .venv-awscli/bin/pip install -q --disable-pip-version-check "awscli==${AWSCLI_VERSION}"
+fi
 cp requirements.lock .venv/.installed-lock
 step "install done"
