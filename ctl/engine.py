@@ -335,7 +335,7 @@ def up(
         stale = stale_services(engine, services, profiles)
         if stale:
             log(f"recreating {', '.join(stale)} (config or image changed)")
-            compose(engine, "rm", "--stop", "--force", *stale, capture=True, profiles=profiles)
+            compose(engine, "rm", "--stop", "--force", "--volumes", *stale, capture=True, profiles=profiles)
         args.append("--no-recreate")
     return compose(
         engine, *args, *options, *services, check=False, capture=capture, timeout=timeout_s + 120, profiles=profiles

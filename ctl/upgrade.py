@@ -120,7 +120,7 @@ def take_backup(out: Path) -> Path:
 
 def run_one_shot(eng, service: str, deadline_s: float):
     """(Re)create SERVICE on the current image, alone, and wait for its exit status."""
-    engine.compose(eng, "rm", "--force", "--stop", service, capture=True)
+    engine.compose(eng, "rm", "--force", "--stop", "--volumes", service, capture=True)
     engine.compose(eng, "up", "--detach", "--no-deps", service, capture=True)
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:

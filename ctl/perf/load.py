@@ -526,7 +526,7 @@ class PlainServer:
         }
 
     def __exit__(self, *exc):
-        sx.run("rm", "--stop", "--force", self.SERVICE, profiles=self.PROFILES, timeout=120, check=False)
+        sx.run("rm", "--stop", "--force", "--volumes", self.SERVICE, profiles=self.PROFILES, timeout=120, check=False)
 
 
 # Runs in the plain-mlflow container (our image, on the backend network): SECONDS CONNECTIONS ROWS.

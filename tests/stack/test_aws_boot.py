@@ -529,7 +529,7 @@ def cleanup(ns: Namespace, project: str, env: dict, ecr_image: str):
     namespace (netavark tears down interfaces there); then the daemons and the namespace."""
     label = f"label=com.docker.compose.project={project}"
     for ls, rm in (
-        (["ps", "-aq"], ["rm", "-f", "-t", "5"]),
+        (["ps", "-aq"], ["rm", "-f", "-v", "-t", "5"]),
         (["network", "ls", "-q"], ["network", "rm"]),
         (["volume", "ls", "-q"], ["volume", "rm", "-f"]),
     ):

@@ -77,7 +77,7 @@ def monitoring(stack, eng):
     yield {name: services[name] for name in profile if name not in left_out}
     started = [s for s in profile if s not in running and s not in left_out]
     if started:
-        engine.compose(eng, "rm", "--stop", "--force", *started, capture=True, profiles=PROFILES)
+        engine.compose(eng, "rm", "--stop", "--force", "--volumes", *started, capture=True, profiles=PROFILES)
 
 
 def ps(eng) -> list:

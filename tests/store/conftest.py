@@ -76,7 +76,7 @@ def pg_admin_dsn():
                 time.sleep(0.2)  # poll interval of a deadline-bounded readiness loop
         yield dsn
     finally:
-        subprocess.run([*eng.cli, "rm", "-f", name], env=eng.env, capture_output=True, timeout=60)
+        subprocess.run([*eng.cli, "rm", "-f", "-v", name], env=eng.env, capture_output=True, timeout=60)
 
 
 def _sqlalchemy_uri(dsn: str, dbname: str) -> str:
