@@ -342,6 +342,14 @@ def up(
     )
 
 
+def restart(engine: Engine, *services, timeout: float = 600):
+    """`compose stop` then `start` (every service by default), so each container gets its own
+    stop_signal and stop_grace_period. podman's Docker API turns a `restart` without a timeout into
+    an immediate SIGKILL (podman-container-tools/podman#29276): PostgreSQL then needs crash recovery."""
+    compose(engine, "stop", *services, timeout=timeout)
+    compose(engine, "start", *services, timeout=timeout)
+
+
 def remove_project(engine: Engine, volumes: bool):
     """What `compose down` removes, found by the project's label: for when there is no .env to
     interpolate the compose file with (a fresh checkout cleaning up after an earlier one)."""

@@ -133,7 +133,7 @@ def cmd_down(args):
 def cmd_restart(args):
     eng = engine.ensure()
     engine.start_ticker(eng)
-    engine.compose(eng, "restart", *args.services)
+    engine.restart(eng, *args.services)
     compose_up(eng, *args.services)
 
 

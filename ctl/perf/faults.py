@@ -8,7 +8,7 @@ fact committed are reported as duplicates). Clients use the retry settings in CL
 which the bundle recommends.
 
 Faults, all through the engine (`docker compose` for the stack, or the engine's own CLI):
-  SERVICE-restart        `compose restart SERVICE` (its stop_signal, then start)
+  SERVICE-restart        `compose stop SERVICE` (its stop_signal), then `compose start`
   pgbouncer-reload-pause-resume   `compose kill -s SIGHUP|SIGUSR1|SIGUSR2 pgbouncer` (3 s pause)
   mlflow-worker-sigkill  SIGKILL of one gunicorn worker, sent from inside the container (exec)
   nginx-reload           `compose kill -s SIGHUP nginx`
@@ -162,10 +162,10 @@ class Crash:
 
 
 def _restart(service):
-    return lambda: compose("restart", service, timeout=600)
+    return lambda: engine.restart(sx.eng(), service)
 
 
-# Restarts restart one service, as a restart policy or `compose restart` does (no one-shot steps).
+# Restarts restart one service (stop with its stop_signal, then start), as an operator does (no one-shot steps).
 SCENARIOS = {
     "postgres-restart": _restart("postgres"),  # stop_signal SIGINT: fast shutdown, then start
     "pgbouncer-restart": _restart("pgbouncer"),
