@@ -26,7 +26,7 @@ failures=0
 
 cleanup() {
 	local c
-	for c in "${CONTAINERS[@]}"; do podman rm -f -t 2 "$c" > /dev/null 2>&1 || :; done
+	for c in "${CONTAINERS[@]}"; do podman rm -f -v -t 2 "$c" > /dev/null 2>&1 || :; done
 	podman network rm "$NET" > /dev/null 2>&1 || :
 	podman rmi "localhost/$P-derived" > /dev/null 2>&1 || :
 	rm -rf "$TMP"
