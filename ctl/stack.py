@@ -14,23 +14,29 @@ from ctl.settings import ROOT, Settings
 ONE_SHOT_OK = "exited (0)"
 
 
-def wait_for_nginx(settings: Settings, deadline_s: float = 120):
-    """Poll /health through Nginx over HTTPS (at localhost, before DNS), trusting only our CA."""
+def wait_for_nginx(
+    settings: Settings, path: str = "/health", expect: str = None, auth: tuple = None, deadline_s: float = 120
+):
+    """Poll PATH through Nginx over HTTPS, trusting only our CA, until it answers 200 (with the body
+    EXPECT when given). It connects to localhost, which the certificate also covers (it works
+    before DNS does); the Host header names the public host, which MLflow allows."""
     import requests
 
-    session = settings.http()
+    session = settings.http(auth=auth)
+    host = settings.public_url.removeprefix("https://")
     deadline = time.monotonic() + deadline_s
     last = None
     while time.monotonic() < deadline:
         try:
-            r = session.get(f"{settings.url('localhost')}/health", timeout=5)
-            if r.status_code == 200:
+            r = session.get(f"{settings.url('localhost')}{path}", headers={"Host": host}, timeout=10)
+            if r.status_code == 200 and (expect is None or r.text.strip() == expect):
                 return
-            last = f"HTTP {r.status_code}"
+            last = f"HTTP {r.status_code}: {r.text.strip()[:100]}"
         except requests.RequestException as exc:
             last = str(exc)
         time.sleep(1)
-    raise CommandError(f"/health through Nginx did not answer within {deadline_s:.0f}s: {last}")
+    wanted = f" {expect}" if expect else ""
+    raise CommandError(f"{path} through Nginx did not answer{wanted} within {deadline_s:.0f}s: {last}")
 
 
 def compose_up(eng, *services, profiles: tuple = None):

@@ -41,6 +41,7 @@ from ctl import stackexec as sx
 from ctl.bootstrap import write_private
 from ctl.errors import CommandError
 from ctl.settings import ROOT, Settings
+from ctl.stack import wait_for_nginx
 
 STEPS = ("image", "backup", "migrate", "one-shots", "roll", "verify", "record")
 MIGRATE = "migrate"
@@ -132,26 +133,6 @@ def run_one_shot(eng, service: str, deadline_s: float):
             return
         time.sleep(1)
     raise CommandError(f"`{service}` did not finish within {deadline_s:.0f}s")
-
-
-def wait_for_version(settings: Settings, expected: str, deadline_s: float) -> str:
-    """Poll /version through Nginx (admin credentials, our CA) until it answers EXPECTED."""
-    import requests
-
-    session = settings.http(auth=settings.admin_auth)
-    host = settings.public_url.removeprefix("https://")
-    deadline, last = time.monotonic() + deadline_s, None
-    while time.monotonic() < deadline:
-        try:
-            # The certificate covers localhost too; Host names the public host MLflow allows.
-            r = session.get(f"{settings.url('localhost')}/version", headers={"Host": host}, timeout=10)
-            if r.status_code == 200 and r.text.strip() == expected:
-                return f"{settings.public_url}/"
-            last = f"HTTP {r.status_code}: {r.text.strip()[:100]}"
-        except requests.RequestException as exc:
-            last = str(exc)
-        time.sleep(1)
-    raise CommandError(f"/version through Nginx did not answer {expected} within {deadline_s:.0f}s: {last}")
 
 
 def set_env_value(key: str, value: str):
@@ -249,8 +230,8 @@ def upgrade(args) -> int:
         current = "verify"
         with step("verify"):
             version = sx.python(VERSION_CODE, env={}, timeout=120).stdout.strip()
-            url = wait_for_version(settings, version, args.deadline)
-            engine.log(f"MLflow {version} serving at {url}")
+            wait_for_nginx(settings, "/version", expect=version, auth=settings.admin_auth, deadline_s=args.deadline)
+            engine.log(f"MLflow {version} serving at {settings.public_url}/")
         current = "record"
         with step("record"):
             set_env_value("MLFLOW_IMAGE", new)

@@ -6,6 +6,8 @@ tests/infra  Pulumi program under mocks, IAM against a local S3 server
 """
 
 import os
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -26,6 +28,22 @@ def pytest_collection_modifyitems(items):
         suite = Path(item.path).relative_to(ROOT / "tests").parts[0]
         if suite in SUITES:
             item.add_marker(suite)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def self_signed_cert(common_name: str, key: Path, cert: Path):
+    """A throwaway self-signed certificate (one day) for a server a test starts."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={common_name}",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

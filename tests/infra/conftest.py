@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from infra.mockrun import ensure_mocks, run_stack
+from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -35,12 +35,6 @@ def prod_run():
 @pytest.fixture(scope="session", params=["dev", "prod"])
 def stack_run(request, dev_run, prod_run):
     return {"dev": dev_run, "prod": prod_run}[request.param]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_until(predicate, timeout: float, what: str) -> None:
@@ -74,7 +68,7 @@ class MotoServer:
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory):
     """moto's S3/IAM/Secrets Manager server on 127.0.0.1 (AWS itself cannot be reached here)."""
-    port = _free_port()
+    port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
     env = {**os.environ, "MOTO_PORT": str(port)}
     proc = subprocess.Popen(

@@ -46,6 +46,7 @@ from ctl import engine
 from ctl.settings import Settings
 from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files, bundle_hash
 from infra.userdata import COMPOSE_PY_VERSION, BootSettings, render_user_data
+from tests.conftest import self_signed_cert
 
 REGION, BUCKET = "us-east-1", "mlflow-boot-e2e"
 MOTO_PORT = 5000
@@ -307,22 +308,8 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
         assert ns.call(lambda: aws_clients(endpoint)[1].get_object(Bucket=BUCKET, Key=key)["Body"].read()) == payload
 
         # --- day eight: RDS rotates the master password, the instance restarts ------------------
-        sql = f"ALTER ROLE postgres PASSWORD '{rotated.replace(chr(39), chr(39) * 2)}'"
-        must(
-            dk(
-                "exec",
-                "-i",
-                f"{project}-rds",
-                "psql",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                "rdsadmin",
-                "-d",
-                "postgres",
-                input=sql,
-            ),
-            "ALTER ROLE on the fake RDS",
+        rds_sql(
+            dk, f"{project}-rds", f"ALTER ROLE postgres PASSWORD {sql_literal(rotated)}", "ALTER ROLE on the fake RDS"
         )
         ns.call(
             lambda: aws_clients(endpoint)[0].put_secret_value(
@@ -378,34 +365,23 @@ def aws_clients(endpoint: str):
     return boto3.client("secretsmanager", **creds), boto3.client("s3", **creds)
 
 
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def rds_sql(dk, container: str, sql: str, what: str):
+    """SQL as the fake RDS's superuser `rdsadmin` (local socket, trust), read from stdin."""
+    must(
+        dk("exec", "-i", container, "psql", "-v", "ON_ERROR_STOP=1", "-U", "rdsadmin", "-d", "postgres", input=sql),
+        what,
+    )
+
+
 def start_fake_rds(dk, project: str, label: str, image: str, tmp_path: Path, password: str) -> str:
     """PostgreSQL that behaves like RDS where the stack can tell: TLS required, master not superuser."""
     conf = tmp_path / "rds"
     conf.mkdir()
-    must(
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=fake-rds",
-                "-keyout",
-                conf / "server.key",
-                "-out",
-                conf / "server.crt",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ),
-        "openssl",
-    )
+    self_signed_cert("fake-rds", conf / "server.key", conf / "server.crt")
     os.chown(conf / "server.key", 999, 999)  # the postgres uid of the official image and the stand-in
     (conf / "server.key").chmod(0o600)
     (conf / "pg_hba.conf").write_text("local all all trust\nhostssl all all all scram-sha-256\n")
@@ -440,22 +416,8 @@ def start_fake_rds(dk, project: str, label: str, image: str, tmp_path: Path, pas
         "starting the fake RDS",
     )
     poll("fake RDS", lambda: dk("exec", name, "pg_isready", "-h", "127.0.0.1").returncode == 0, 120)
-    escaped = password.replace("'", "''")
-    must(
-        dk(
-            "exec",
-            "-i",
-            name,
-            "psql",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            "rdsadmin",
-            "-d",
-            "postgres",
-            input=f"CREATE ROLE postgres LOGIN CREATEDB CREATEROLE PASSWORD '{escaped}'",
-        ),
-        "the master user",
+    rds_sql(
+        dk, name, f"CREATE ROLE postgres LOGIN CREATEDB CREATEROLE PASSWORD {sql_literal(password)}", "the master user"
     )
     info = json.loads(must(dk("inspect", name), "inspect"))[0]
     return info["NetworkSettings"]["Networks"][f"{project}-aws"]["IPAddress"]

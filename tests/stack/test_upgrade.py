@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ import requests
 
 from ctl import engine
 from ctl import stackexec as sx
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 OLD_VERSION = "3.16.1"  # latest patch of the minor before ours (3.17.2)
 OLD_TAG = f"localhost/mlflow-bundle/mlflow:upgrade-test-{OLD_VERSION}"
@@ -46,12 +45,6 @@ START_CODE = (
     "import sys; from ctl import engine; e = engine.ensure(); engine.start_ticker(e); "
     "sys.exit(engine.up(e, timeout_s=600).returncode)"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def alembic_head(package_dir: str) -> str:

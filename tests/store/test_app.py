@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = ("admin", "bundle-auth-test-pw-1")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +29,7 @@ def server(scratch_db, mlflow_template, tmp_path_factory):
         ini["mlflow"]["database_uri"] = auth
         with open(tmp / "auth.ini", "w") as fh:
             ini.write(fh)
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "MLFLOW_AUTH_CONFIG_PATH": str(tmp / "auth.ini"),

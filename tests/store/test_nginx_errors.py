@@ -14,15 +14,10 @@ import pytest
 import requests
 
 from jobs.render import render_text
+from tests.conftest import free_port, self_signed_cert
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):
@@ -57,28 +52,8 @@ def nginx(tmp_path_factory):
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     prefix = tmp_path_factory.mktemp("nginx")
     (prefix / "certs").mkdir()
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(prefix / "certs/server.key"),
-            "-out",
-            str(prefix / "certs/server.crt"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    http_port, https_port = _free_port(), _free_port()
+    self_signed_cert("localhost", prefix / "certs/server.key", prefix / "certs/server.crt")
+    http_port, https_port = free_port(), free_port()
     env = {
         "MLFLOW_UPSTREAM": f"127.0.0.1:{upstream.server_address[1]}",
         "MLFLOW_PUBLIC_HOST": "localhost",
