@@ -358,4 +358,7 @@ def test_bundle_holds_only_what_the_server_runs(aws_model):
         assert rel in (*AWS_COMPOSE_FILES, ".env.example") or any(
             rel == m or rel.startswith(m + "/") for m in mounted
         ), rel
-    assert not any(str(f).startswith(("ctl/", "client/", "jobs/", "tests/", "docs/")) for f in bundle_files())
+    assert not any(
+        str(f).startswith(("scripts/ctl/", "scripts/client/", "scripts/jobs/", "tests/", "docs/"))
+        for f in bundle_files()
+    )

@@ -3,7 +3,7 @@ bucket (never the live ones): rows, users and artifact bytes come back; non-empt
 without --force. The scratch targets are dropped at the end, also on failure.
 
 The databases and the bucket are on the engine's internal network: the test reads them where they
-are, with psql in the postgres container and boto3 in our image (ctl/stackexec.py).
+are, with psql in the postgres container and boto3 in our image (scripts/ctl/stackexec.py).
 """
 
 import json

@@ -37,7 +37,7 @@ def register_versions(mlf, name, trained, team) -> list:
 
 @pytest.fixture
 def admin_mlf(mlflow_admin, monkeypatch):
-    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")  # see ctl/lifecycle/common.py
+    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")  # see scripts/ctl/lifecycle/common.py
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")  # see lifecycle_fixtures.client_env
     return mlflow_admin
 

@@ -5,7 +5,7 @@ that start time and cleanup's search sees it, as it would see a 100-day-old run.
 
 The bucket and the backend store are on the engine's internal network: objects are listed by our
 image in the mlflow container; `cleanup --execute` runs on this host and its purge step (it writes
-to the tracking DB, as `mlflow gc` does) runs there as jobs/purge.py.
+to the tracking DB, as `mlflow gc` does) runs there as scripts/jobs/purge.py.
 """
 
 import json
@@ -94,7 +94,7 @@ def test_cleanup_dry_run_then_execute(mlflow_admin, admin_env, stack_env, unique
     assert {r: after_dry[prefix(r)] for r in runs} == before  # dry run changed nothing
     assert len(mlf.search_runs([exp_id])) == 6
 
-    # The purge step runs as jobs/purge.py in the mlflow container, the only place that reaches the database.
+    # The purge step runs as scripts/jobs/purge.py in the mlflow container, the only place that reaches the database.
     done = run_cli(admin_env, *args, "--execute")
     assert done.returncode == 0, done.stderr
     freed = sum(before[r][k] for r in old_doomed for k in before[r]) + sum(model_objects.values())

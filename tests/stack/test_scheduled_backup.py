@@ -1,4 +1,4 @@
-"""The `backup` service (jobs/backup.py serve) and `./mlflowctl restore-drill`, on the real stack.
+"""The `backup` service (scripts/jobs/backup.py serve) and `./mlflowctl restore-drill`, on the real stack.
 
 - On schedule: the service, recreated with a 20 s interval and BACKUP_KEEP=2, takes backups by
   itself (no trigger); retention keeps exactly 2; its /metrics, scraped from the mlflow container

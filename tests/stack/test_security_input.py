@@ -74,7 +74,7 @@ def test_body_over_limit_is_413_before_upload(stack, stack_env, ca_bundle, admin
     assert status_of(answer) == 413
 
 
-# A body that is not a JSON object is refused before MLflow parses it (store/ `bundle-auth`): JSON 400.
+# A body that is not a JSON object is refused before MLflow parses it (scripts/store/ `bundle-auth`): JSON 400.
 BAD_BODIES = [
     ("{not json", "application/json", '"error_code": "INVALID_PARAMETER_VALUE"'),
     ('[{"name": "a"}]', "application/json", '"error_code": "INVALID_PARAMETER_VALUE"'),

@@ -1,4 +1,4 @@
-"""nginx/mlflow.conf.template, rendered by jobs/render.py and run by Debian's nginx on loopback
+"""nginx/mlflow.conf.template, rendered by scripts/jobs/render.py and run by Debian's nginx on loopback
 (own prefix, never the system service) in front of a tiny upstream: the answers Nginx makes on
 /api/ and /ajax-api/ are MLflow JSON errors, the UI keeps HTML, the 401 -> 429 limiter holds."""
 

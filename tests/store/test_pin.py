@@ -3,7 +3,7 @@
 BundleSqlAlchemyStore re-implements MLflow's metric write path (log_batch, _log_metrics_once and
 the latest-metric rules of _update_latest_metrics_if_necessary). If any of these methods or the
 two tables change, the re-implementation may silently store something else. Then: read the new
-MLflow code, port the change to store/mlflow_bundle_store/tracking.py, run
+MLflow code, port the change to scripts/store/mlflow_bundle_store/tracking.py, run
 tests/store/test_differential.py, and only then update the pins below.
 """
 

@@ -187,7 +187,7 @@ def test_no_secret_on_any_command_line(model, env_file):
 
 def test_backend_uris_use_psycopg2(model):
     mlflow_env = model["services"]["mlflow"]["environment"]
-    # bundle-postgresql:// is postgresql+psycopg2:// with set-based metric writes (store/).
+    # bundle-postgresql:// is postgresql+psycopg2:// with set-based metric writes (scripts/store/).
     assert mlflow_env["MLFLOW_BACKEND_STORE_URI"].startswith("bundle-postgresql://")
     ini = (ROOT / "docker" / "basic_auth.ini").read_text()
     assert re.search(r"^database_uri = postgresql\+psycopg2://", ini, re.M)

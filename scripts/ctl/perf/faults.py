@@ -1,6 +1,6 @@
 """Fault injection under load: one fault at a time while 60 loggers log against the stack in its engine.
 
-For each scenario: a steady load (ctl/perf/load.py) runs through Nginx; after a warm-up the fault is
+For each scenario: a steady load (scripts/ctl/perf/load.py) runs through Nginx; after a warm-up the fault is
 injected through the container engine; a probe measures how long until an authenticated request
 through Nginx succeeds again; when the load ends, the no-loss check compares points acknowledged
 to clients with points stored (points stored twice because a client retried a request that had in

@@ -23,7 +23,7 @@ a restore test). The bucket is copied after the dump: artifacts written meanwhil
 without a run that points at them, never the reverse (unless they are deleted meanwhile).
 docs/security.md has the procedure.
 
-The format (dump, counts, checksums, manifest) is jobs/backup.py's, which the `backup` service also
+The format (dump, counts, checksums, manifest) is scripts/jobs/backup.py's, which the `backup` service also
 runs on a schedule into its `backups` volume: `backup --now` has it take one at once, `backup --list`
 lists them, `restore --from-volume NAME|latest` restores one of them (copied out into --dir first).
 """
@@ -43,7 +43,7 @@ from ctl.settings import ROOT, Settings
 from jobs import backup as fmt
 from jobs.backup import COUNTS, TOOL_TIMEOUT, BackupError, last_line, log
 
-SERVICE = "backup"  # the compose service with the `backups` volume (jobs/backup.py serve)
+SERVICE = "backup"  # the compose service with the `backups` volume (scripts/jobs/backup.py serve)
 
 
 def settings(args) -> dict:

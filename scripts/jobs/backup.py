@@ -1,7 +1,7 @@
 """Backups of the tracking database, the auth database and the artifact bucket: the one
 implementation of the backup format. The `backup` service runs it on a schedule into the `backups`
 volume; `./mlflowctl backup` runs the same code on the host, with the PostgreSQL tools in the
-postgres container and the bucket read by our image (ctl/backup.py).
+postgres container and the bucket read by our image (scripts/ctl/backup.py).
 
 A backup is a directory `mlflow-backup-YYYYmmddTHHMMSSZ/`: `tracking.dump` and `auth.dump`
 (pg_dump, custom format), `artifacts/KEY` for every object of the bucket, and `manifest.json`: row

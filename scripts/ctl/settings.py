@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ctl.errors import CommandError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # scripts/ctl/settings.py
 # requests lets these override the `verify=` a client passes (psf/requests#3829), so a client told
 # to trust only our CA must not inherit them.
 CA_OVERRIDES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")

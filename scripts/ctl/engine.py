@@ -38,18 +38,17 @@ STANDINS = ROOT / "docker" / "standins"
 VENV_BIN = Path(sys.executable).parent
 
 
-def _project() -> str:
-    """`name:` in the compose file, unless COMPOSE_PROJECT_NAME (environment, then .env) overrides
-    it, as it does for Compose: a second checkout on one engine needs its own project."""
+def _setting(name: str, default: str) -> str:
+    """A variable from the environment, then .env, as Compose reads them."""
     dotenv = ROOT / ".env"
-    return (
-        os.environ.get("COMPOSE_PROJECT_NAME")
-        or (parse_env(dotenv.read_text()).get("COMPOSE_PROJECT_NAME") if dotenv.exists() else None)
-        or "mlflow"
-    )
+    return os.environ.get(name) or (parse_env(dotenv.read_text()).get(name) if dotenv.exists() else None) or default
 
 
-PROJECT = _project()
+# `name:` in the compose file, unless COMPOSE_PROJECT_NAME overrides it, as it does for Compose: a
+# second checkout on one engine needs its own project.
+PROJECT = _setting("COMPOSE_PROJECT_NAME", "mlflow")
+# auto: Docker where `docker info` answers, otherwise podman; docker or podman: that engine only.
+ENGINE_CHOICE = _setting("MLFLOW_BUNDLE_ENGINE", "auto")
 SOCKET_DIR = Path("/run/mlflow-bundle")
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 BASE_PREFIX = "localhost/mlflow-bundle/debian:"
@@ -60,11 +59,11 @@ IMAGE_INPUTS = (
     "docker/requirements.txt",
     "docker/entrypoint.sh",
     "requirements.lock",
-    "jobs",
-    "store",
+    "scripts/jobs",
+    "scripts/store",
 )
 # Inputs of the `backup` service's image (docker/backup/Containerfile, on the PostgreSQL image).
-BACKUP_INPUTS = ("docker/backup", "jobs")
+BACKUP_INPUTS = ("docker/backup", "scripts/jobs")
 PODMAN_CONF = Path("/etc/containers/containers.conf")
 # The process lacks CAP_SYS_RESOURCE (setrlimit fails when podman raises limits), and crun
 # refuses the hybrid cgroup layout: runc with cgroupfs works.
@@ -213,8 +212,13 @@ def start_daemon(argv: list, pidfile: Path, logname: str) -> int:
 
 
 def ensure(start: bool = True) -> Engine:
-    """Docker if a Docker engine answers; otherwise podman behind a Docker-API socket of ours."""
-    if os.environ.get("DOCKER_HOST") or docker_works():
+    """Docker if a Docker engine answers; otherwise podman behind a Docker-API socket of ours.
+    MLFLOW_BUNDLE_ENGINE=docker|podman chooses one where both run."""
+    if ENGINE_CHOICE not in ("auto", "docker", "podman"):
+        raise CommandError(f"MLFLOW_BUNDLE_ENGINE={ENGINE_CHOICE}: expected auto, docker or podman")
+    if ENGINE_CHOICE == "docker" or (ENGINE_CHOICE == "auto" and (os.environ.get("DOCKER_HOST") or docker_works())):
+        if ENGINE_CHOICE == "docker" and not docker_works():
+            raise CommandError("MLFLOW_BUNDLE_ENGINE=docker, but `docker info` does not answer: start dockerd")
         return Engine("docker", {**os.environ})
     sock = podman_socket()
     env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}

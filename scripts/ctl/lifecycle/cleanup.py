@@ -108,7 +108,7 @@ _PASSWORD_FROM_STDIN = 'IFS= read -r MLFLOW_TRACKING_PASSWORD && export MLFLOW_T
 
 
 def purge(run_ids: list, logged_model_ids: list):
-    """jobs/purge.py in the running `mlflow` container, as the user running this command, against
+    """scripts/jobs/purge.py in the running `mlflow` container, as the user running this command, against
     the server itself (http://mlflow:5000, in its allowed-hosts list)."""
     from ctl import stackexec as sx
 
@@ -155,7 +155,7 @@ def cmd_cleanup(args):
     soft-deleted before the cutoff are purged too (a re-run finishes an interrupted cleanup).
     Needs: an admin (or MANAGE on the experiment) in MLFLOW_TRACKING_USERNAME/PASSWORD. The purge
     writes to the tracking database directly, as `mlflow gc` does, so --execute runs it where the
-    database is reachable: in this stack's `mlflow` container (jobs/purge.py).
+    database is reachable: in this stack's `mlflow` container (scripts/jobs/purge.py).
     """
     if args.keep_top_n < 0 or args.max_age_days < 0:
         raise CommandError("--keep-top-n and --max-age-days must be >= 0")

@@ -1,1 +1,0 @@
-"""One-shot jobs that run inside the server image (compose services `render-config`, `migrate`, `create-bucket`): the only Python of this repository shipped in the image and the AWS bundle, with the store plugin in store/."""
