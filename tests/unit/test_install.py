@@ -18,7 +18,9 @@ def test_runtime_level_installs_no_test_bench(tmp_path):
     for name in FILES:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "scripts", tmp_path / "scripts", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.egg-info"))
+    shutil.copytree(
+        ROOT / "scripts", tmp_path / "scripts", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.egg-info")
+    )
     out = subprocess.run(
         ["bash", "scripts/ctl/install.sh", "runtime"], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
@@ -42,7 +44,9 @@ def test_runtime_level_installs_no_test_bench(tmp_path):
     assert cli.returncode == 0, cli.stderr
     assert "restore-drill" in cli.stdout
     # A second run installs nothing.
-    again = subprocess.run(["bash", "scripts/ctl/install.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        ["bash", "scripts/ctl/install.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 0 and "pip install" not in again.stdout, again.stdout
 
 
