@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from infra import REPO_ROOT
+
 # What AWS runs: the base file plus the AWS override (no local postgres, no local S3 store).
 AWS_COMPOSE_FILES = ("docker-compose.production.yml", "docker-compose.aws.yml")
+# PostgreSQL's port: RDS listens on it and the boot script and ECS tasks connect to it.
 POSTGRES_PORT = 5432
 # .env secrets -> (which Secrets Manager secret holds them, JSON key). "app": the AppSecrets
 # secret; "db": the RDS-managed master secret (rotated by RDS).

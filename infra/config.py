@@ -3,15 +3,19 @@ StackConfig reads each key with the getter its declared type calls for."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pulumi
 import yaml
 
-PULUMI_YAML = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
+from infra import REPO_ROOT
+
+PULUMI_YAML = REPO_ROOT / "Pulumi.yaml"
 ENVIRONMENTS = ("dev", "prod")
 COMPUTE_MODES = ("ec2", "ecs")
+MAX_VPC_PREFIX = 17  # /24 subnets up to offset 101 (see infra/components/network.py)
 # Declared type in Pulumi.yaml -> pulumi.Config getter and the Python type it returns.
 GETTERS = {
     "string": ("get", str),
@@ -30,6 +34,17 @@ def config_key(field_name: str) -> str:
 def declared_config(path: Path = PULUMI_YAML) -> dict[str, dict]:
     """The project's own config keys (not `aws:...`) with their type and default."""
     return {k: v for k, v in yaml.safe_load(path.read_text())["config"].items() if ":" not in k}
+
+
+def check_vpc_cidr(cidr: str) -> None:
+    """The Network component carves /24 subnets at offsets 0.. (public) and 100.. (private): the
+    range must hold at least 128 of them."""
+    try:
+        network = ipaddress.ip_network(cidr)
+    except ValueError:
+        raise ValueError(f"vpcCidr {cidr!r} is not an IPv4 network such as 10.20.0.0/16") from None
+    if network.version != 4 or network.prefixlen > MAX_VPC_PREFIX:
+        raise ValueError(f"vpcCidr {cidr!r} is too narrow: use a /{MAX_VPC_PREFIX} or wider (the default is a /16)")
 
 
 @dataclass(frozen=True)
@@ -53,8 +68,8 @@ class StackConfig:
     db_instance_class: str
     db_allocated_storage: int
     db_backup_retention_days: int
-    db_read_replica: bool
     instance_type: str
+    ami_id: str
     mlflow_image_tag: str
     tls_certificate_secret_arn: str
     acm_certificate_arn: str
@@ -91,15 +106,12 @@ class StackConfig:
             )
         if self.vpc_id and not (self.public_subnet_ids and self.private_subnet_ids):
             raise ValueError("vpcId needs publicSubnetIds and privateSubnetIds")
-        if self.db_read_replica:
-            # The master password is managed by Secrets Manager (manage_master_user_password), and
-            # RDS refuses to create a read replica of such an instance.
-            raise ValueError(
-                "dbReadReplica cannot be used: RDS does not create a read replica of an "
-                "instance whose master password Secrets Manager manages"
-            )
-        if not 0 <= self.ecs_min_tasks <= self.ecs_max_tasks:
-            raise ValueError(f"need 0 <= ecsMinTasks <= ecsMaxTasks, got {self.ecs_min_tasks}, {self.ecs_max_tasks}")
+        if not self.vpc_id:
+            check_vpc_cidr(self.vpc_cidr)
+        # Target tracking scales on the CPU of running tasks: at 0 tasks there is no metric, and
+        # the service would stay at 0 for good.
+        if not 1 <= self.ecs_min_tasks <= self.ecs_max_tasks:
+            raise ValueError(f"need 1 <= ecsMinTasks <= ecsMaxTasks, got {self.ecs_min_tasks}, {self.ecs_max_tasks}")
 
     @classmethod
     def load(cls) -> StackConfig:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pulumi
 import yaml
 from pulumi.runtime.mocks import MockMonitor
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from infra import REPO_ROOT
+from infra.compose_model import POSTGRES_PORT
+
 ACCOUNT, REGION = "123456789012", "us-east-1"
 DEFAULT_AMI = "ami-0123456789abcdef0"
 
@@ -82,6 +83,7 @@ class InfraMocks(pulumi.runtime.Mocks):
         self.secret_values: list[str] = []
         self.ami_id = DEFAULT_AMI
         self.pushed_tags: list[str] = []  # image tags in the ECR repository (getImages)
+        self.calls: list[tuple[str, dict]] = []  # (token, args) of every invoke
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         name, typ = args.name, args.typ
@@ -96,7 +98,8 @@ class InfraMocks(pulumi.runtime.Mocks):
             address = f"{name}.abc123.{REGION}.rds.amazonaws.com"
             outputs.update(
                 address=address,
-                endpoint=f"{address}:5432",
+                endpoint=f"{address}:{POSTGRES_PORT}",
+                port=POSTGRES_PORT,
                 identifier=name,
                 masterUserSecrets=[
                     {
@@ -119,6 +122,8 @@ class InfraMocks(pulumi.runtime.Mocks):
             outputs["dnsName"] = f"{name}-1234.{REGION}.elb.amazonaws.com"
         elif typ == "aws:iam/role:Role":
             outputs.update(arn=f"arn:aws:iam::{ACCOUNT}:role/{name}", name=name)
+        elif typ == "random:index/randomId:RandomId":
+            outputs["hex"] = f"{len(self.resources):08x}"
         elif typ == "random:index/randomPassword:RandomPassword":
             # Distinct, recognisable values so tests can prove none leaks into outputs or user-data.
             outputs["result"] = f"MockSecret{len(self.secret_values):02d}x{name.replace('-', '')}"
@@ -136,6 +141,7 @@ class InfraMocks(pulumi.runtime.Mocks):
         return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs):
+        self.calls.append((args.token, dict(args.args)))
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {
                 "names": [f"{REGION}a", f"{REGION}b", f"{REGION}c"],
@@ -190,6 +196,17 @@ class MockRun:
         assert len(found) == 1, f"expected one {typ}, found {[r.name for r in found]}"
         return found[0]
 
+    def boot_script(self) -> str:
+        """The EC2 boot script as uploaded beside the bundle (user-data and SSM fetch it)."""
+        from infra.userdata import BOOT_SCRIPT_OBJECT
+
+        (found,) = [
+            r.inputs["content"]
+            for r in self.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+            if r.inputs["key"].endswith(BOOT_SCRIPT_OBJECT)
+        ]
+        return found
+
 
 def run_stack(
     stack: str, overrides: dict | None = None, *, ami_id: str = DEFAULT_AMI, pushed_tags: list[str] | None = None
@@ -203,6 +220,7 @@ def run_stack(
     mocks = ensure_mocks()
     mocks.resources.clear()
     mocks.secret_values.clear()
+    mocks.calls.clear()
     config = stack_config(stack, overrides)
     mocks.ami_id = ami_id
     mocks.pushed_tags = (

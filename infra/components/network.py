@@ -44,7 +44,11 @@ class Network(pulumi.ComponentResource):
 
         child = ResourceOptions(parent=self)
         tags = lambda suffix: {**args.tags, "Name": f"{name}-{suffix}"}  # noqa: E731
-        zones = aws.get_availability_zones(state="available").names[: args.az_count]
+        # Local and Wavelength Zones need an opt-in and sort before the region's own zones.
+        zones = aws.get_availability_zones(
+            state="available",
+            filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])],
+        ).names[: args.az_count]
         subnets = list(ipaddress.ip_network(args.cidr).subnets(new_prefix=24))
 
         vpc = aws.ec2.Vpc(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pulumi
@@ -11,11 +12,13 @@ from pulumi import ResourceOptions
 
 @dataclass
 class ImageRegistryArgs:
-    """tags: merged into every resource. keep_images: untagged/old images beyond this are expired.
-    force_delete: let `pulumi destroy` delete the repository with its images (dev only)."""
+    """tags: merged into every resource. untagged_days: untagged images (layers of failed pushes)
+    expire after this many days; a tagged image never expires by rule, since any tag may be the
+    one deployed (delete old tags yourself). force_delete: let `pulumi destroy` delete the
+    repository with its images (dev only)."""
 
     tags: dict[str, str]
-    keep_images: int = 20
+    untagged_days: int = 7
     force_delete: bool = False
 
 
@@ -40,10 +43,22 @@ class ImageRegistry(pulumi.ComponentResource):
             f"{name}-lifecycle",
             repository=repo.name,
             opts=child,
-            policy=(
-                f'{{"rules":[{{"rulePriority":1,"description":"keep the last {args.keep_images}",'
-                f'"selection":{{"tagStatus":"any","countType":"imageCountMoreThan",'
-                f'"countNumber":{args.keep_images}}},"action":{{"type":"expire"}}}}]}}'
+            policy=json.dumps(
+                {
+                    "rules": [
+                        {
+                            "rulePriority": 1,
+                            "description": f"expire untagged images after {args.untagged_days} days",
+                            "selection": {
+                                "tagStatus": "untagged",
+                                "countType": "sinceImagePushed",
+                                "countUnit": "days",
+                                "countNumber": args.untagged_days,
+                            },
+                            "action": {"type": "expire"},
+                        }
+                    ]
+                }
             ),
         )
         self.repository_url = repo.repository_url

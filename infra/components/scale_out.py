@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import pulumi
 import pulumi_aws as aws
 from pulumi import ResourceOptions
 
-from infra.components.compute import front_door_rules
+from infra import REPO_ROOT
+from infra.components.runner import logs_statement, waiting_lambda
+from infra.components.server import ServerArgs, front_door_rules
 from infra.compose_model import (
-    REPO_ROOT,
     SECRET_ENV,
     aws_env,
     bind_mounts,
@@ -36,6 +38,12 @@ WRITE_FILES = (
     "for path, text in json.loads(os.environ['CONFIG_FILES']).items():\n"
     "    open(path, 'w').write(text)\n"
 )
+
+
+def nginx_proxy_timeout(template: Path = REPO_ROOT / "nginx" / "mlflow.conf.template") -> int:
+    """Seconds Nginx (EC2 mode) lets a proxied request run: the ALB's idle timeout matches it. Its
+    default of 60 s cuts large artifact transfers, which MLflow spools whole before it answers."""
+    return int(re.search(r"^\s*proxy_read_timeout (\d+)s;", template.read_text(), re.M).group(1))
 
 
 def connections_needed(budget: Budget, max_tasks: int) -> int:
@@ -94,7 +102,7 @@ def task_definitions(
     return {"service": [init, mlflow], "migrate": [migrate]}
 
 
-def lambda_runner_policy(migrate_family_arn: str, cluster_arn: str, role_arn: str, log_group_arn: str) -> dict:
+def lambda_runner_policy(migrate_family_arn: str, cluster_arn: str, role_arns: list[str], log_group_arn: str) -> dict:
     """Run the migrate task definition (any revision), watch its tasks, pass it its role, log."""
     family = migrate_family_arn
     tasks = cluster_arn.replace(":cluster/", ":task/", 1) + "/*"
@@ -103,44 +111,23 @@ def lambda_runner_policy(migrate_family_arn: str, cluster_arn: str, role_arn: st
         "Statement": [
             {"Sid": "RunMigrate", "Effect": "Allow", "Action": ["ecs:RunTask"], "Resource": [f"{family}:*"]},
             {"Sid": "WatchMigrate", "Effect": "Allow", "Action": ["ecs:DescribeTasks"], "Resource": [tasks]},
-            {"Sid": "PassTaskRole", "Effect": "Allow", "Action": ["iam:PassRole"], "Resource": [role_arn]},
-            {
-                "Sid": "Logs",
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": [f"{log_group_arn}:*"],
-            },
+            {"Sid": "PassTaskRole", "Effect": "Allow", "Action": ["iam:PassRole"], "Resource": sorted(role_arns)},
+            logs_statement(log_group_arn),
         ],
     }
 
 
 @dataclass
-class ScaleOutArgs:
-    """tags: merged into every resource. min_tasks/max_tasks: autoscaling bounds (the database's
-    max_connections is sized for max_tasks, see connections_needed). acm_certificate_arn: the
-    ALB's certificate for public_host (ACM renews it). task_role_arn: the ServerIam role (also
-    the execution role: it may read the same secrets). image_present: the image is in ECR (else
-    no task runs yet). alarm_topic_arn: where alarms notify."""
+class ScaleOutArgs(ServerArgs):
+    """min_tasks/max_tasks: autoscaling bounds (the database's max_connections covers max_tasks,
+    see connections_needed). acm_certificate_arn: the ALB's certificate for public_host (ACM
+    renews it). task_role_arn: what MLflow runs as (the bucket only). execution_role_arn/_name:
+    what ECS starts the task with (image pull, secrets, logs)."""
 
-    tags: dict[str, str]
-    environment: str
-    region: str
-    vpc_id: pulumi.Input[str]
-    public_subnet_ids: list
-    private_subnet_ids: list
-    server_security_group_id: pulumi.Input[str]
-    allowed_cidrs: list[str]
-    public_host: str
     acm_certificate_arn: str
     task_role_arn: pulumi.Input[str]
-    task_role_name: pulumi.Input[str]
-    bucket_name: pulumi.Input[str]
-    app_secret_arn: pulumi.Input[str]
-    db_secret_arn: pulumi.Input[str]
-    db_address: pulumi.Input[str]
-    mlflow_image: pulumi.Input[str]
-    image_present: pulumi.Input[bool]
-    alarm_topic_arn: pulumi.Input[str]
+    execution_role_arn: pulumi.Input[str]
+    execution_role_name: pulumi.Input[str]
     min_tasks: int
     max_tasks: int
 
@@ -162,7 +149,7 @@ class ScaleOut(pulumi.ComponentResource):
         logs = aws.cloudwatch.LogGroup(f"{name}-logs", retention_in_days=30, tags=tags, opts=child)
         aws.iam.RolePolicy(
             f"{name}-logs",
-            role=args.task_role_name,
+            role=args.execution_role_name,  # the awslogs driver writes with the execution role
             opts=child,
             policy=logs.arn.apply(
                 lambda arn: json.dumps(
@@ -222,6 +209,7 @@ class ScaleOut(pulumi.ComponentResource):
             subnets=args.public_subnet_ids,
             security_groups=[lb_sg.id],
             drop_invalid_header_fields=True,
+            idle_timeout=nginx_proxy_timeout(),
             enable_deletion_protection=args.environment == "prod",
             tags=tags,
             opts=child,
@@ -264,6 +252,28 @@ class ScaleOut(pulumi.ComponentResource):
             ],
         )
 
+        # As Nginx does in EC2 mode: Prometheus metrics are for an internal scraper, not the internet.
+        aws.lb.ListenerRule(
+            f"{name}-no-metrics",
+            listener_arn=https.arn,
+            priority=1,
+            conditions=[
+                aws.lb.ListenerRuleConditionArgs(
+                    path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(values=["/metrics", "/metrics/*"])
+                )
+            ],
+            actions=[
+                aws.lb.ListenerRuleActionArgs(
+                    type="fixed-response",
+                    fixed_response=aws.lb.ListenerRuleActionFixedResponseArgs(
+                        content_type="text/plain", status_code="404", message_body="not found"
+                    ),
+                )
+            ],
+            tags=tags,
+            opts=child,
+        )
+
         def definitions(a) -> str:
             image, db_host, bucket, app_secret, db_secret, log_group = a
             secrets = {
@@ -293,7 +303,7 @@ class ScaleOut(pulumi.ComponentResource):
             network_mode="awsvpc",
             requires_compatibilities=["FARGATE"],
             task_role_arn=args.task_role_arn,
-            execution_role_arn=args.task_role_arn,
+            execution_role_arn=args.execution_role_arn,
             runtime_platform=aws.ecs.TaskDefinitionRuntimePlatformArgs(
                 operating_system_family="LINUX", cpu_architecture="X86_64"
             ),
@@ -393,49 +403,18 @@ class ScaleOut(pulumi.ComponentResource):
     def _run_once(self, name, args: ScaleOutArgs, tags, cluster, migrate_task, present):
         """A Lambda that runs the migrate task and waits for it, invoked by Pulumi whenever the
         migrate task definition (image, settings) changes: once per deploy."""
-        child = ResourceOptions(parent=self)
-        role = aws.iam.Role(
-            f"{name}-migrate-runner",
-            tags=tags,
-            opts=child,
-            description="Runs the one-shot migrate task once per deploy",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Action": "sts:AssumeRole",
-                            "Principal": {"Service": "lambda.amazonaws.com"},
-                        }
-                    ],
-                }
-            ),
-        )
-        fn = aws.lambda_.Function(
+        fn, ready = waiting_lambda(
+            self,
             f"{name}-migrate",
-            runtime="python3.12",
-            handler="index.handler",
-            role=role.arn,
-            timeout=900,
-            memory_size=128,
-            tags=tags,
-            opts=child,
-            code=pulumi.AssetArchive({"index.py": pulumi.StringAsset(MIGRATE_RUNNER.read_text())}),
-        )
-        log_group = aws.cloudwatch.LogGroup(
             f"{name}-migrate-runner",
-            name=fn.name.apply(lambda n: f"/aws/lambda/{n}"),
-            retention_in_days=30,
+            description="Runs the one-shot migrate task once per deploy",
+            source=MIGRATE_RUNNER,
             tags=tags,
-            opts=child,
-        )
-        policy = aws.iam.RolePolicy(
-            f"{name}-migrate-runner",
-            role=role.id,
-            opts=child,
-            policy=pulumi.Output.all(
-                migrate_task.arn_without_revision, cluster.arn, args.task_role_arn, log_group.arn
+            policy=lambda log_group_arn: pulumi.Output.all(
+                migrate_task.arn_without_revision,
+                cluster.arn,
+                pulumi.Output.all(args.task_role_arn, args.execution_role_arn),
+                log_group_arn,
             ).apply(lambda a: json.dumps(lambda_runner_policy(*a))),
         )
         event = pulumi.Output.all(
@@ -460,5 +439,5 @@ class ScaleOut(pulumi.ComponentResource):
             function_name=fn.name,
             input=event,
             triggers={"taskDefinition": migrate_task.arn, "imagePresent": present.apply(str)},
-            opts=ResourceOptions(parent=self, depends_on=[policy, log_group]),
+            opts=ResourceOptions(parent=self, depends_on=ready),
         )

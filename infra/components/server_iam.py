@@ -37,13 +37,9 @@ def server_policy_document(bucket_arn: str, secret_arns: list[str], kms_key_arn:
             "Action": ["s3:PutObject", "s3:DeleteObject"],
             "Resource": [f"{bucket_arn}/{DEPLOY_BUNDLE_PREFIX}*"],
         },
-        {
-            "Sid": "ReadOwnSecrets",
-            "Effect": "Allow",
-            "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-            "Resource": sorted(secret_arns),
-        },
     ]
+    if secret_arns:
+        statements.append(secrets_statement(secret_arns))
     if kms_key_arn:
         # SSE-KMS: S3 calls KMS on the caller's behalf to encrypt and decrypt each object.
         statements.append(
@@ -57,11 +53,22 @@ def server_policy_document(bucket_arn: str, secret_arns: list[str], kms_key_arn:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-def image_pull_policy_document(repository_arn: str) -> dict:
-    """Pull our image from its ECR repository (and get the registry token, which has no ARN)."""
+def secrets_statement(secret_arns: list[str]) -> dict:
+    return {
+        "Sid": "ReadOwnSecrets",
+        "Effect": "Allow",
+        "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+        "Resource": sorted(secret_arns),
+    }
+
+
+def image_pull_policy_document(repository_arn: str, secret_arns: list[str] | None = None) -> dict:
+    """Pull our image from its ECR repository (and get the registry token, which has no ARN); with
+    secret_arns (an ECS execution role), also read the secrets ECS injects into the containers."""
     return {
         "Version": "2012-10-17",
         "Statement": [
+            *([secrets_statement(secret_arns)] if secret_arns else []),
             {
                 "Sid": "RegistryToken",
                 "Effect": "Allow",
@@ -83,7 +90,10 @@ class ServerIamArgs:
     """tags: merged into every resource. bucket_arn: the artifact bucket. secret_arns: secrets the
     server reads at boot (app secrets, the RDS master secret, an optional TLS certificate).
     kms_key_arn: the bucket's key when SSE-KMS is used. repository_arn: where our image lives.
-    service: who assumes the role (ec2.amazonaws.com or ecs-tasks.amazonaws.com)."""
+    service: who assumes the role (ec2.amazonaws.com or ecs-tasks.amazonaws.com). On ECS the
+    secrets and the image pull belong to a separate execution role (ECS uses it to start the
+    task), so MLflow itself, with the task role, can read neither the master secret nor the app
+    secret; it only reaches the bucket."""
 
     tags: dict[str, str]
     bucket_arn: pulumi.Input[str]
@@ -97,15 +107,47 @@ class ServerIam(pulumi.ComponentResource):
     role_arn: pulumi.Output[str]
     role_name: pulumi.Output[str]
     instance_profile_name: pulumi.Output[str]
+    execution_role_arn: pulumi.Output[str]
+    execution_role_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: ServerIamArgs, opts: ResourceOptions | None = None):
         super().__init__("mlflow:infra:ServerIam", name, {}, opts)
         child = ResourceOptions(parent=self)
-        role = aws.iam.Role(
+        ec2 = args.service == "ec2.amazonaws.com"
+        secrets = pulumi.Output.all(*args.secret_arns)
+        role = self._role(name, args, "MLflow tracking server: artifact bucket" + (" and own secrets" if ec2 else ""))
+        aws.iam.RolePolicy(
+            f"{name}-artifacts-secrets" if ec2 else f"{name}-artifacts",
+            role=role.id,
+            opts=child,
+            policy=pulumi.Output.all(args.bucket_arn, secrets, args.kms_key_arn).apply(
+                lambda a: json.dumps(server_policy_document(a[0], list(a[1]) if ec2 else [], a[2]))
+            ),
+        )
+        puller = role if ec2 else self._role(f"{name}-execution", args, "ECS: pull the image, inject the secrets")
+        aws.iam.RolePolicy(
+            f"{name}-image-pull",
+            role=puller.id,
+            opts=child,
+            policy=pulumi.Output.all(args.repository_arn, secrets).apply(
+                lambda a: json.dumps(image_pull_policy_document(a[0], None if ec2 else list(a[1])))
+            ),
+        )
+        self.execution_role_arn, self.execution_role_name = puller.arn, puller.name
+        if ec2:
+            aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_CORE_POLICY_ARN, opts=child)
+            profile = aws.iam.InstanceProfile(name, role=role.name, tags=args.tags, opts=child)
+            self.instance_profile_name = profile.name
+        self.role_arn = role.arn
+        self.role_name = role.name
+        self.register_outputs({"role_arn": self.role_arn, "execution_role_arn": self.execution_role_arn})
+
+    def _role(self, name: str, args: ServerIamArgs, description: str) -> aws.iam.Role:
+        return aws.iam.Role(
             name,
             tags={**args.tags, "Name": name},
-            opts=child,
-            description="MLflow tracking server: artifact bucket and own secrets only",
+            opts=ResourceOptions(parent=self),
+            description=description,
             assume_role_policy=json.dumps(
                 {
                     "Version": "2012-10-17",
@@ -115,26 +157,3 @@ class ServerIam(pulumi.ComponentResource):
                 }
             ),
         )
-        aws.iam.RolePolicy(
-            f"{name}-artifacts-secrets",
-            role=role.id,
-            opts=child,
-            policy=pulumi.Output.all(args.bucket_arn, pulumi.Output.all(*args.secret_arns), args.kms_key_arn).apply(
-                lambda a: json.dumps(server_policy_document(a[0], list(a[1]), a[2]))
-            ),
-        )
-        aws.iam.RolePolicy(
-            f"{name}-image-pull",
-            role=role.id,
-            opts=child,
-            policy=pulumi.Output.from_input(args.repository_arn).apply(
-                lambda arn: json.dumps(image_pull_policy_document(arn))
-            ),
-        )
-        if args.service == "ec2.amazonaws.com":
-            aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_CORE_POLICY_ARN, opts=child)
-            profile = aws.iam.InstanceProfile(name, role=role.name, tags=args.tags, opts=child)
-            self.instance_profile_name = profile.name
-        self.role_arn = role.arn
-        self.role_name = role.name
-        self.register_outputs({"role_arn": self.role_arn})

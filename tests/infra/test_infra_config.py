@@ -20,7 +20,8 @@ from infra.mockrun import project_name, stack_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Keys the checks in StackConfig refuse empty: they keep the dev stack's values.
-REQUIRED_NON_EMPTY = {"environment", "computeMode", "allowedCidrs"}
+# Keys StackConfig refuses empty or zero: a mode, who may connect, a VPC range, at least one task.
+REQUIRED_NON_EMPTY = {"environment", "computeMode", "allowedCidrs", "vpcCidr", "ecsMinTasks", "ecsMaxTasks"}
 FALSY = {"string": "", "integer": 0, "boolean": False, "array": []}
 
 

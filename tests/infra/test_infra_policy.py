@@ -41,7 +41,6 @@ def role_policy(statements):
     "typ,props",
     [
         (RDS, GOOD_DB),
-        (RDS, {"replicateSourceDb": "db", "storageEncrypted": True, "tags": TAGS}),
         (SGR, {"fromPort": 443, "toPort": 443, "ipProtocol": "tcp", "cidrIpv4": "0.0.0.0/0", "tags": TAGS}),
         (
             SGR,

