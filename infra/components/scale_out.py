@@ -140,12 +140,27 @@ class ScaleOut(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ScaleOutArgs, opts: ResourceOptions | None = None):
         super().__init__("mlflow:infra:ScaleOut", name, {}, opts)
-        child = ResourceOptions(parent=self)
-        tags = {**args.tags, "Name": name}
-        present = pulumi.Output.from_input(args.image_present)
+        self.name, self.args, self.tags = name, args, {**args.tags, "Name": name}
+        self.present = pulumi.Output.from_input(args.image_present)
         mlflow_service = placeholder_model()["services"]["mlflow"]
         port = int(option(mlflow_service["command"], "--port") or 5000)
 
+        logs, cluster = self._logs_and_cluster()
+        alb, tg, listeners = self._load_balancer(port)
+        task, migrate_task = self._task_definitions(mlflow_service, logs)
+        migration = self._run_once(name, args, self.tags, cluster, migrate_task, self.present)
+        service = self._service(cluster, task, tg, port, depends_on=[*listeners, migration])
+        self._alarms(alb, tg)
+
+        self.tracking_url = pulumi.Output.from_input(f"https://{args.public_host}")
+        self.load_balancer_dns_name = alb.dns_name
+        self.cluster_name = cluster.name
+        self.service_name = service.name
+        self.register_outputs({"tracking_url": self.tracking_url})
+
+    def _logs_and_cluster(self):
+        """The task log group (written with the execution role) and the cluster."""
+        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
         logs = aws.cloudwatch.LogGroup(f"{name}-logs", retention_in_days=30, tags=tags, opts=child)
         aws.iam.RolePolicy(
             f"{name}-logs",
@@ -173,6 +188,11 @@ class ScaleOut(pulumi.ComponentResource):
             settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value="enabled")],
         )
 
+        return logs, cluster
+
+    def _load_balancer(self, port: int):
+        """The ALB and its security group, target group and listeners (HTTP redirects to HTTPS)."""
+        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
         lb_sg = aws.ec2.SecurityGroup(
             f"{name}-alb",
             vpc_id=args.vpc_id,
@@ -274,6 +294,12 @@ class ScaleOut(pulumi.ComponentResource):
             opts=child,
         )
 
+        return alb, tg, [https, http]
+
+    def _task_definitions(self, mlflow_service: dict, logs):
+        """The service and migrate task definitions, derived from the resolved compose model."""
+        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
+
         def definitions(a) -> str:
             image, db_host, bucket, app_secret, db_secret, log_group = a
             secrets = {
@@ -323,8 +349,11 @@ class ScaleOut(pulumi.ComponentResource):
             container_definitions=defs.apply(lambda d: json.dumps(json.loads(d)["migrate"])),
             **fargate,
         )
-        migration = self._run_once(name, args, tags, cluster, migrate_task, present)
+        return task, migrate_task
 
+    def _service(self, cluster, task, tg, port: int, depends_on: list):
+        """The Fargate service and its CPU target tracking between min_tasks and max_tasks."""
+        name, args, tags, child, present = self.name, self.args, self.tags, ResourceOptions(parent=self), self.present
         service = aws.ecs.Service(
             name,
             cluster=cluster.arn,
@@ -345,7 +374,7 @@ class ScaleOut(pulumi.ComponentResource):
             tags=tags,
             # The target group takes traffic only once a listener forwards to it; the schema must
             # be migrated before a new revision starts; autoscaling owns the desired count.
-            opts=ResourceOptions(parent=self, ignore_changes=["desiredCount"], depends_on=[https, http, migration]),
+            opts=ResourceOptions(parent=self, ignore_changes=["desiredCount"], depends_on=depends_on),
         )
         target = aws.appautoscaling.Target(
             f"{name}-scaling",
@@ -372,6 +401,10 @@ class ScaleOut(pulumi.ComponentResource):
             opts=child,
         )
 
+        return service
+
+    def _alarms(self, alb, tg) -> None:
+        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
         for metric, threshold, what in (
             ("UnHealthyHostCount", 0, "MLflow tasks failing health checks"),
             ("HTTPCode_Target_5XX_Count", 10, "MLflow answering 5xx"),
@@ -393,12 +426,6 @@ class ScaleOut(pulumi.ComponentResource):
                 tags=tags,
                 opts=child,
             )
-
-        self.tracking_url = pulumi.Output.from_input(f"https://{args.public_host}")
-        self.load_balancer_dns_name = alb.dns_name
-        self.cluster_name = cluster.name
-        self.service_name = service.name
-        self.register_outputs({"tracking_url": self.tracking_url})
 
     def _run_once(self, name, args: ScaleOutArgs, tags, cluster, migrate_task, present):
         """A Lambda that runs the migrate task and waits for it, invoked by Pulumi whenever the
