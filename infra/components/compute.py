@@ -122,30 +122,20 @@ class Compute(pulumi.ComponentResource):
     def _ship(self, script: pulumi.Output[str]) -> list[aws.s3.BucketObjectv2]:
         """The bundle, the boot script and the Compose binary, under the bundle prefix."""
         name, args, child = self.name, self.args, ResourceOptions(parent=self)
-        sources = {str(rel): pulumi.FileAsset(str(REPO_ROOT / rel)) for rel in bundle_files()}
-        sources[COMPOSE_OBJECT] = pulumi.FileAsset(str(instance_compose_binary().path))
-        shipped = [
+        body = {str(rel): {"source": pulumi.FileAsset(str(REPO_ROOT / rel))} for rel in bundle_files()}
+        body[COMPOSE_OBJECT] = {"source": pulumi.FileAsset(str(instance_compose_binary().path))}
+        body[BOOT_SCRIPT_OBJECT] = {"content": script}
+        return [
             aws.s3.BucketObjectv2(
                 f"{name}-bundle-{rel.replace('/', '-')}",
                 bucket=args.bucket_name,
                 key=f"{BUNDLE_PREFIX}{rel}",
-                source=source,
                 tags=args.tags,
                 opts=child,
+                **content,
             )
-            for rel, source in sources.items()
+            for rel, content in body.items()
         ]
-        shipped.append(
-            aws.s3.BucketObjectv2(
-                f"{name}-boot-script",
-                bucket=args.bucket_name,
-                key=f"{BUNDLE_PREFIX}{BOOT_SCRIPT_OBJECT}",
-                content=script,
-                tags=args.tags,
-                opts=child,
-            )
-        )
-        return shipped
 
     def _instance(self, shipped: list) -> aws.ec2.Instance:
         args, prod = self.args, self.args.environment == "prod"
