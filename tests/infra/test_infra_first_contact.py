@@ -66,8 +66,9 @@ def test_every_deploy_invokes_the_waiting_runner(monkeypatch):
 
 
 class FakeSsm:
-    """Stands in for SSM (AWS cannot be reached here, and moto reports every command a Success):
-    the instance registers after `registers_after` polls; the run ends `status` after `runs_for`."""
+    """Stands in for SSM: AWS cannot be reached here, and moto 5.2.5 neither implements
+    describe_instance_information nor runs a command (it reports each one a Success).
+    Here the instance registers after `registers_after` polls; the run ends `status` after `runs_for`."""
 
     def __init__(self, status="Success", output="mlflow-boot: stack is up", registers_after=1, runs_for=2):
         self.status, self.output = status, output
