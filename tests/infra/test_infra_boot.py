@@ -66,6 +66,11 @@ log.write(" ".join(args) + "\\n")
 if args and args[0] == "compose" and "up" in args:
     env = open(os.path.join(args[args.index("--project-directory") + 1], ".env")).read()
     log.write("PASSWORD_AT_UP " + [l for l in env.splitlines() if l.startswith("POSTGRES_PASSWORD=")][0] + "\\n")
+elif args[:1] == ["images"]:  # the tags present locally (FAKE_IMAGES), filtered as Docker would
+    repo = args[args.index("--filter") + 1].split("=", 1)[1]
+    print("\\n".join(r for r in os.environ.get("FAKE_IMAGES", "").split() if r.rsplit(":", 1)[0] == repo))
+elif args[:1] == ["rmi"] and args[1] in os.environ.get("FAKE_IN_USE", "").split():
+    sys.exit("conflict: image is in use by a container")
 """
 
 
@@ -191,6 +196,18 @@ def test_a_compose_binary_with_another_sha256_is_refused(tmp_path, aws):
     assert result.returncode != 0 and "not the Compose binary CI tested" in result.stderr
     assert not (tmp_path / "docker-config" / "cli-plugins" / "docker-compose").exists()
     assert not aws["log"].exists(), "docker ran although the Compose binary was refused"
+
+
+def test_deploy_removes_only_older_tags_of_our_repository(tmp_path, aws):
+    image = SETTINGS["mlflow_image"]
+    repo = image.rsplit(":", 1)[0]
+    aws["env"].update(
+        FAKE_IMAGES=f"{image} {repo}:old1 {repo}:old2 {repo}2:x other/image:1", FAKE_IN_USE=f"{repo}:old2"
+    )
+    result = _run([_script(tmp_path)], aws)
+    removed = [line.split()[1] for line in aws["log"].read_text().splitlines() if line.startswith("rmi ")]
+    assert removed == [f"{repo}:old1", f"{repo}:old2"]  # never -f, never another repository
+    assert f"kept {repo}:old2 (in use)" in result.stdout
 
 
 def test_env_is_private_complete_and_has_no_s3_endpoint(tmp_path, aws):
