@@ -77,7 +77,7 @@ def cmd_up(args):
         f"  logs:           ./mlflowctl logs [SERVICE]"
     )
     if standins:
-        print('  stand-in images (no registry reachable; README "Stand-in images"):')
+        print("  stand-in images (no registry reachable; docker/standins/README.md):")
         for variable, tag in standins.items():
             print(f"    {variable}={tag}")
     if chosen.get("S3_IMAGE", "").startswith("localhost/mlflow-bundle/standin-s3"):
@@ -200,7 +200,7 @@ def register(sub):
         action="append",
         default=[],
         metavar="PROFILE",
-        help='also start a compose profile, e.g. `monitoring` (README "Monitoring"); repeatable',
+        help='also start a compose profile, e.g. `monitoring` (docs/operations.md, "Monitoring"); repeatable',
     )
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop and remove the containers (data volumes are kept)")
