@@ -43,7 +43,7 @@ from ctl.errors import CommandError
 from ctl.settings import ROOT, Settings
 from jobs.backup import format as fmt
 from jobs.backup.bucket import tar_objects
-from jobs.backup.tools import TOOL_TIMEOUT, BackupError, Stream, last_line, log
+from jobs.backup.tools import TOOL_TIMEOUT, BackupError, Stream, last_line, log, pipe
 
 SERVICE = "backup"  # the compose service with the `backups` volume (scripts/jobs/backup/service.py)
 BUCKET_CODE = "import sys; from jobs.backup.bucket import bucket_command; sys.exit(bucket_command(*sys.argv[1:]))"
@@ -85,7 +85,7 @@ class Target:
 
         def start(argv: list, **kw) -> subprocess.Popen:
             proc = sx.popen(*sx.pg_argv(argv, self.tcp), **kw)
-            proc.stdin.write(sx.pg_stdin_prefix(self.tcp))
+            pipe(proc.stdin).write(sx.pg_stdin_prefix(self.tcp))
             return proc
 
         return start
@@ -130,7 +130,7 @@ def take(out: Path, target: Target) -> Path:
     """A backup of TARGET into OUT (a new mlflow-backup-* directory, returned)."""
     dump = target.bucket_stream("dump")
     try:
-        with tarfile.open(fileobj=dump.proc.stdout, mode="r|") as tar:
+        with tarfile.open(fileobj=dump.stdout, mode="r|") as tar:
             made = fmt.make_backup(out, target.spawn(), tar_objects(tar), target.bucket)
     except (tarfile.TarError, BackupError) as exc:
         try:
@@ -219,7 +219,7 @@ def fetch_from_volume(name: str, dest: Path) -> Path:
         partial.mkdir(mode=0o700, exist_ok=True)
         untar = subprocess.run(
             ["tar", "--no-same-owner", "-x", "-C", str(partial)],
-            stdin=tar.proc.stdout,
+            stdin=tar.stdout,
             capture_output=True,
             timeout=TOOL_TIMEOUT,
         )
@@ -235,11 +235,11 @@ def copy_bucket_in(target: Target, backup: Path, objects: dict) -> int:
     """Upload the backup's objects into the bucket: a tar stream into our image."""
     load = target.bucket_stream("load", stdin=subprocess.PIPE)
     out = []
-    reader = threading.Thread(target=lambda: out.append(load.proc.stdout.read()), daemon=True)
+    reader = threading.Thread(target=lambda: out.append(load.stdout.read()), daemon=True)
     reader.start()
     progress = fmt.Progress(f"restore: bucket {target.bucket}", len(objects))
     try:
-        with tarfile.open(fileobj=load.proc.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(fileobj=load.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for key in objects:
                 path = fmt.safe_path(backup / "artifacts", key)
                 info = tarfile.TarInfo(key)

@@ -1,6 +1,8 @@
 """Stack commands: bootstrap, up, down, restart, status, logs, compose, config, test."""
 
 import argparse
+import functools
+import operator
 import subprocess
 import sys
 import time
@@ -175,7 +177,7 @@ def needs_stack(pytest_args: list) -> bool:
     if "-m" not in pytest_args or pytest_args.index("-m") + 1 >= len(pytest_args):
         return True
     expr = Expression.compile(pytest_args[pytest_args.index("-m") + 1])
-    return any(expr.evaluate(lambda name, s=suite: name == s) for suite in ("stack", "store"))
+    return any(expr.evaluate(functools.partial(operator.eq, suite)) for suite in ("stack", "store"))
 
 
 def cmd_test(args):

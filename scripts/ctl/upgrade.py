@@ -83,6 +83,8 @@ def image_id(eng, ref: str) -> str:
 def checkout_tag(env: dict, python_image: str) -> str:
     """REPOSITORY:MLFLOWVERSION-INPUTSHASH for this checkout's image (the inputs hash is its label)."""
     pin = re.search(r"^mlflow\[auth\]==(\S+)", (ROOT / "docker" / "requirements.txt").read_text(), re.M)
+    if not pin:
+        raise CommandError("docker/requirements.txt pins no mlflow[auth]==VERSION")
     repository = env["MLFLOW_IMAGE"].rsplit(":", 1)[0]
     return f"{repository}:{pin.group(1)}-{engine.inputs_hash(engine.IMAGE_INPUTS, extra=python_image)[:8]}"
 

@@ -26,7 +26,7 @@ class Team:
 
     def owns_model(self, model_name: str) -> bool:
         m = MODEL_NAME_RE.match(model_name)
-        return bool(m) and any(m["project"].startswith(p) for p in self.prefixes)
+        return m is not None and any(m["project"].startswith(p) for p in self.prefixes)
 
 
 @dataclass
@@ -75,7 +75,8 @@ def load_teams(path) -> TeamsFile:
 
 class Changes:
     def __init__(self, dry_run: bool):
-        self.dry_run, self.items = dry_run, []
+        self.dry_run = dry_run
+        self.items: list = []
 
     def __call__(self, what: str, apply):
         self.items.append(what)
@@ -217,7 +218,7 @@ def register_model_safe(model_uri: str, name: str, spec: TeamsFile, team: str = 
             raise
         is_admin = False
     owner = team_for_model(spec, name, username, is_admin, team)
-    project = MODEL_NAME_RE.match(name)["project"]
+    project = name.split("-", 1)[0]  # team_for_model checked NAME against MODEL_NAME_RE
     try:  # create first: a non-admin gets 403, not 404, for a model it cannot see
         mlf.create_registered_model(name, tags={"team": owner.name, "project": project})
         created = True

@@ -82,8 +82,8 @@ class Session:
 
     def send(self, sql: str):
         """A statement that prints nothing (BEGIN, COMMIT: psql runs with -q)."""
-        self.stream.proc.stdin.write(sql.encode() + b";\n")
-        self.stream.proc.stdin.flush()
+        self.stream.stdin.write(sql.encode() + b";\n")
+        self.stream.stdin.flush()
 
     def query(self, sql: str, timeout: float = 120) -> str:
         """One statement that returns one row; its value (columns tab-separated)."""
@@ -100,7 +100,7 @@ class Session:
     def close(self):
         if self.stream.proc.poll() is None:
             try:
-                self.stream.proc.stdin.write(b"\\q\n")
+                self.stream.stdin.write(b"\\q\n")
             except OSError:
                 pass
         self.stream.close_stdin()
@@ -167,7 +167,8 @@ def restore_database(spawn, dump: Path, db: str, clean: bool):
 
 def save_objects(objects, artifacts: Path, stop: threading.Event | None = None) -> dict:
     """Write (key, size, body) items under ARTIFACTS; key -> size and sha256."""
-    out, progress = {}, Progress("backup: bucket")
+    out: dict[str, dict] = {}
+    progress = Progress("backup: bucket")
     for key, _size, body in objects:
         if stop is not None and stop.is_set():
             raise Interrupted("stopped during the bucket copy")

@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import threading
 from pathlib import Path
+from typing import IO
 
 TOOL_TIMEOUT = 3600  # seconds for one pg_dump / pg_restore / bucket copy (bounded, generous)
 BLOCK = 1 << 20
@@ -53,6 +54,13 @@ def psql_argv(db: str, variables: dict | None = None) -> list:
     return argv
 
 
+def pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    """A Popen pipe that must be there (the process was started with it)."""
+    if stream is None:
+        raise ValueError("the process was started without this pipe")
+    return stream
+
+
 class Stream:
     """A started process whose stdin/stdout the caller streams. Its stderr is collected by a
     thread (the last line is the error), and it is killed after TIMEOUT seconds at the latest.
@@ -61,10 +69,19 @@ class Stream:
     def __init__(self, proc: subprocess.Popen, timeout: float = TOOL_TIMEOUT):
         self.proc = proc
         self._err: list = []
-        self._reader = threading.Thread(target=lambda: self._err.append(proc.stderr.read()), daemon=True)
+        stderr = pipe(proc.stderr)
+        self._reader = threading.Thread(target=lambda: self._err.append(stderr.read()), daemon=True)
         self._reader.start()
         self._timer = threading.Timer(timeout, proc.kill)
         self._timer.start()
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        return pipe(self.proc.stdin)
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        return pipe(self.proc.stdout)
 
     def error(self) -> str:
         """The last line of its stderr, once it has exited."""
@@ -74,7 +91,7 @@ class Stream:
     def readline(self, timeout: float) -> bytes:
         """One line of its stdout, or b"" when it exits or says nothing within TIMEOUT."""
         got: list = []
-        reader = threading.Thread(target=lambda: got.append(self.proc.stdout.readline()), daemon=True)
+        reader = threading.Thread(target=lambda: got.append(self.stdout.readline()), daemon=True)
         reader.start()
         reader.join(timeout)
         return got[0] if got else b""
@@ -84,7 +101,7 @@ class Stream:
         try:
             with open(path, "rb") as fh:
                 for block in iter(lambda: fh.read(BLOCK), b""):
-                    self.proc.stdin.write(block)
+                    self.stdin.write(block)
         except OSError:
             pass  # it has exited: finish() says why
         self.close_stdin()
