@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from ctl.errors import CommandError
-from ctl.lifecycle.promote import parse_thresholds
-from ctl.lifecycle.teams import load_teams, team_for_model
+from ctl.lifecycle.registration import team_for_model
+from ctl.lifecycle.teams import load_teams
+from ctl.lifecycle.validate import parse_thresholds
 
 ROOT = Path(__file__).resolve().parents[2]
 # The bundle's own CI, and the model-repository templates (examples/: they never run here).
