@@ -98,7 +98,8 @@ def train(args) -> dict:
         "metric_batch_requests": batcher.requests,
     }
     if args.register_as:
-        from ctl.lifecycle.teams import load_teams, register_model_safe
+        from ctl.lifecycle.registration import register_model_safe
+        from ctl.lifecycle.teams import load_teams
 
         version = register_model_safe(result["model_uri"], args.register_as, load_teams(args.teams_file), args.team)
         result.update(registered_model=args.register_as, version=version.version)

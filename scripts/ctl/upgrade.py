@@ -40,7 +40,7 @@ from ctl import backup, engine
 from ctl import stackexec as sx
 from ctl.bootstrap import write_private
 from ctl.errors import CommandError
-from ctl.settings import ROOT, Settings
+from ctl.settings import ROOT, Settings, one_shot_services
 from ctl.stack import wait_for_nginx
 
 STEPS = ("image", "backup", "migrate", "one-shots", "roll", "verify", "record")
@@ -83,6 +83,8 @@ def image_id(eng, ref: str) -> str:
 def checkout_tag(env: dict, python_image: str) -> str:
     """REPOSITORY:MLFLOWVERSION-INPUTSHASH for this checkout's image (the inputs hash is its label)."""
     pin = re.search(r"^mlflow\[auth\]==(\S+)", (ROOT / "docker" / "requirements.txt").read_text(), re.M)
+    if not pin:
+        raise CommandError("docker/requirements.txt pins no mlflow[auth]==VERSION")
     repository = env["MLFLOW_IMAGE"].rsplit(":", 1)[0]
     return f"{repository}:{pin.group(1)}-{engine.inputs_hash(engine.IMAGE_INPUTS, extra=python_image)[:8]}"
 
@@ -105,18 +107,10 @@ def ensure_new_image(eng, env: dict, wanted: str) -> str:
 
 
 def take_backup(out: Path) -> Path:
-    parser = argparse.ArgumentParser()
-    backup.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["backup", "--out", str(out)])
-    before = set(out.glob("mlflow-backup-*"))
     try:
-        backup.cmd_backup(args)
+        return backup.take(out, backup.Target(bucket=backup.live_bucket()))
     except CommandError as exc:
         raise CommandError(f"backup failed, nothing was changed: {exc}") from None
-    made = sorted(set(out.glob("mlflow-backup-*")) - before)
-    if len(made) != 1 or made[0].name.endswith(".partial"):
-        raise CommandError(f"backup did not leave exactly one new backup in {out}: {made}")
-    return made[0]
 
 
 def run_one_shot(eng, service: str, deadline_s: float):
@@ -213,16 +207,17 @@ def upgrade(args) -> int:
             current = "migrate"
             with step("migrate"):
                 run_one_shot(eng, MIGRATE, args.deadline)
-            services = engine.model(eng)["services"]
-            ours = [name for name, svc in services.items() if svc.get("image") == new and name != MIGRATE]
+            model = engine.model(eng)
+            ours = [name for name, svc in model["services"].items() if svc.get("image") == new and name != MIGRATE]
+            one_shots = one_shot_services(model)
             current = "one-shots"
             with step("one-shots"):
                 for name in ours:
-                    if services[name].get("restart") == "no":
+                    if name in one_shots:
                         run_one_shot(eng, name, args.deadline)
             current = "roll"
             with step("roll"):
-                long_running = [name for name in ours if services[name].get("restart") != "no"]
+                long_running = [name for name in ours if name not in one_shots]
                 engine.log(f"recreating {', '.join(long_running)} on {new}")
                 proc = engine.up(eng, *long_running, timeout_s=int(args.deadline), options=("--no-deps",))
                 if proc.returncode:

@@ -1,1 +1,4 @@
-"""One-shot jobs that run inside the server image (compose services `render-config`, `migrate`, `create-bucket`): the only Python of this repository shipped in the image and the AWS bundle, with the store plugin in scripts/store/."""
+"""What runs inside our images: the one-shot jobs of compose (`render-config`, `migrate`,
+`create-bucket`, `monitoring-setup`), `cleanup`'s purge step, and the `backup` package, whose
+service is the one daemon here (`python3 -m jobs.backup serve`, in the backup image). With the
+store plugin in scripts/store/, the only Python of this repository shipped in an image."""

@@ -22,11 +22,16 @@ SECRET_FILES = {
 }
 
 
+def public_url(env: dict, host: str = "") -> str:
+    """https://HOST[:HTTPS_PORT], HOST defaulting to MLFLOW_PUBLIC_HOST (no port when it is 443):
+    the one derivation, for the templates and for mlflowctl (ctl.settings)."""
+    port = env.get("HTTPS_PORT", "443")
+    return f"https://{host or env.get('MLFLOW_PUBLIC_HOST', '')}" + ("" if port == "443" else f":{port}")
+
+
 def derived(env: dict) -> dict:
     """Values computed from others, so `.env` states each fact once."""
-    port = env.get("HTTPS_PORT", "443")
-    host = env.get("MLFLOW_PUBLIC_HOST", "")
-    return {"PUBLIC_URL": f"https://{host}" + ("" if port == "443" else f":{port}")}
+    return {"PUBLIC_URL": public_url(env)}
 
 
 def render_text(text: str, env: dict, source: str = "template") -> str:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from ctl import stackexec
-from ctl.backup import COUNTS
+from jobs.backup.format import COUNTS
 from tests.conftest import ROOT
 
 # In our image: BUCKET [delete] -> {key: sha256} of every object (then empties and removes the

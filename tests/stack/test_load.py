@@ -3,7 +3,7 @@
 The mlflow client (with its retries) and the raw HTTP client (no retries: any non-2xx would be
 counted by status) both go through Nginx, the only published port; the no-loss count is done
 with psql inside the postgres container, and the components' CPU and memory come from the engine.
-The long runs are a benchmark (`./mlflowctl benchmark`, README "Performance"), not tests.
+The long runs are a benchmark (`./mlflowctl benchmark`, docs/benchmarks.md), not tests.
 """
 
 import pytest

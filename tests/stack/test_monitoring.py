@@ -1,4 +1,4 @@
-"""The `monitoring` compose profile against the running stack (README "Monitoring").
+"""The `monitoring` compose profile against the running stack (docs/operations.md, "Monitoring").
 
 Real, in the engine: Prometheus and the exporters (official images, or their Debian stand-ins
 offline) scraping the real MLflow (all gunicorn workers, through its multiprocess directory),

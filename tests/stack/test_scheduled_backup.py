@@ -1,4 +1,4 @@
-"""The `backup` service (scripts/jobs/backup.py serve) and `./mlflowctl restore-drill`, on the real stack.
+"""The `backup` service (scripts/jobs/backup/service.py) and `./mlflowctl restore-drill`, on the real stack.
 
 - On schedule: the service, recreated with a 20 s interval and BACKUP_KEEP=2, takes backups by
   itself (no trigger); retention keeps exactly 2; its /metrics, scraped from the mlflow container
@@ -126,7 +126,7 @@ def test_failed_backup_sets_last_run_success_0(stack):
 def scratch_gone(bucket: str) -> bool:
     """No scratch database, and no scratch bucket (`sums` answers {} for a missing bucket)."""
     dbs = sx.psql("SELECT datname FROM pg_database WHERE datname LIKE '%\\_drill'")
-    return not dbs and ctl_backup.bucket({"s3_env": {}}, "sums", f"{bucket}-drill") == "{}"
+    return not dbs and ctl_backup.Target(bucket=f"{bucket}-drill").bucket_op("sums") == "{}"
 
 
 @pytest.fixture

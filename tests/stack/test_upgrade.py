@@ -35,6 +35,7 @@ import requests
 
 from ctl import engine
 from ctl import stackexec as sx
+from jobs.backup.tools import psql_argv
 from tests.conftest import ROOT, free_port
 
 OLD_VERSION = "3.16.1"  # latest patch of the minor before ours (3.17.2)
@@ -80,7 +81,7 @@ class Project:
         )
 
     def psql(self, sql: str, db: str = "mlflow") -> list:
-        proc = self.compose(*sx.psql_argv(db), input=sql)
+        proc = self.compose(*sx.pg_argv(psql_argv(db)), input=sql)
         assert proc.returncode == 0, proc.stderr
         return [line.split("\t") for line in proc.stdout.splitlines() if line]
 

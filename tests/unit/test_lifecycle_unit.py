@@ -12,11 +12,15 @@ import pytest
 import yaml
 
 from ctl.errors import CommandError
-from ctl.lifecycle.promote import parse_thresholds
-from ctl.lifecycle.teams import load_teams, team_for_model
+from ctl.lifecycle.registration import team_for_model
+from ctl.lifecycle.teams import load_teams
+from ctl.lifecycle.validate import parse_thresholds
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+# The bundle's own CI, and the model-repository templates (examples/: they never run here).
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml")) + sorted(
+    (ROOT / "examples" / "workflows").glob("*.yml")
+)
 
 
 @pytest.mark.parametrize("command", ["teams", "register", "promote", "validate", "cleanup"])
@@ -167,8 +171,12 @@ def test_per_step_metrics_are_batched_one_request_per_1000(monkeypatch):
 
 
 def test_workflow_files_exist():
-    names = {p.name for p in WORKFLOWS}
-    assert {"ci.yml", "model-train-validate.yml", "model-promote-champion.yml"} <= names
+    names = {str(p.relative_to(ROOT)) for p in WORKFLOWS}
+    templates = {"examples/workflows/model-train-validate.yml", "examples/workflows/model-promote-champion.yml"}
+    assert {".github/workflows/ci.yml", *templates} <= names
+    assert not list((ROOT / ".github" / "workflows").glob("model-*.yml")), (
+        "templates run on push: keep them in examples/"
+    )
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
@@ -191,7 +199,7 @@ def test_ci_workflow_shows_state_on_failure_and_champion_needs_approval():
     assert "./mlflowctl up" in runs and "./mlflowctl test" in runs  # the README's two commands
     on_failure = " ".join(s["run"] for s in steps if s.get("if") == "failure()")
     assert "ps --all" in on_failure and "logs" in on_failure
-    promote = yaml.safe_load((ROOT / ".github/workflows/model-promote-champion.yml").read_text())
+    promote = yaml.safe_load((ROOT / "examples/workflows/model-promote-champion.yml").read_text())
     job = promote["jobs"]["promote-champion"]
     assert job["environment"] == "production"
     assert any("--to champion" in s.get("run", "") for s in job["steps"])

@@ -1,4 +1,4 @@
-"""The `monitoring` profile's compose model and config files (no stack): README "Monitoring"."""
+"""The `monitoring` profile's compose model and config files (no stack): docs/operations.md, "Monitoring"."""
 
 import json
 

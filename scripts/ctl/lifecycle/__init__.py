@@ -20,7 +20,7 @@ def _parser(sub, name, help_, doc):
 
 def register(sub):
     """Register this module's subcommands on mlflowctl's subparsers."""
-    from ctl.lifecycle import cleanup, promote, teams
+    from ctl.lifecycle import cleanup, promote, registration, teams, validate
 
     default_teams = os.environ.get("MLFLOW_TEAMS_FILE", "examples/teams.yaml")
 
@@ -36,12 +36,14 @@ def register(sub):
     p.add_argument("--dry-run", action="store_true", help="print the changes without making them")
     p.set_defaults(func=teams.cmd_teams)
 
-    p = _parser(sub, "register", "register a logged model under a team's project prefix", teams.cmd_register.__doc__)
+    p = _parser(
+        sub, "register", "register a logged model under a team's project prefix", registration.cmd_register.__doc__
+    )
     p.add_argument("model_uri", metavar="MODEL_URI", help="runs:/RUN_ID/model or models:/m-... (the logged model)")
     p.add_argument("name", metavar="NAME", help="registered model name: PROJECT-ALGORITHM, e.g. reco-als")
     p.add_argument("--team", help="team to register for (needed when the user is admin or in several teams)")
     p.add_argument("--file", default=default_teams, help="teams YAML (default: $MLFLOW_TEAMS_FILE or %(default)s)")
-    p.set_defaults(func=teams.cmd_register)
+    p.set_defaults(func=registration.cmd_register)
 
     p = _parser(
         sub, "promote", "move an alias (candidate, challenger, champion) through its gates", promote.cmd_promote.__doc__
@@ -56,7 +58,7 @@ def register(sub):
         sub,
         "validate",
         "check a model version's metrics and signature; tag validation_status",
-        promote.cmd_validate.__doc__,
+        validate.cmd_validate.__doc__,
     )
     p.add_argument("model_uri", metavar="MODEL_URI", help="models:/NAME/VERSION or models:/NAME@ALIAS")
     p.add_argument(
@@ -65,7 +67,7 @@ def register(sub):
     p.add_argument(
         "--max-metric", action="append", default=[], metavar="NAME=VALUE", help="metric must be <= VALUE (repeatable)"
     )
-    p.set_defaults(func=promote.cmd_validate)
+    p.set_defaults(func=validate.cmd_validate)
 
     p = _parser(
         sub,

@@ -38,7 +38,8 @@ def artifact_bytes(uri: str) -> int:
     """Total size under an artifact URI (run or logged model), listed through the same repository gc uses."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    repo, total, todo = get_artifact_repository(uri), 0, [None]
+    repo, total = get_artifact_repository(uri), 0
+    todo: list[str | None] = [None]  # None: the root
     for _ in range(100_000):
         if not todo:
             return total
@@ -137,11 +138,12 @@ def purge(run_ids: list, logged_model_ids: list):
     )
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def cmd_cleanup(args):
