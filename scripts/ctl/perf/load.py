@@ -48,6 +48,7 @@ def sweep(args, target: dict, label: str) -> list:
                     containers=target.get("containers"),
                     label=label,
                     client=client,
+                    runs=args.runs,
                 )
                 print_report(r)
                 reports.append(r)
@@ -135,6 +136,12 @@ def register(sub):
             help="mlflow: MlflowClient (retries); raw: plain HTTP, no retries, non-2xx counted by status",
         )
         p.add_argument("--loggers", nargs="+", type=int, default=[60], help="concurrent loggers (several: a sweep)")
+        p.add_argument(
+            "--runs",
+            type=int,
+            help="shared-run shape: the loggers share this many runs (keys in random order, values unique "
+            "per logger); default: one run per logger",
+        )
         p.add_argument("--duration", type=float, default=30, help="seconds of load per measurement (bounded)")
         p.add_argument(
             "--batch-size",

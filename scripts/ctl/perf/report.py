@@ -8,7 +8,7 @@ def print_report(r: dict):
     lat = r["latency_s"]
     loss = r.get("no_loss", {})
     print(
-        f"{r['label'] or 'target':<8} {r.get('client', 'mlflow'):<6} {r['mode']:<10} {r['loggers']:>4} loggers  {r['requests_per_s']:>8.1f} req/s "
+        f"{r['label'] or 'target':<8} {r.get('client', 'mlflow'):<6} {r['mode']:<10} {r['loggers']:>4} loggers/{r.get('runs', r['loggers'])} runs  {r['requests_per_s']:>8.1f} req/s "
         f"{r['points_per_s']:>9.1f} points/s  p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}  "
         f"errors {r['error_count']}  lost {loss.get('lost', '?')}  cpu {r['cpu_seconds']}",
         flush=True,

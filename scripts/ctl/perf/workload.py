@@ -10,6 +10,7 @@ its status). Loggers are threads spread over processes, so the client is not one
 
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -26,58 +27,66 @@ CLIENTS = ("mlflow", "raw")
 ASYNC_MAX_PENDING_STEPS = 50  # async mode: steps a logger may have in flight before it waits
 
 
-def _log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
+def _points(mode, step, now, batch_size, metrics_per_step):
+    """The (key, value, timestamp, step) points of one request of MODE, and the next step."""
+    if mode == "per-metric":
+        return [("loss", 1.0 / (step + 1), now, step)], step + 1
+    if mode in ("per-step", "async"):
+        keys, steps = metrics_per_step, 1
+    elif mode == "batch-wide":  # many keys, one step: the shape of a wide training loop
+        keys, steps = batch_size, 1
+    else:  # batch: across steps, up to batch_size points
+        keys, steps = metrics_per_step, max(1, batch_size // metrics_per_step)
+    points = [(f"m{k}", float(k + s), now, s) for s in range(step, step + steps) for k in range(keys)]
+    return points[: batch_size if mode == "batch" else None], step + steps
+
+
+def _shaper(logger: int, shared: bool):
+    """Values unique per logger: loggers that share a run write the same keys, steps and
+    timestamps, and equal points would be stored once (acknowledged > stored). Shared runs also
+    get their keys in random order, as independent training ranks send them."""
+    rng, offset = random.Random(logger), logger * 1e6
+
+    def shape(points):
+        points = [(k, v + offset, t, s) for k, v, t, s in points]
+        if shared:
+            rng.shuffle(points)
+        return points
+
+    return shape
+
+
+def _log_for(mode, run_id, deadline, batch_size, metrics_per_step, out, logger=0, shared=False):
     import mlflow
     from mlflow.entities import Metric
 
-    client = mlflow.MlflowClient()
+    client, shape = mlflow.MlflowClient(), _shaper(logger, shared)
     step, ops = 0, []
     while time.monotonic() < deadline:
         t0 = time.perf_counter()
+        points, next_step = _points(mode, step, int(time.time() * 1000), batch_size, metrics_per_step)
+        points = shape(points)
         try:
-            now = int(time.time() * 1000)
             if mode == "per-metric":
-                client.log_metric(run_id, "loss", 1.0 / (step + 1), timestamp=now, step=step)
-                points = 1
+                client.log_metric(run_id, *points[0])
             elif mode == "per-step":
-                mlflow.log_metrics(
-                    {f"m{k}": float(k + step) for k in range(metrics_per_step)}, step=step, run_id=run_id
-                )
-                points = metrics_per_step
-            elif mode == "batch":
-                steps = max(1, batch_size // metrics_per_step)
-                batch = [
-                    Metric(f"m{k}", float(k + s), now, s)
-                    for s in range(step, step + steps)
-                    for k in range(metrics_per_step)
-                ][:batch_size]
-                client.log_batch(run_id, metrics=batch)
-                points, step = len(batch), step + steps - 1
-            elif mode == "batch-wide":  # many keys, one step: the shape of a wide training loop
-                client.log_batch(
-                    run_id, metrics=[Metric(f"m{k}", float(k + step), now, step) for k in range(batch_size)]
-                )
-                points = batch_size
-            else:  # async: returns at once; acknowledged when the flush below succeeds
-                ops.append(
-                    client.log_batch(
-                        run_id,
-                        [Metric(f"m{k}", float(k + step), now, step) for k in range(metrics_per_step)],
-                        synchronous=False,
-                    )
-                )
-                out["pending"] += metrics_per_step
+                mlflow.log_metrics({k: v for k, v, _, _ in points}, step=step, run_id=run_id)
+            elif mode == "async":  # returns at once; acknowledged when the flush below succeeds
+                ops.append(client.log_batch(run_id, [Metric(*p) for p in points], synchronous=False))
+                out["pending"] += len(points)
                 if len(ops) > ASYNC_MAX_PENDING_STEPS:  # backpressure, as a training loop would see
                     ops.pop(0).wait()
-                step += 1
+                step = next_step
                 continue
+            else:
+                client.log_batch(run_id, metrics=[Metric(*p) for p in points])
             out["latencies"].append(time.perf_counter() - t0)
-            out["acked"] += points
+            out["acked"] += len(points)
             out["requests"] += 1
         except Exception as exc:  # counted and reported, never hidden
             status = getattr(getattr(exc, "response", None), "status_code", None) or getattr(exc, "error_code", "")
             out["errors"][f"{type(exc).__name__} {status}".strip() + f": {str(exc)[:100]}"] += 1
-        step += 1
+        step = next_step
     if mode == "async":
         t0 = time.perf_counter()
         try:
@@ -108,41 +117,26 @@ def _api(env) -> str:
     return env["MLFLOW_TRACKING_URI"].rstrip("/") + "/api/2.0/mlflow/"
 
 
-def _raw_log_for(mode, run_id, deadline, batch_size, metrics_per_step, out):
+def _raw_log_for(mode, run_id, deadline, batch_size, metrics_per_step, out, logger=0, shared=False):
     """The same shapes as _log_for, as plain REST calls: one attempt each, every answer counted."""
     import requests
 
-    session = _raw_session(os.environ)
+    session, shape = _raw_session(os.environ), _shaper(logger, shared)
     base = _api(os.environ) + "runs/"
     step = 0
     while time.monotonic() < deadline:
-        now = int(time.time() * 1000)
+        points, next_step = _points(mode, step, int(time.time() * 1000), batch_size, metrics_per_step)
+        metrics = [{"key": k, "value": v, "timestamp": t, "step": s} for k, v, t, s in shape(points)]
         if mode == "per-metric":
-            path, body = (
-                "log-metric",
-                {"run_id": run_id, "key": "loss", "value": 1.0 / (step + 1), "timestamp": now, "step": step},
-            )
-            points, next_step = 1, step + 1
+            path, body = "log-metric", {"run_id": run_id, **metrics[0]}
         else:
-            if mode == "per-step":
-                keys, steps = metrics_per_step, 1
-            elif mode == "batch-wide":
-                keys, steps = batch_size, 1
-            else:  # batch
-                keys, steps = metrics_per_step, max(1, batch_size // metrics_per_step)
-            metrics = [
-                {"key": f"m{k}", "value": float(k + s), "timestamp": now, "step": s}
-                for s in range(step, step + steps)
-                for k in range(keys)
-            ][: batch_size if mode == "batch" else None]
             path, body = "log-batch", {"run_id": run_id, "metrics": metrics}
-            points, next_step = len(metrics), step + steps
         t0 = time.perf_counter()
         try:
             r = session.post(base + path, json=body, timeout=60)
             if 200 <= r.status_code < 300:
                 out["latencies"].append(time.perf_counter() - t0)
-                out["acked"] += points
+                out["acked"] += len(metrics)
                 out["requests"] += 1
             else:
                 out["errors"][f"HTTP {r.status_code}"] += 1
@@ -165,13 +159,14 @@ def worker_main():
     print(json.dumps(_worker(**job)), flush=True)
 
 
-def _worker(run_ids, mode, duration, batch_size, metrics_per_step, client="mlflow"):
+def _worker(loggers, mode, duration, batch_size, metrics_per_step, client="mlflow", shared=False):
+    """LOGGERS: [logger index, run id] pairs, one thread each."""
     deadline = time.monotonic() + duration
-    results = [{"latencies": [], "acked": 0, "requests": 0, "pending": 0, "errors": Counter()} for _ in run_ids]
+    results = [{"latencies": [], "acked": 0, "requests": 0, "pending": 0, "errors": Counter()} for _ in loggers]
     target = _raw_log_for if client == "raw" else _log_for
     threads = [
-        threading.Thread(target=target, args=(mode, rid, deadline, batch_size, metrics_per_step, res))
-        for rid, res in zip(run_ids, results, strict=True)
+        threading.Thread(target=target, args=(mode, rid, deadline, batch_size, metrics_per_step, res, logger, shared))
+        for (logger, rid), res in zip(loggers, results, strict=True)
     ]
     for t in threads:
         t.start()
@@ -179,7 +174,7 @@ def _worker(run_ids, mode, duration, batch_size, metrics_per_step, client="mlflo
         t.join(duration + 300)  # bounded: a request stuck past its own timeout is reported as lost
     return {
         "latencies": [x for r in results for x in r["latencies"]],
-        "acked": {rid: r["acked"] for rid, r in zip(run_ids, results, strict=True)},
+        "acked": [[rid, r["acked"]] for (_, rid), r in zip(loggers, results, strict=True)],
         "requests": sum(r["requests"] for r in results),
         "errors": dict(sum((r["errors"] for r in results), Counter())),
     }
@@ -249,16 +244,20 @@ def run_load(
     containers=None,
     label="",
     client="mlflow",
+    runs=None,
 ) -> dict:
     """Run one bounded load and return its report.
 
     client_env: the loggers' whole environment (Settings.client_env(): URI, credentials, CA);
-    db: tracking database for the no-loss count; containers: component -> container to measure."""
+    db: tracking database for the no-loss count; containers: component -> container to measure;
+    runs: the shared-run shape, LOGGERS loggers on RUNS runs (default: a run per logger)."""
     if client == "raw" and mode == "async":
         raise ValueError("the raw HTTP client has no async mode")
-    run_ids = _create_runs(client_env, f"load/{mode}/{uuid.uuid4().hex[:12]}", loggers)
+    shared = bool(runs) and runs < loggers
+    run_ids = _create_runs(client_env, f"load/{mode}/{uuid.uuid4().hex[:12]}", runs if shared else loggers)
+    assignment = [[i, run_ids[i % len(run_ids)]] for i in range(loggers)]
     procs = procs or min(loggers, max(4, 2 * (os.cpu_count() or 2)))
-    chunks = [c for c in (run_ids[i::procs] for i in range(procs)) if c]
+    chunks = [c for c in (assignment[i::procs] for i in range(procs)) if c]
     env = {
         **client_env,
         "MLFLOW_HTTP_POOL_MAXSIZE": str(max(10, len(chunks[0]))),
@@ -267,12 +266,13 @@ def run_load(
     }
     jobs = [
         {
-            "run_ids": c,
+            "loggers": c,
             "mode": mode,
             "duration": duration,
             "batch_size": batch_size,
             "metrics_per_step": metrics_per_step,
             "client": client,
+            "shared": shared,
         }
         for c in chunks
     ]
@@ -301,7 +301,10 @@ def run_load(
     }
     cpu["load generator"] = round(measure.own_cpu() - own_cpu_before, 1)
     latencies = [x for r in results for x in r["latencies"]]
-    acked = {k: v for r in results for k, v in r["acked"].items()}
+    acked = Counter()
+    for r in results:
+        for rid, n in r["acked"]:
+            acked[rid] += n
     errors = dict(sum((Counter(r["errors"]) for r in results), Counter()))
     requests_total = sum(r["requests"] for r in results)
     report = {
@@ -309,6 +312,7 @@ def run_load(
         "client": client,
         "mode": mode,
         "loggers": loggers,
+        "runs": len(run_ids),
         "duration_s": round(elapsed, 1),
         "requests": requests_total,
         "requests_per_s": round(requests_total / elapsed, 1),
