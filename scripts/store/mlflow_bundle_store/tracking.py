@@ -1,9 +1,10 @@
 """MLflow's SqlAlchemyStore with a set-based metric write path, for PostgreSQL only.
 
-MLflow 3.17.2 writes a batch's latest_metrics one ORM row at a time: a 100-key log-batch costs
-about 97 statements. Here a batch costs one statement: a multi-row INSERT into `metrics` (a
-data-modifying CTE) and an `INSERT ... ON CONFLICT DO UPDATE ... WHERE` into `latest_metrics`,
-in the same transaction as the run check. Everything else (params, tags, model metrics, reads) is MLflow's own code.
+MLflow 3.17.2 writes a batch's latest_metrics one ORM row at a time: a 100-key log-batch costs 111
+round trips on the tracking database (a pre-ping, BEGIN, the run SELECT, the INSERT, one UPDATE
+per key, COMMIT; tests/store/test_statement_count.py). Here any log-metric or log-batch costs 3:
+BEGIN, WRITE_METRICS (the run check, the points and the latest values in one statement) and
+COMMIT. Everything else (params, tags, model metrics, reads) is MLflow's own code.
 tests/store/test_differential.py proves the rows equal to the stock store's; test_pin.py fails
 when an MLflow upgrade changes the methods this module stands in for.
 """
