@@ -8,7 +8,7 @@ in random order, values unique per logger, so that acknowledged = stored still h
 
 Targets (ctl/perf/plain.py): the stack through Nginx (https on 127.0.0.1, the only published
 port), and for `benchmark` also `plain-mlflow` (compose profile `benchmark`): `mlflow server` with
-its defaults in the same engine, on the same PostgreSQL, published on 127.0.0.1:5001 only.
+its defaults in the same engine, on the same PostgreSQL, published on 127.0.0.1:5001 (PLAIN_MLFLOW_PORT) only.
 Reported (ctl/perf/measure.py, ctl/perf/report.py): requests/s, points/s, latency percentiles,
 errors by type, CPU seconds and peak memory per component, and a no-loss check: points
 acknowledged to clients == points stored in the tracking database.
@@ -166,7 +166,7 @@ def register(sub):
         help="the same load against a plain `mlflow server` and our stack; ratios",
         description="Runs the workload against (a) `plain-mlflow`: `mlflow server` with its "
         "defaults in the same engine on the same PostgreSQL (compose profile "
-        "`benchmark`, 127.0.0.1:5001, removed afterwards), (b) this stack through "
+        "`benchmark`, 127.0.0.1:PLAIN_MLFLOW_PORT (5001), removed afterwards), (b) this stack through "
         "Nginx, plus the raw PostgreSQL insert ceiling measured inside the engine's "
         "network; prints ratios and writes JSON + chart.",
     )

@@ -36,11 +36,12 @@ class PlainServer:
     auth, no TLS, no PgBouncer) in the same engine, on the same PostgreSQL (its own database),
     published on 127.0.0.1:5001 only. Started for the comparison and removed afterwards."""
 
-    SERVICE, DB, URI = "plain-mlflow", "mlflow_plain", "http://127.0.0.1:5001"
+    SERVICE, DB = "plain-mlflow", "mlflow_plain"
     PROFILES = ("local", "benchmark")
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.uri = f"http://127.0.0.1:{settings.env.get('PLAIN_MLFLOW_PORT', '5001')}"  # as the compose file
 
     def __enter__(self):
         ensure_database(self.DB)
@@ -58,15 +59,15 @@ class PlainServer:
             timeout=400,
         )
         deadline = time.monotonic() + 120
-        while not http_ok(f"{self.URI}/health"):
+        while not http_ok(f"{self.uri}/health"):
             if time.monotonic() > deadline:
                 raise CommandError(
-                    f"{self.SERVICE} does not answer on {self.URI}; "
+                    f"{self.SERVICE} does not answer on {self.uri}; "
                     f"see `./mlflowctl compose --profile benchmark logs {self.SERVICE}`"
                 )
             time.sleep(1)
         return {
-            "env": self.settings.client_env(url=self.URI),
+            "env": self.settings.client_env(url=self.uri),
             "db": self.DB,
             "containers": measure.components({"mlflow": engine.container_name(self.SERVICE)}),
         }
