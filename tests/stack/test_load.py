@@ -12,9 +12,16 @@ from ctl.perf import load
 
 
 @pytest.mark.parametrize(
-    "client,mode,loggers", [("mlflow", "per-metric", 50), ("mlflow", "batch", 50), ("raw", "batch-wide", 20)]
+    "client,mode,loggers,runs",
+    [
+        ("mlflow", "per-metric", 50, None),
+        ("mlflow", "batch", 50, None),
+        ("raw", "batch-wide", 20, None),
+        ("raw", "batch-wide", 20, 1),  # shared-run shape: 20 loggers on one run, keys in random order
+        ("raw", "per-metric", 20, 2),
+    ],
 )
-def test_short_load_no_errors_no_loss(stack, settings, client, mode, loggers):
+def test_short_load_no_errors_no_loss(stack, settings, client, mode, loggers, runs):
     target = load.stack_target(settings)
     report = load.run_load(
         target["env"],
@@ -25,6 +32,7 @@ def test_short_load_no_errors_no_loss(stack, settings, client, mode, loggers):
         db=target["db"],
         label="test",
         client=client,
+        runs=runs,
     )
     assert report["requests"] > 0
     assert report["errors"] == {}

@@ -1,11 +1,12 @@
-"""Counts the SQL statements one 100-metric log-batch request costs, through the whole app
-(basic-auth + tracking store), per database. Run by test_statement_count.py in a subprocess:
+"""Counts the round trips to PostgreSQL that one `log-metric` and one 100-metric `log-batch`
+request cost, through the whole app (basic-auth + tracking store), per database: every
+statement, BEGIN, COMMIT/ROLLBACK and the pool's pre-ping. Run by test_statement_count.py in a subprocess:
 MLflow's Flask app and stores are process globals, so stock and ours each get a fresh process.
 
 usage: count_statements.py TRACKING_URI AUTH_URI APP  (APP: basic-auth | bundle-auth)
 Environment: MLFLOW_AUTH_CONFIG_PATH, MLFLOW_AUTH_ADMIN_*, MLFLOW_FLASK_SERVER_SECRET_KEY, and
 _MLFLOW_SERVER_FILE_STORE / _MLFLOW_SERVER_ARTIFACT_ROOT (what `mlflow server` hands its workers).
-Prints JSON: {"tracking": n, "auth": n, "log": [[db, statement], ...]}.
+Prints JSON: {"log-metric": {"tracking": n, "auth": n, "log": [[db, statement], ...]}, "log-batch": {...}}.
 """
 
 import base64
@@ -82,8 +83,21 @@ def batch(step: int) -> dict:
     }
 
 
-post("runs/log-batch", batch(0))  # first batch creates the latest_metrics rows; warms caches
-log.clear()
-post("runs/log-batch", batch(1))  # steady state: every key's latest row is updated
-counts = Counter(db for db, _ in log)
-print(json.dumps({"tracking": counts["tracking"], "auth": counts["auth"], "log": log}))
+def measure(path: str, body: dict) -> dict:
+    log.clear()
+    post(path, body)
+    counts = Counter(db for db, _ in log)
+    return {"tracking": counts["tracking"], "auth": counts["auth"], "log": list(log)}
+
+
+# Warm-up: the first batch creates the latest_metrics rows and fills the caches.
+post("runs/log-batch", batch(0))
+post("runs/log-metric", {"run_id": run, "key": "loss", "value": 1.0, "timestamp": 1_700_000_000_000, "step": 0})
+# Steady state: every key's latest row is updated.
+result = {
+    "log-metric": measure(
+        "runs/log-metric", {"run_id": run, "key": "loss", "value": 0.5, "timestamp": 1_700_000_000_001, "step": 1}
+    ),
+    "log-batch": measure("runs/log-batch", batch(1)),
+}
+print(json.dumps(result))

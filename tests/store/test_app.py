@@ -165,3 +165,41 @@ def test_unauthenticated_still_401(server):
     assert r.status_code == 400
     r = requests.post(f"{server}/api/2.0/mlflow/runs/log-batch", json={"run_id": "x"}, auth=("admin", "wrong"))
     assert r.status_code == 401
+
+
+def test_missing_and_deleted_run_keep_mlflows_error_codes(server, session):
+    api = f"{server}/api/2.0/mlflow/"
+    point = {"key": "x", "value": 1.0, "timestamp": 1, "step": 0}
+    r = session.post(api + "runs/log-metric", json={"run_id": "0" * 32, **point})
+    assert (r.status_code, r.json()["error_code"]) == (404, "RESOURCE_DOES_NOT_EXIST")
+    exp = session.post(api + "experiments/create", json={"name": "app-deleted"}).json()["experiment_id"]
+    run = session.post(api + "runs/create", json={"experiment_id": exp}).json()["run"]["info"]["run_id"]
+    assert session.post(api + "runs/delete", json={"run_id": run}).ok
+    for path, body in [("log-metric", point), ("log-batch", {"metrics": [point]})]:
+        r = session.post(api + "runs/" + path, json={"run_id": run, **body})
+        assert (r.status_code, r.json()["error_code"]) == (400, "INVALID_PARAMETER_VALUE"), path
+
+
+def test_auth_cache_forgets_a_changed_admin_flag_and_permission_at_once(server, session, run_id):
+    """One worker: the change and the next request meet the same cache (auth_cache.py). Another
+    worker keeps its cached answer for up to auth_cache_ttl_seconds, the documented cost."""
+    api, user = f"{server}/api/2.0/mlflow/", ("cache-user", "cache-user-pw-1")
+    assert session.post(api + "users/create", json={"username": user[0], "password": user[1]}).ok
+    as_user = requests.Session()
+    as_user.trust_env, as_user.auth = False, user
+    exp = session.get(api + "runs/get", params={"run_id": run_id}).json()["run"]["info"]["experiment_id"]
+
+    def log() -> int:
+        body = {"run_id": run_id, "key": "by-user", "value": 1.0, "timestamp": 1, "step": 0}
+        return as_user.post(api + "runs/log-metric", json=body).status_code
+
+    assert log() == 403  # default_permission NO_PERMISSIONS; now cached
+    for is_admin, expected in [(True, 200), (False, 403)]:
+        assert session.patch(api + "users/update-admin", json={"username": user[0], "is_admin": is_admin}).ok
+        assert log() == expected, is_admin
+    grant = {"username": user[0], "resource_type": "experiment", "resource_id": exp}
+    perms = f"{server}/api/3.0/mlflow/users/permissions/"
+    assert session.post(perms + "grant", json={**grant, "permission": "EDIT"}).ok
+    assert log() == 200
+    assert session.post(perms + "revoke", json=grant).ok
+    assert log() == 403

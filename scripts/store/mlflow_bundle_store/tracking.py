@@ -1,18 +1,20 @@
 """MLflow's SqlAlchemyStore with a set-based metric write path, for PostgreSQL only.
 
-MLflow 3.17.2 writes a batch's latest_metrics one ORM row at a time: a 100-key log-batch costs
-about 97 statements. Here a batch costs one statement: a multi-row INSERT into `metrics` (a
-data-modifying CTE) and an `INSERT ... ON CONFLICT DO UPDATE ... WHERE` into `latest_metrics`,
-in the same transaction as the run check. Everything else (params, tags, model metrics, reads) is MLflow's own code.
+MLflow 3.17.2 writes a batch's latest_metrics one ORM row at a time: a 100-key log-batch costs 111
+round trips on the tracking database (a pre-ping, BEGIN, the run SELECT, the INSERT, one UPDATE
+per key, COMMIT; tests/store/test_statement_count.py). Here any log-metric or log-batch costs 3:
+BEGIN, WRITE_METRICS (the run check, the points and the latest values in one statement) and
+COMMIT. Everything else (params, tags, model metrics, reads) is MLflow's own code.
 tests/store/test_differential.py proves the rows equal to the stock store's; test_pin.py fails
 when an MLflow upgrade changes the methods this module stands in for.
 """
 
-from mlflow.entities import Metric
+from types import SimpleNamespace
+
+from mlflow.entities import LifecycleStage, Metric
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.db.db_types import POSTGRES
-from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.validation import (
     _validate_batch_log_data,
@@ -21,8 +23,9 @@ from mlflow.utils.validation import (
     _validate_param_keys_unique,
     _validate_run_id,
 )
-from sqlalchemy import tuple_
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import text
+
+from mlflow_bundle_store.pool import without_pre_ping
 
 
 class BundleSqlAlchemyStore(SqlAlchemyStore):
@@ -32,6 +35,7 @@ class BundleSqlAlchemyStore(SqlAlchemyStore):
             raise MlflowException.invalid_parameter_value(
                 f"{type(self).__name__} needs PostgreSQL (INSERT ... ON CONFLICT), got {self.db_type}"
             )
+        without_pre_ping(self.engine, self.read_engine)
 
     def log_batch(self, run_id, metrics, params, tags):
         if not metrics:
@@ -89,29 +93,65 @@ class BundleSqlAlchemyStore(SqlAlchemyStore):
             if best is None or _order(row) > _order(best):
                 latest[row["key"]] = row
 
+        # Sorted: concurrent batches take index and row locks in one order (no deadlock).
+        points = [rows[k] for k in sorted(rows)]
+        wins = [latest[k] for k in sorted(latest)]
         with self.ManagedSessionMaker(read_only=False) as session:
-            run = self._get_run(run_uuid=run_id, session=session)
-            self._check_run_is_active(run)
-            if not rows:
-                return  # as MLflow: an empty batch checks the run and writes nothing
-            # One statement: the points, as a data-modifying CTE, then the latest values. Rows
-            # sorted: concurrent batches take index and row locks in one order (no deadlock).
-            points = (
-                insert(SqlMetric.__table__)
-                .values([rows[k] for k in sorted(rows)])
-                .on_conflict_do_nothing()  # a point already stored stays as it is, as in MLflow
-                .cte("new_points")
-            )
-            new = insert(SqlLatestMetric.__table__).values([latest[k] for k in sorted(latest)])
-            old = SqlLatestMetric.__table__.c
-            session.execute(
-                new.on_conflict_do_update(
-                    index_elements=[old.key, old.run_uuid],
-                    set_={c: new.excluded[c] for c in ("value", "timestamp", "step", "is_nan")},
-                    where=tuple_(new.excluded.step, new.excluded.timestamp, new.excluded.value)
-                    > tuple_(old.step, old.timestamp, old.value),
-                ).add_cte(points)
-            )
+            stage = session.execute(
+                WRITE_METRICS,
+                {
+                    "run_id": run_id,
+                    "active": LifecycleStage.ACTIVE,
+                    **{name: [r[column] for r in points] for name, column in _COLUMNS.items()},
+                    **{f"latest_{name}": [r[column] for r in wins] for name, column in _COLUMNS.items()},
+                },
+            ).scalar()
+            if stage is None:  # MLflow's _get_run: 404 RESOURCE_DOES_NOT_EXIST
+                raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
+            # A deleted run: nothing was written; MLflow's own 400 INVALID_PARAMETER_VALUE.
+            self._check_run_is_active(SimpleNamespace(run_uuid=run_id, lifecycle_stage=stage))
+
+
+_COLUMNS = {"keys": "key", "values": "value", "timestamps": "timestamp", "steps": "step", "is_nans": "is_nan"}
+_UNNEST = (
+    "unnest(CAST(:{p}keys AS text[]), CAST(:{p}values AS float8[]), CAST(:{p}timestamps AS bigint[]), "
+    "CAST(:{p}steps AS bigint[]), CAST(:{p}is_nans AS boolean[])) WITH ORDINALITY"
+)
+# One fixed statement text whatever the number of points (arrays, not a VALUES list): SQLAlchemy's
+# compiled cache holds it, so no request compiles SQL. It checks the run, inserts the points
+# (a point already stored stays as it is, as in MLflow) and upserts the latest values in one
+# round trip. A latest_metrics row is locked only when the new point wins against the value read
+# (strictly greater (step, timestamp, value), MLflow's order): batches that change nothing on a
+# shared run do not queue on its rows. The ON CONFLICT ... WHERE re-checks against a row that a
+# concurrent request committed meanwhile. Writes happen only when the run is active; the
+# statement returns its lifecycle_stage (NULL: no such run).
+WRITE_METRICS = text(
+    f"""
+WITH run AS (SELECT lifecycle_stage FROM runs WHERE run_uuid = :run_id),
+points AS (
+    INSERT INTO metrics (key, value, timestamp, step, is_nan, run_uuid)
+    SELECT p.key, p.value, p.timestamp, p.step, p.is_nan, :run_id
+    FROM {_UNNEST.format(p="")} AS p(key, value, timestamp, step, is_nan, n)
+    WHERE (SELECT lifecycle_stage FROM run) = :active
+    ORDER BY p.n
+    ON CONFLICT DO NOTHING
+),
+latest AS (
+    INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid)
+    SELECT l.key, l.value, l.timestamp, l.step, l.is_nan, :run_id
+    FROM {_UNNEST.format(p="latest_")} AS l(key, value, timestamp, step, is_nan, n)
+    LEFT JOIN latest_metrics AS cur ON cur.run_uuid = :run_id AND cur.key = l.key
+    WHERE (SELECT lifecycle_stage FROM run) = :active
+        AND (cur.key IS NULL OR (l.step, l.timestamp, l.value) > (cur.step, cur.timestamp, cur.value))
+    ORDER BY l.n
+    ON CONFLICT (key, run_uuid) DO UPDATE
+    SET value = excluded.value, timestamp = excluded.timestamp, step = excluded.step, is_nan = excluded.is_nan
+    WHERE (excluded.step, excluded.timestamp, excluded.value)
+        > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)
+)
+SELECT (SELECT lifecycle_stage FROM run)
+"""
+)
 
 
 def _order(row):
