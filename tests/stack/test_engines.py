@@ -75,6 +75,18 @@ def test_mlflow_image_trusts_only_its_base_images_cas(eng, compose_services):
         == engine_run(eng, "run", "--rm", *digest, python_image, bundle).split()[0]
     )
     found = engine_run(
-        eng, "run", "--rm", "--entrypoint", "find", mlflow_image, "/", "-xdev", "-name", "build-ca.crt", timeout=300
+        eng,
+        "run",
+        "--rm",
+        "-u",
+        "0",
+        "--entrypoint",
+        "find",
+        mlflow_image,
+        "/",
+        "-xdev",
+        "-name",
+        "build-ca.crt",
+        timeout=300,
     )
     assert found.strip() == ""
