@@ -85,12 +85,22 @@ class Engine:
         return (json.loads(out.stdout or "null") or {}).get(key) if out.returncode == 0 else None
 
     def top(self, container: str) -> list:
-        """(user, command line) of every process in a container, seen by the engine from outside."""
-        fmt = ["user", "args"] if self.kind == "podman" else ["-eo", "user,args"]
+        """(user, command line) of every process in a container, seen by the engine from outside.
+        podman names users from the container's passwd; Docker's `top` runs the host's `ps`, which
+        needs a pid column and names uids from the host's passwd, so we name them from the container's."""
+        if self.kind == "podman":
+            rows = self._top(container, "user", "args")
+            return [(line.split(None, 1) + [""])[:2] for line in rows]
+        passwd = run([*self.cli, "exec", container, "cat", "/etc/passwd"], env=self.env, timeout=60).stdout
+        names = {f[2]: f[0] for f in (line.split(":") for line in passwd.splitlines()) if len(f) > 2}
+        rows = [(line.split(None, 2) + ["", ""])[1:3] for line in self._top(container, "-eo", "pid,uid,args")]
+        return [[names.get(uid, uid), args] for uid, args in rows]
+
+    def _top(self, container: str, *fmt) -> list:
         out = run([*self.cli, "top", container, *fmt], env=self.env, timeout=60)
         if out.returncode:
             raise CommandError(f"{self.kind} top {container} failed: {out.stderr.strip()}")
-        return [(line.split(None, 1) + [""])[:2] for line in out.stdout.splitlines()[1:] if line.strip()]
+        return [line for line in out.stdout.splitlines()[1:] if line.strip()]
 
     def build(
         self, tag: str, context: Path, dockerfile: Path, args: dict, labels: dict = None, pypi=False, inputs=None
