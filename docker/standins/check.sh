@@ -89,7 +89,7 @@ mkdir -p "$TMP/pgb"
 printf '[databases]\napp = host=%s port=5432 dbname=app\n[pgbouncer]\nlisten_addr = *\nlisten_port = 6432\nunix_socket_dir =\nauth_type = scram-sha-256\nauth_file = userlist.txt\npool_mode = transaction\nignore_startup_parameters = extra_float_digits,options\nlogfile =\npidfile =\n' "$P-pg" > "$TMP/pgb/pgbouncer.ini"
 echo '"app" "apppw"' > "$TMP/pgb/userlist.txt"
 chmod 0755 "$TMP/pgb"; chmod 0600 "$TMP/pgb"/*; chown -R 70:70 "$TMP/pgb"
-start pgb --entrypoint '["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"]' -w /etc/pgbouncer -v "$TMP/pgb:/etc/pgbouncer:ro" -e PGPASSWORD=apppw "$PGBOUNCER_IMAGE"
+start pgb --entrypoint pgbouncer -w /etc/pgbouncer -v "$TMP/pgb:/etc/pgbouncer:ro" -e PGPASSWORD=apppw "$PGBOUNCER_IMAGE" /etc/pgbouncer/pgbouncer.ini
 if wait_for 30 $ENGINE exec "$P-pgb" psql -h 127.0.0.1 -p 6432 -U app -d app -tAc 'select 1'; then
 	ok "pgbouncer: compose-style start, psql through PgBouncer to PostgreSQL"
 else
