@@ -109,7 +109,8 @@ class Engine:
         relative to it, where given) with this machine's CA bundle as build-ca.crt, which only the
         Dockerfile's pip stage copies: Docker's classic builder has no -v and no --secret, and the
         final image's trust store stays the base image's."""
-        cmd = [*self.cli, "build", "-t", tag, "-f", str(dockerfile)]
+        # --force-rm: Docker's classic builder otherwise keeps the container of a failed step.
+        cmd = [*self.cli, "build", "--force-rm", "-t", tag, "-f", str(dockerfile)]
         for key, value in args.items():
             cmd += ["--build-arg", f"{key}={value}"]
         for key, value in (labels or {}).items():
