@@ -7,10 +7,15 @@ install runtime|tools|test` is the shell script's own (scripts/ctl/install.sh). 
 
 import argparse
 import sys
+import traceback
+from pathlib import Path
 
 from ctl import backup, drill, image, lifecycle, stack, upgrade
 from ctl.errors import CommandError
 from ctl.perf import faults, load
+
+# Where an unexpected error's traceback goes: the operator sees one line naming this file.
+ERROR_LOG = Path(__file__).resolve().parents[2] / "var" / "log" / "mlflowctl-errors.log"
 
 # Each group adds its subcommands (`register(subparsers)`); a new group is one more entry here.
 GROUPS = (stack, backup, drill, upgrade, image, lifecycle, load, faults)
@@ -33,11 +38,19 @@ def main(argv=None) -> int:
         message = str(exc)
     except Exception as exc:
         mlflow_errors = sys.modules.get("mlflow.exceptions")  # imported only by commands that use MLflow
-        if not (mlflow_errors and isinstance(exc, mlflow_errors.MlflowException)):
-            raise
-        message = exc.message or repr(exc)
+        if mlflow_errors and isinstance(exc, mlflow_errors.MlflowException):
+            message = exc.message or repr(exc)
+        else:
+            message = f"unexpected error (traceback in {log_traceback(args.command)}): {type(exc).__name__}: {exc}"
     print(f"mlflowctl {args.command}: {message.splitlines()[0] if message else 'failed'}", file=sys.stderr)
     return 1
+
+
+def log_traceback(command: str) -> Path:
+    ERROR_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with open(ERROR_LOG, "a") as fh:
+        fh.write(f"\n### mlflowctl {command}\n{traceback.format_exc()}")
+    return ERROR_LOG
 
 
 if __name__ == "__main__":

@@ -11,14 +11,18 @@
 #   install.sh test        + the test bench: Chromium (UI test), testssl.sh, nginx-light (Nginx
 #                          template tests), iproute2, jq and a Docker CLI (the EC2 boot-script
 #                          test), the store plugin in editable mode, and the awscli venv.
+#   install.sh docker      Debian's docker.io (dockerd, containerd, runc), and where no Docker
+#                          engine answers, dockerd started as a background daemon of ours (no
+#                          systemd here): data root $MLFLOW_BUNDLE_DOCKER_ROOT (default
+#                          /var/lib/docker), pid and log in var/. `install.sh docker-stop` stops it.
 #   install.sh --relock    resolve requirements.txt afresh and write requirements.lock.
 set -eEuo pipefail
 cd "$(dirname "$0")/../.."
 
 LEVEL=${1:-runtime}
 case "$LEVEL" in
-    runtime | tools | test | --relock) ;;
-    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    runtime | tools | test | docker | docker-stop | --relock) ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install: unknown level '$LEVEL' (runtime, tools, test or --relock)" >&2; exit 2 ;;
 esac
 
@@ -45,6 +49,55 @@ apt_install() {
         || { ((had_policy)) || rm -f "$policy"; exit 1; }
     ((had_policy)) || rm -f "$policy"
 }
+
+DOCKERD_PID=var/run/dockerd.pid
+DOCKERD_LOG=var/log/dockerd.log
+# The engine on the default socket: DOCKER_HOST may name podman's Docker-API socket.
+docker_info() { env -u DOCKER_HOST timeout 20 docker info --format "$1" 2>/dev/null; }
+docker_answers() { docker_info '{{.ServerVersion}}' >/dev/null; }
+
+# Poll CHECK (a command) until it succeeds or SECONDS pass; returns 1 on timeout.
+wait_for() {
+    local seconds=$1 end
+    shift
+    end=$((SECONDS + seconds))
+    until "$@"; do
+        ((SECONDS < end)) || return 1
+        sleep 1
+    done
+}
+
+if [[ $LEVEL == docker ]]; then
+    apt_install docker.io iptables
+    if docker_answers; then
+        step "a Docker engine answers already ($(docker_info '{{.ServerVersion}}'))"
+        exit 0
+    fi
+    mkdir -p var/run var/log
+    root=${MLFLOW_BUNDLE_DOCKER_ROOT:-/var/lib/docker}
+    step "starting dockerd (data root $root; log in $DOCKERD_LOG)"
+    # setsid: the daemon outlives this script and its terminal; its pid file is the one we stop.
+    setsid /usr/sbin/dockerd --data-root "$root" --pidfile "$PWD/$DOCKERD_PID" \
+        </dev/null >>"$DOCKERD_LOG" 2>&1 &
+    if ! wait_for 60 docker_answers; then
+        echo "install: dockerd did not answer within 60 s; see $DOCKERD_LOG" >&2
+        exit 1
+    fi
+    step "dockerd $(docker_info '{{.ServerVersion}} ({{.Driver}}, cgroup v{{.CgroupVersion}})') is up"
+    exit 0
+fi
+if [[ $LEVEL == docker-stop ]]; then
+    pid=$(cat "$DOCKERD_PID" 2>/dev/null || true)
+    if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; then
+        step "no dockerd of ours runs"
+        exit 0
+    fi
+    step "stopping dockerd (pid $pid)"
+    kill -TERM "$pid"
+    # dockerd stops its containers first (their own stop timeouts): give it a while, then kill it.
+    wait_for 120 bash -c "! kill -0 $pid 2>/dev/null" || { kill -KILL "$pid"; sleep 1; }
+    exit 0
+fi
 
 apt_install "${RUNTIME_APT[@]}"
 if [[ ! -x .venv/bin/python ]]; then

@@ -29,6 +29,13 @@ def parse_env(text: str) -> dict:
     return out
 
 
+def setting(name: str, default: str = "", root: Path = ROOT) -> str:
+    """A variable as Compose reads it: the environment, then .env (read afresh: bootstrap may have
+    just written it), then DEFAULT. For what is needed before, or without, a bootstrapped .env."""
+    path = root / ".env"
+    return os.environ.get(name) or (parse_env(path.read_text()).get(name) if path.exists() else None) or default
+
+
 def without_ca_overrides(env) -> dict:
     return {k: v for k, v in env.items() if k not in CA_OVERRIDES}
 

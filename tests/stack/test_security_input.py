@@ -41,7 +41,8 @@ def raw_request(stack_env, ca_bundle, head: bytes) -> bytes:
     """Send raw request bytes over TLS (what a client library would refuse to build); return the answer."""
     host = stack_env["MLFLOW_PUBLIC_HOST"]
     ctx = ssl.create_default_context(cafile=ca_bundle)
-    with socket.create_connection((host, 443), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
+    port = int(stack_env.get("HTTPS_PORT", "443"))
+    with socket.create_connection((host, port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
         tls.sendall(head)
         answer, deadline = b"", time.monotonic() + 10
         while b"\r\n\r\n" not in answer and time.monotonic() < deadline:

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from ctl.settings import Settings
+
 HSTS_MIN_AGE = 15552000  # 180 days: what testssl.sh and the HSTS preload list call long enough
 
 TESTSSL_CHECKS = ["-p", "-s", "-f", "-P", "-S", "-h", "-U"]  # why these: the test docstring
@@ -42,7 +44,7 @@ def handshake(host: str, ca_bundle: str, version=None, ciphers: str = None) -> t
         ctx.minimum_version = ctx.maximum_version = version
     if ciphers:
         ctx.set_ciphers(ciphers)
-    with socket.create_connection((host, 443), timeout=5) as raw:
+    with socket.create_connection((host, int(Settings.load().https_port)), timeout=5) as raw:
         with ctx.wrap_socket(raw, server_hostname=host) as tls:
             return tls.version(), tls.cipher()[0]
 
@@ -129,7 +131,7 @@ def testssl_findings(stack, stack_env, ca_bundle, tmp_path_factory) -> dict:
         "--jsonfile",
         str(out),
         *TESTSSL_CHECKS,
-        f"https://{stack_env['MLFLOW_PUBLIC_HOST']}/health",
+        f"{Settings.load().url(stack_env['MLFLOW_PUBLIC_HOST'])}/health",
     ]
     started = time.monotonic()
     try:

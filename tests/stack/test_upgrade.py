@@ -137,6 +137,7 @@ def old_image(eng):
             {"PYTHON_IMAGE": python_image, "MLFLOW_VERSION": OLD_VERSION},
             {engine.INPUTS_LABEL: digest},
             pypi=True,
+            inputs=engine.IMAGE_INPUTS,
         )
     return OLD_TAG
 

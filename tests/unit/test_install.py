@@ -53,3 +53,13 @@ def test_runtime_level_installs_no_test_bench(tmp_path):
 def test_unknown_level_is_refused():
     out = subprocess.run(["bash", ROOT / "scripts/ctl/install.sh", "everything"], capture_output=True, text=True)
     assert out.returncode == 2 and "unknown level" in out.stderr
+
+
+def test_docker_stop_without_a_dockerd_of_ours(tmp_path):
+    """`install.sh docker-stop` stops only the dockerd whose pid file is ours: here none, so nothing."""
+    (tmp_path / "scripts" / "ctl").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "ctl" / "install.sh", tmp_path / "scripts" / "ctl" / "install.sh")
+    out = subprocess.run(
+        ["bash", "scripts/ctl/install.sh", "docker-stop"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and "no dockerd of ours runs" in out.stdout, out.stdout + out.stderr

@@ -1,0 +1,66 @@
+"""The engine layer's own failure paths and build inputs, without a container engine.
+
+Real parts: debootstrap, the engine CLI (which answers "no such image" without a daemon too), the
+mlflowctl entry point in a child process."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ctl import __main__ as cli
+from ctl import engine, stack
+from ctl.engine import core
+from ctl.errors import CommandError
+from tests.conftest import ROOT
+
+PIP_BUILDS = (ROOT / "docker" / "Dockerfile", ROOT / "docker" / "standins" / "s3" / "Containerfile")
+
+
+def test_debian_base_failure_is_one_line_without_var_log(tmp_path, monkeypatch):
+    """On Docker, var/log did not exist yet when debootstrap's output was logged (FileNotFoundError)."""
+    monkeypatch.setattr(core, "BUILD_LOG", tmp_path / "log" / "build.log")
+    monkeypatch.setattr(engine.images, "VAR", tmp_path)
+    with pytest.raises(CommandError, match=r"debootstrap no-such-suite failed; see .*build\.log"):
+        engine.ensure_debian_base(engine.Engine("docker", {}), engine.BASE_PREFIX + "no-such-suite")
+    assert (tmp_path / "log" / "build.log").stat().st_size > 0
+
+
+def test_unexpected_error_is_one_line_and_a_log(tmp_path, monkeypatch, capsys):
+    """An error no command expected: one line naming the log with the traceback, exit 1."""
+    monkeypatch.setattr(cli, "ERROR_LOG", tmp_path / "log" / "errors.log")
+
+    def broken(args):
+        raise FileNotFoundError(2, "No such file or directory", "var/log/build.log")
+
+    monkeypatch.setattr(stack, "cmd_down", broken)
+    assert cli.main(["down"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"mlflowctl down: unexpected error (traceback in {tmp_path / 'log' / 'errors.log'})")
+    assert "Traceback" in (tmp_path / "log" / "errors.log").read_text()
+
+
+def test_operator_mistake_prints_no_traceback():
+    out = subprocess.run(
+        [sys.executable, "-m", "ctl", "up", "--no-such-flag"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+def test_throwaway_context_has_inputs_and_the_build_ca(tmp_path):
+    context = core.throwaway_context(ROOT, tmp_path, engine.IMAGE_INPUTS)
+    assert (context / core.BUILD_CA).read_bytes() == (core.HOST_CA.read_bytes() if core.HOST_CA.exists() else b"")
+    assert (context / "requirements.lock").exists() and (context / "scripts" / "store" / "pyproject.toml").exists()
+    assert not (context / ".env").exists() and not (context / "certs").exists()
+    assert not list(context.rglob("__pycache__"))
+
+
+@pytest.mark.parametrize("path", PIP_BUILDS, ids=lambda p: p.parent.name)
+def test_build_ca_stays_in_the_pip_stage(path):
+    """Only the `pip` stage copies build-ca.crt; the final stage takes nothing from it but /install."""
+    stages = re.split(r"^FROM ", path.read_text(), flags=re.M)[1:]
+    assert len(stages) == 2 and stages[0].split()[2] == "pip", path
+    assert core.BUILD_CA in stages[0] and core.BUILD_CA not in stages[1]
+    assert re.findall(r"^COPY --from=\S+ .*$", stages[1], re.M) == ["COPY --from=pip /install /usr/local"]
