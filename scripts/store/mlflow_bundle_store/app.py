@@ -23,6 +23,8 @@ from mlflow.exceptions import HTTP_STATUS_TO_ERROR_CODE, MlflowException
 from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from mlflow_bundle_store import authz
+
 API_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/")  # with or without --static-prefix
 # Endpoints whose body is a JSON request message (not artifact bytes, not OTLP protobuf).
 JSON_BODY_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/\d+\.\d+/mlflow/(?!upload-artifact)")
@@ -43,6 +45,7 @@ def create_app(app: Flask | None = None):
     install_json_errors(app)
     app.after_request(_count_request)
     app = auth.create_app(app)
+    authz.install(app)  # after the auth app's before_request: see authz.py
     # MLflow's basic-auth denies non-admins every route it has no rule for (fail-closed), /metrics
     # included: the monitoring profile's scraper would need an admin. /metrics holds aggregate
     # counts and latencies (endpoint labels are URL rules, never names or ids), so any signed-in
