@@ -19,7 +19,7 @@ app.add_url_rule("/api/2.0/mlflow/webhooks", "wh", methods=["GET"])
 def refused(path, method="GET", **kwargs):
     with app.test_request_context(path, method=method, headers=AUTH, **kwargs) as ctx:
         ctx.request.view_args = app.url_map.bind("x").match(ctx.request.path, method=method)[1]
-        response = authz.check()
+        response = authz.refuse_switched_off() or authz.check()
         return None if response is None else (response.status_code, json.loads(response.get_data())["error_code"])
 
 

@@ -54,7 +54,18 @@ ADMIN_ONLY = {"/roles/list", "/roles/users/list"}
 
 def install(app) -> None:
     """Called once, after MLflow's auth app has registered its before_request."""
+    # Switched-off routes are refused before anything else: MLflow's validators for them may look
+    # the caller's ids up and answer for them.
+    app.before_request_funcs.setdefault(None, []).insert(0, refuse_switched_off)
     app.before_request(check)
+
+
+def refuse_switched_off():
+    match = API.match(request.path)
+    group = match and switched_off(match.group("rest"))
+    if group:
+        return _error(404, "ENDPOINT_NOT_FOUND", f"Switched off here (enable with {ENABLE_ENV}={group})")
+    return None
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -97,9 +108,6 @@ def check():
     if not match or request.authorization is None:
         return None
     rest = match.group("rest")
-    group = switched_off(rest)
-    if group:
-        return _error(404, "ENDPOINT_NOT_FOUND", f"Switched off here (enable with {ENABLE_ENV}={group})")
     has_body = request.method in JSON_METHODS and bool(request.get_data(cache=True).strip())
     if has_body and request.mimetype != "application/json":
         return _bad("Request body must be JSON (Content-Type: application/json)")
