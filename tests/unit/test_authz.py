@@ -14,6 +14,7 @@ app = Flask(__name__)
 app.add_url_rule("/api/2.0/mlflow/logged-models/<model_id>", "lm", methods=["GET", "DELETE"])
 app.add_url_rule("/api/2.0/mlflow/runs/log-batch", "lb", methods=["POST"])
 app.add_url_rule("/api/2.0/mlflow/webhooks", "wh", methods=["GET"])
+app.add_url_rule("/api/2.0/mlflow/upload-artifact", "ua", methods=["POST"])
 
 
 def refused(path, method="GET", **kwargs):
@@ -40,6 +41,16 @@ def test_an_object_named_twice_is_refused(path, method, kwargs):
 def test_a_non_json_body_is_refused():
     kwargs = {"data": '{"model_id": "m-a"}', "content_type": "text/plain", "query_string": {"model_id": "m-b"}}
     assert refused("/api/2.0/mlflow/logged-models/m-b", "DELETE", **kwargs) == (400, "INVALID_PARAMETER_VALUE")
+
+
+def test_artifact_bytes_are_not_json(monkeypatch):
+    # Reaches the non-admin checks, which need the auth store: stop there.
+    monkeypatch.setattr(authz, "_roles", lambda *a: authz._error(418, "REACHED", ""))
+    import mlflow.server.auth as auth
+
+    monkeypatch.setattr(auth, "store", type("S", (), {"get_user": lambda self, u: type("U", (), {"is_admin": 0})()})())
+    kwargs = {"data": b"\x00bytes", "content_type": "application/octet-stream", "query_string": {"run_uuid": "r"}}
+    assert refused("/api/2.0/mlflow/upload-artifact", "POST", **kwargs) == (418, "REACHED")
 
 
 def test_switched_off_routes(monkeypatch):

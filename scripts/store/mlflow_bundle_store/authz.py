@@ -46,6 +46,7 @@ ENABLE_ENV = "MLFLOW_BUNDLE_ENABLE_ROUTES"
 # Spellings that the handlers' protobuf parsing (or MLflow's fallbacks) reads as one field.
 SYNONYMS = {"run_uuid": "run_id", "request_id": "trace_id"}
 JSON_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+BINARY_BODY = {"/upload-artifact"}  # the file's bytes; its ids are in the query
 # Listings of roles and permissions: a non-admin may see their own only.
 SELF_ONLY = {"/users/roles/list", "/users/permissions/list"}
 OWN_ROLE = {"/roles/get", "/roles/permissions/list"}
@@ -109,7 +110,7 @@ def check():
         return None
     rest = match.group("rest")
     has_body = request.method in JSON_METHODS and bool(request.get_data(cache=True).strip())
-    if has_body and request.mimetype != "application/json":
+    if has_body and request.mimetype != "application/json" and rest not in BINARY_BODY:
         return _bad("Request body must be JSON (Content-Type: application/json)")
     body = _body() if has_body else {}
     seen: dict[str, set] = {}
