@@ -46,12 +46,16 @@ class DevTools:
     def __init__(self, ws_url: str):
         self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
         self.ids = itertools.count(1)
+        self.responses = []  # (status, url) of every Network.responseReceived seen so far
 
     def call(self, method: str, **params) -> dict:
         msg_id = next(self.ids)
         self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
         while True:  # events arrive in between; bounded by the socket timeout
             msg = json.loads(self.ws.recv())
+            if msg.get("method") == "Network.responseReceived":
+                response = msg["params"]["response"]
+                self.responses.append((response["status"], response["url"]))
             if msg.get("id") == msg_id:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
@@ -96,6 +100,53 @@ def chromium(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def page_text(chromium) -> str:
+    result = chromium.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")
+    return result["result"].get("value", "")
+
+
+def test_ui_for_a_reader_loads_without_403(mlflow_admin, stack, chromium, unique):
+    """A non-admin with READ on one experiment: its runs, a run's metric chart and its artifacts load,
+    and none of the page's API calls gets 403 (bundle-auth's checks, authz.py, must not break the UI)."""
+    import os
+
+    from mlflow.server import get_app_client
+
+    auth = get_app_client("basic-auth", tracking_uri=stack)
+    user, password = f"ui-reader-{time.time_ns()}", os.urandom(12).hex()
+    auth.create_user(user, password)
+    try:
+        exp = mlflow_admin.create_experiment(f"ui-read/{unique}")
+        run = mlflow_admin.create_run(exp, run_name=f"run-{unique[:20]}").info.run_id
+        for step in range(3):
+            mlflow_admin.log_metric(run, "reader_loss", 1.0 / (step + 1), step=step)
+        mlflow_admin.log_text(run, "hello", "reader-notes.txt")
+        auth.grant_user_permission(user, "experiment", exp, "READ")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        chromium.call("Network.enable")
+        chromium.call("Network.setExtraHTTPHeaders", headers={"Authorization": f"Basic {token}"})
+        pages = [
+            (f"#/experiments/{exp}/runs", f"run-{unique[:20]}"),
+            (f"#/experiments/{exp}/runs/{run}/model-metrics", "reader_loss"),
+            (f"#/experiments/{exp}/runs/{run}/artifacts", "reader-notes.txt"),
+        ]
+        for fragment, text in pages:
+            chromium.call("Page.navigate", url=f"{stack}/{fragment}")
+            try:
+                poll(lambda text=text: text in page_text(chromium), 90, f"{text!r} on {fragment}")
+            except AssertionError as exc:
+                failed = [(status, url) for status, url in chromium.responses if status >= 400]
+                raise AssertionError(
+                    f"{exc}; failed API calls: {failed}; page: {page_text(chromium)[:400]!r}"
+                ) from None
+        api = [(status, url) for status, url in chromium.responses if "/ajax-api/" in url or "/api/" in url]
+        assert api, "no API call seen"
+        bad = [(status, url) for status, url in api if status == 403 or status >= 500]
+        assert not bad, bad
+    finally:
+        auth.delete_user(user)
 
 
 def test_ui_shows_experiment_after_basic_auth(mlflow_admin, stack, admin_auth, chromium, unique):

@@ -23,7 +23,7 @@ from mlflow.exceptions import HTTP_STATUS_TO_ERROR_CODE, MlflowException
 from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from mlflow_bundle_store import auth_cache
+from mlflow_bundle_store import auth_cache, authz
 from mlflow_bundle_store.pool import without_pre_ping
 
 API_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/")  # with or without --static-prefix
@@ -48,6 +48,7 @@ def create_app(app: Flask | None = None):
     app = auth.create_app(app)
     auth_cache.install(auth)
     without_pre_ping(auth.store.engine, auth.store.read_engine)
+    authz.install(app)  # after the auth app's before_request: see authz.py
     # MLflow's basic-auth denies non-admins every route it has no rule for (fail-closed), /metrics
     # included: the monitoring profile's scraper would need an admin. /metrics holds aggregate
     # counts and latencies (endpoint labels are URL rules, never names or ids), so any signed-in

@@ -1,0 +1,215 @@
+"""Team isolation at the edge of `bundle-auth` (issue 22): the permission check sees exactly the ids
+the handler will use. Runs after MLflow's basic-auth `before_request` (so the caller is authenticated
+and MLflow's own validators have passed) and before the handler.
+
+MLflow 3.17.2's validators read `run_id`/`run_uuid`, path and query parameters from the raw request
+(`_get_request_param` in mlflow/server/auth/__init__.py: a DELETE without a JSON content type reads
+the query), while the handlers parse the body into the endpoint's protobuf message
+(`_get_request_message` in mlflow/server/handlers.py), where `runId` is a spelling of `run_id` and
+path parameters win. A request that names one object twice can be checked on one and act on the
+other. Here:
+
+- a request naming one field twice with different values (two spellings such as `run_uuid` and
+  `runId`, `request_id` and `trace_id`, or the path, the query and the body disagreeing) gets 400;
+- a body that is not JSON on a JSON endpoint gets 400 (the handler would parse it anyway);
+- a raw store URI (`s3://BUCKET/<experiment>/...`, `mlflow-artifacts:/<experiment>/...`) given as an
+  experiment's `artifact_location` or a model version's `source` must lie in an experiment the
+  caller may edit (MLflow refuses only `runs:/`, `models:/` and `mlflow-artifacts:` sources);
+- a trace created with the id of an existing trace in another experiment gets 400;
+- role and permission listings show a non-admin only their own;
+- route groups the bundle does not use are switched off (404) unless named in
+  MLFLOW_BUNDLE_ENABLE_ROUTES (comma-separated group names, see OPTIONAL_ROUTES).
+"""
+
+import json
+import os
+import posixpath
+import re
+import urllib.parse
+
+from flask import Response, request
+from mlflow.exceptions import MlflowException
+
+API = re.compile(r"^(?:/[^/]+)*?/(?:ajax-)?api/\d+\.\d+/?mlflow(?P<rest>/.*)$")
+# Group -> routes (after the /api/X.Y/mlflow prefix). Off unless MLFLOW_BUNDLE_ENABLE_ROUTES names it.
+OPTIONAL_ROUTES = {
+    "webhooks": re.compile(r"^/webhooks\b"),
+    "gateway": re.compile(r"^/gateway(\b|-proxy)"),
+    "jobs": re.compile(r"^/jobs/|^/prompt-optimization/"),
+    "invoke": re.compile(r"^/(scorer/invoke|genai/evaluate/invoke|issues/invoke)$"),
+    "demo": re.compile(r"^/demo/"),
+    "workspaces": re.compile(r"^/workspaces\b"),
+    "assistant": re.compile(r"^/assistant/"),
+    "mcp": re.compile(r"^/mcp\b"),
+}
+ENABLE_ENV = "MLFLOW_BUNDLE_ENABLE_ROUTES"
+# Spellings that the handlers' protobuf parsing (or MLflow's fallbacks) reads as one field.
+SYNONYMS = {"run_uuid": "run_id", "request_id": "trace_id"}
+JSON_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+BINARY_BODY = {"/upload-artifact"}  # the file's bytes; its ids are in the query
+# Listings of roles and permissions: a non-admin may see their own only.
+SELF_ONLY = {"/users/roles/list", "/users/permissions/list"}
+OWN_ROLE = {"/roles/get", "/roles/permissions/list"}
+ADMIN_ONLY = {"/roles/list", "/roles/users/list"}
+
+
+def install(app) -> None:
+    """Called once, after MLflow's auth app has registered its before_request."""
+    # Switched-off routes are refused before anything else: MLflow's validators for them may look
+    # the caller's ids up and answer for them.
+    app.before_request_funcs.setdefault(None, []).insert(0, refuse_switched_off)
+    app.before_request(check)
+
+
+def refuse_switched_off():
+    match = API.match(request.path)
+    group = match and switched_off(match.group("rest"))
+    if group:
+        return _error(404, "ENDPOINT_NOT_FOUND", f"Switched off here (enable with {ENABLE_ENV}={group})")
+    return None
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return Response(json.dumps({"error_code": code, "message": message}), status=status, mimetype="application/json")
+
+
+def _bad(message: str) -> Response:
+    return _error(400, "INVALID_PARAMETER_VALUE", message)
+
+
+def _canonical(key: str) -> str:
+    snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower()
+    return SYNONYMS.get(snake, snake)
+
+
+def _norm(value) -> str:
+    if isinstance(value, list):
+        return json.dumps([str(v) for v in value])
+    return str(value)
+
+
+def _body() -> dict:
+    body = request.get_json(force=True, silent=True) if request.get_data(cache=True).strip() else None
+    if isinstance(body, str):  # double-encoded by old clients; MLflow decodes twice
+        try:
+            body = json.loads(body)
+        except ValueError:
+            body = None
+    return body if isinstance(body, dict) else {}
+
+
+def switched_off(rest: str) -> str | None:
+    """The OPTIONAL_ROUTES group REST (the path after /api/X.Y/mlflow) is in, unless enabled."""
+    enabled = {g.strip() for g in os.environ.get(ENABLE_ENV, "").split(",") if g.strip()}
+    return next((g for g, pattern in OPTIONAL_ROUTES.items() if pattern.search(rest) and g not in enabled), None)
+
+
+def check():
+    match = API.match(request.path)
+    if not match or request.authorization is None:
+        return None
+    rest = match.group("rest")
+    has_body = request.method in JSON_METHODS and bool(request.get_data(cache=True).strip())
+    if has_body and request.mimetype != "application/json" and rest not in BINARY_BODY:
+        return _bad("Request body must be JSON (Content-Type: application/json)")
+    body = _body() if has_body else {}
+    seen: dict[str, set] = {}
+    sources = [request.view_args or {}, {k: v if len(v) > 1 else v[0] for k, v in request.args.lists()}, body]
+    for source in sources:
+        for key, value in source.items():
+            if isinstance(value, (str, int, float, list)):
+                seen.setdefault(_canonical(key), set()).add(_norm(value))
+    twice = sorted(k for k, values in seen.items() if len(values) > 1)
+    if twice:
+        return _bad(f"Request names {', '.join(twice)} more than once with different values")
+    from mlflow.server import auth
+
+    username = request.authorization.username
+    if auth.store.get_user(username).is_admin:
+        return None
+    return _roles(rest, username, auth) or _locations(rest, body, username, auth)
+
+
+def _roles(rest: str, username: str, auth):
+    if rest in ADMIN_ONLY:
+        return auth.make_forbidden_response()
+    if rest in SELF_ONLY and request.args.get("username", username) != username:
+        return auth.make_forbidden_response()
+    if rest in OWN_ROLE:
+        own = {str(r.id) for r in auth.store.list_user_roles(auth.store.get_user(username).id)}
+        if request.args.get("role_id") not in own:
+            return auth.make_forbidden_response()
+    return None
+
+
+def _locations(rest: str, body: dict, username: str, auth):
+    uris = []
+    if rest == "/experiments/create":
+        uris.append(body.get("artifact_location") or body.get("artifactLocation"))
+    elif rest == "/model-versions/create":
+        uris.append(body.get("source"))
+    elif rest == "/traces" and request.method == "POST":
+        info = (body.get("trace") or {}).get("trace_info") or (body.get("trace") or {}).get("traceInfo") or {}
+        refused = _trace_id_reuse(info)
+        if refused:
+            return refused
+        uris.append((info.get("tags") or {}).get("mlflow.artifactLocation"))
+    for uri in filter(None, uris):
+        experiment_id = _experiment_of(str(uri))
+        if experiment_id == "" or (
+            experiment_id and not auth._get_experiment_permission(experiment_id, username).can_update
+        ):
+            return _bad("Storage location lies in the artifact store of an experiment you may not edit")
+    return None
+
+
+def _roots() -> list[tuple[str, str, str]]:
+    """(scheme, netloc, path) of the server's artifact roots: the proxied destination and the default root."""
+    from mlflow.server.constants import ARTIFACT_ROOT_ENV_VAR, ARTIFACTS_DESTINATION_ENV_VAR
+
+    # `mlflow server` hands --artifacts-destination and --default-artifact-root to its workers in these.
+    roots = [os.environ.get(v) for v in (ARTIFACTS_DESTINATION_ENV_VAR, ARTIFACT_ROOT_ENV_VAR)]
+    roots.append(os.environ.get("MLFLOW_ARTIFACTS_DESTINATION"))  # the bundle's compose variable
+    roots.append("mlflow-artifacts:/")
+    out = []
+    for root in filter(None, roots):
+        p = urllib.parse.urlparse(root)
+        out.append((p.scheme, p.netloc, posixpath.normpath("/" + p.path).rstrip("/")))
+    return out
+
+
+def _experiment_of(uri: str) -> str | None:
+    """The experiment id whose artifacts URI lies in (None: outside every root; "": the root itself or
+    a path that cannot be resolved safely)."""
+    p = urllib.parse.urlparse(uri)
+    if p.scheme in ("runs", "models"):
+        return None  # resolved by MLflow through the run or model, which its validators check
+    path = urllib.parse.unquote(p.path)
+    for scheme, netloc, root in _roots():
+        if p.scheme.lower() != scheme.lower() or (p.netloc or "").lower() != netloc.lower():
+            continue
+        if ".." in path.split("/"):
+            return ""
+        norm = posixpath.normpath("/" + path)
+        if norm != root and not norm.startswith(root + "/"):
+            continue
+        first = norm[len(root) :].strip("/").split("/")[0]
+        return first if first.isdigit() else ""
+    return None
+
+
+def _trace_id_reuse(info: dict):
+    trace_id = info.get("trace_id") or info.get("traceId")
+    if not trace_id:
+        return None
+    from mlflow.server.handlers import _get_tracking_store
+
+    try:
+        existing = _get_tracking_store().get_trace_info(trace_id)
+    except MlflowException:
+        return None  # no such trace: a new one
+    location = info.get("trace_location") or info.get("traceLocation") or {}
+    wanted = (location.get("mlflow_experiment") or location.get("mlflowExperiment") or {}).get("experiment_id")
+    if existing.experiment_id != str(wanted or ""):
+        return _bad("A trace with this id already exists")
+    return None

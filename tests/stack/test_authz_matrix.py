@@ -1,0 +1,403 @@
+"""Route-matrix authorization test (issue 22): team B, with no permission on anything of team A's,
+calls every route the installed MLflow serves, through Nginx, with the confusions MLflow's basic-auth
+validators fall for. Nothing of A's may change and no answer to B may carry A's data.
+
+Routes come from the image itself: the Flask `url_map` of the app `--app-name bundle-auth` builds
+(MLflow's REST API plus the auth app's user/role routes) and the FastAPI routers of
+`mlflow.server.fastapi_app` (OTLP, jobs, gateway, assistant: served only under uvicorn, which the
+bundle does not use; they are listed so a later switch of serving mode is noticed). Every route needs
+a verdict in VERDICTS: a route MLflow adds without one fails `test_every_route_has_a_verdict`.
+
+Confusions per route (B's requests, A's ids; `*` = each field family at once):
+- direct: A's ids in the query (GET) or JSON body;
+- alias: one spelling of a field carries B's id, another A's (`run_uuid`/`runId`, `run_id`/`runUuid`,
+  `experiment_id`/`experimentId`, `trace_id`/`request_id`, `model_id`/`modelId`...);
+- path: path parameters name A's object, query and body name B's; and the reverse;
+- ctype: query names B's objects, a `text/plain` body names A's;
+- location and id reuse, on the routes that take them: a model-version `source` and an experiment
+  `artifact_location` that are raw store URIs inside A's run, a trace created with A's trace id.
+
+Every value A owns contains SECRET, a token B never sends: a response to B that contains it is a
+leak. A's state (via the admin) is compared before and after; B's writes carry `written-by-B`.
+"""
+
+import concurrent.futures
+import json
+import os
+import re
+import time
+import uuid
+
+import pytest
+import requests
+
+from ctl import engine
+
+# Runs inside the mlflow container (compose exec): the routes of the app the server runs.
+ENUMERATE = """
+import json, logging
+logging.disable(logging.WARNING)
+from mlflow_bundle_store.app import create_app
+app = create_app()
+routes = {(r.rule, m) for r in app.url_map.iter_rules() for m in r.methods - {"HEAD", "OPTIONS"}}
+from mlflow.server import fastapi_app as fa
+for name in dir(fa):
+    router = getattr(fa, name)
+    if name.endswith("_router") and hasattr(router, "routes"):
+        routes |= {("fastapi:" + r.path, m) for r in router.routes for m in (getattr(r, "methods", None) or ())}
+print(json.dumps(sorted(routes)))
+"""
+
+# Normalised route (API prefix and version removed, ajax-api folded into api) -> verdict:
+#   probe  - B must get nothing of A's whatever the confusion (the matrix runs on it);
+#   off    - switched off in the bundle (mlflow_bundle_store/authz.py): B gets 403/404, no body of A's;
+#   public - no object of anyone's (health, static files, UI shell).
+# The FastAPI routes (prefix `fastapi:`) are not served by gunicorn; their verdict says what the
+# bundle does once they are.
+_PUBLIC = "/ GET, /health GET, /version GET, /server-info GET, /static-files/<path:path> GET, /build/<path:filename> GET, /signup GET, /ui-telemetry GET, /ui-telemetry POST, /metrics GET"  # noqa: E501
+_OFF_PREFIXES = ("/webhooks", "/gateway", "/jobs", "/prompt-optimization", "/demo/", "/workspaces", "/scorer/invoke",
+                 "/genai/evaluate/invoke", "/issues/invoke", "/assistant", "/mcp")  # fmt: skip
+VERSION_PREFIX = re.compile(r"^/(?:ajax-)?api/\d\.\d(?:/mlflow)?(?=/|-)")
+
+
+def normalise(rule: str, method: str) -> str:
+    if rule.startswith("fastapi:"):
+        return f"fastapi:{VERSION_PREFIX.sub('', rule[8:])} {method}"
+    return f"{VERSION_PREFIX.sub('', rule)} {method}"
+
+
+def verdict(route: str) -> str | None:
+    path = route.split(" ")[0].removeprefix("fastapi:")
+    if route.removeprefix("fastapi:") in _PUBLIC.split(", "):
+        return "public"
+    if path.startswith(_OFF_PREFIXES) or route.startswith("fastapi:"):
+        return "off"
+    return "probe" if route in KNOWN else None
+
+
+# Every probed route of MLflow 3.17.2, explicitly: a new one must be looked at (and added here).
+KNOWN = set(
+    """-artifacts/artifacts GET|-artifacts/artifacts/<path:artifact_path> DELETE|-artifacts/artifacts/<path:artifact_path> GET
+-artifacts/artifacts/<path:artifact_path> PUT|-artifacts/mpu/abort/<path:artifact_path> POST
+-artifacts/mpu/complete/<path:artifact_path> POST|-artifacts/mpu/create/<path:artifact_path> POST
+-artifacts/presigned/<path:artifact_path> GET|/experiments/search-datasets POST|/artifacts/list GET
+/artifacts/presigned-download-url POST|/artifacts/presigned-upload-url POST|/datasets/<dataset_id> DELETE
+/datasets/<dataset_id> GET|/datasets/<dataset_id>/add-experiments POST|/datasets/<dataset_id>/experiment-ids GET
+/datasets/<dataset_id>/records DELETE|/datasets/<dataset_id>/records GET|/datasets/<dataset_id>/records POST
+/datasets/<dataset_id>/remove-experiments POST|/datasets/<dataset_id>/tags PATCH|/datasets/<dataset_id>/tags/<key> DELETE
+/datasets/create POST|/datasets/search GET|/datasets/search POST|/experiments/create POST|/experiments/delete POST
+/experiments/delete-experiment-tag POST|/experiments/get GET|/experiments/get-by-name GET|/experiments/restore POST
+/experiments/search GET|/experiments/search POST|/experiments/set-experiment-tag POST|/experiments/update POST
+/get-artifact GET|/get-online-trace-details GET|/get-trace-artifact GET|/issues POST|/issues/<issue_id> GET
+/issues/<issue_id> PATCH|/issues/search POST|/label-schemas/create POST|/label-schemas/delete DELETE
+/label-schemas/get GET|/label-schemas/get-by-name GET|/label-schemas/list GET|/label-schemas/update PATCH
+/logged-models POST|/logged-models/<model_id> DELETE|/logged-models/<model_id> GET|/logged-models/<model_id> PATCH
+/logged-models/<model_id>/artifacts/directories GET|/logged-models/<model_id>/artifacts/files GET
+/logged-models/<model_id>/params POST|/logged-models/<model_id>/tags PATCH|/logged-models/<model_id>/tags/<tag_key> DELETE
+/logged-models/search POST|/metrics/get-history GET|/metrics/get-history-bulk GET|/metrics/get-history-bulk-interval GET
+/model-versions/create POST|/model-versions/delete DELETE|/model-versions/delete-tag DELETE|/model-versions/get GET
+/model-versions/get-artifact GET|/model-versions/get-download-uri GET|/model-versions/search GET
+/model-versions/set-tag POST|/model-versions/transition-stage POST|/model-versions/update PATCH
+/registered-models/alias DELETE|/registered-models/alias GET|/registered-models/alias POST
+/registered-models/create POST|/registered-models/delete DELETE|/registered-models/delete-tag DELETE
+/registered-models/get GET|/registered-models/get-latest-versions GET|/registered-models/get-latest-versions POST
+/registered-models/rename POST|/registered-models/search GET|/registered-models/set-tag POST
+/registered-models/update PATCH|/roles/assign POST|/roles/create POST|/roles/delete DELETE|/roles/get GET
+/roles/list GET|/roles/permissions/add POST|/roles/permissions/list GET|/roles/permissions/remove DELETE
+/roles/permissions/update PATCH|/roles/unassign DELETE|/roles/update PATCH|/roles/users/list GET|/runs/create POST
+/runs/create-promptlab-run POST|/runs/delete POST|/runs/delete-tag POST|/runs/get GET|/runs/log-batch POST
+/runs/log-inputs POST|/runs/log-metric POST|/runs/log-model POST|/runs/log-parameter POST|/runs/outputs POST
+/runs/restore POST|/runs/search POST|/runs/set-tag POST|/runs/update POST|/scorers/delete DELETE|/scorers/get GET
+/scorers/list GET|/scorers/online-config PUT|/scorers/online-configs GET|/scorers/register POST|/scorers/versions GET
+/traces GET|/traces POST|/traces/<request_id> PATCH|/traces/<request_id>/info GET|/traces/<request_id>/tags DELETE
+/traces/<request_id>/tags PATCH|/traces/<trace_id> GET|/traces/<trace_id>/assessments POST
+/traces/<trace_id>/assessments/<assessment_id> DELETE|/traces/<trace_id>/assessments/<assessment_id> GET
+/traces/<trace_id>/assessments/<assessment_id> PATCH|/traces/<trace_id>/tags DELETE|/traces/<trace_id>/tags PATCH
+/traces/batchGet GET|/traces/batchGetInfos POST|/traces/calculate-filter-correlation POST|/traces/delete-traces POST
+/traces/get GET|/traces/link-prompts POST|/traces/link-to-run POST|/traces/metrics POST|/traces/search POST
+/unified-traces GET|/upload-artifact POST|/users/create POST|/users/create-ui POST|/users/current GET
+/users/current/permissions GET|/users/delete DELETE|/users/get GET|/users/list GET|/users/permissions/get GET
+/users/permissions/grant POST|/users/permissions/list GET|/users/permissions/revoke POST|/users/roles/list GET
+/users/update-admin PATCH|/users/update-password PATCH|/graphql GET|/graphql POST
+/api/2.0mlflow/experiments/search-datasets POST|/ajax-api/2.0mlflow/experiments/search-datasets POST
+/review-queues/create POST|/review-queues/delete POST|/review-queues/get GET|/review-queues/get-by-name GET
+/review-queues/get-or-create-user POST|/review-queues/items/add POST|/review-queues/items/list GET
+/review-queues/items/remove POST|/review-queues/items/set-status POST|/review-queues/list GET|/review-queues/update POST""".replace(
+        "\n", "|"
+    ).split("|")
+)
+
+# Field families: spellings the handlers' protobuf parsing accepts for one object, and which of A's
+# and B's objects (the fixture's keys) they name.
+FAMILIES = {
+    "experiment_id": ["experiment_id", "experimentId"],
+    "run_id": ["run_id", "runId", "run_uuid", "runUuid"],
+    "model_id": ["model_id", "modelId"],
+    "trace_id": ["trace_id", "traceId", "request_id", "requestId"],
+    "dataset_id": ["dataset_id", "datasetId"],
+    "name": ["name"],
+}
+# (B's spelling, A's spelling) per family for each alias variant.
+ALIAS_VARIANTS = [
+    {
+        "run_id": ("run_uuid", "runId"),
+        "trace_id": ("request_id", "traceId"),
+        "experiment_id": ("experiment_id", "experimentId"),
+        "model_id": ("model_id", "modelId"),
+        "dataset_id": ("dataset_id", "datasetId"),
+    },  # noqa: E501
+    {
+        "run_id": ("run_id", "run_uuid"),
+        "trace_id": ("trace_id", "request_id"),
+        "experiment_id": ("experimentId", "experiment_id"),
+        "model_id": ("modelId", "model_id"),
+        "dataset_id": ("datasetId", "dataset_id"),
+    },  # noqa: E501
+    {"run_id": ("run_uuid", "run_id"), "trace_id": ("request_id", "trace_id")},
+    {"run_id": ("runId", "runUuid"), "trace_id": ("traceId", "requestId")},
+]
+PATH_PARAM = {"model_id": "model_id", "trace_id": "trace_id", "request_id": "trace_id", "dataset_id": "dataset_id"}
+WRITTEN = "written-by-B"
+DEADLINE_S = 900  # the whole matrix, on a loaded 2-core machine
+
+
+def _values(team: dict, route: str) -> dict:
+    """Every field of the families plus the common ones, naming TEAM's objects (snake_case)."""
+    tag = f"{WRITTEN}:{route}"
+    return {
+        "experiment_id": team["experiment_id"], "experiment_ids": [team["experiment_id"]],
+        "run_id": team["run_id"], "model_id": team["model_id"], "trace_id": team["trace_id"],
+        "trace_ids": [team["trace_id"]], "request_id": team["trace_id"], "dataset_id": team["dataset_id"],
+        "name": team["name"], "version": "1", "alias": "champion", "key": "k", "value": tag,
+        "metric_key": "m", "new_name": f"{team['name']}-{WRITTEN}", "description": tag, "path": "",
+        "params": [{"key": "intruder", "value": tag}], "tags": [{"key": "intruder", "value": tag}],
+        "metrics": [{"key": "intruder", "value": 1, "timestamp": 1, "step": 0}], "source": f"runs:/{team['run_id']}/m",
+        "filter": "", "filter_string": "", "max_results": 5, "experiment_name": team["experiment_name"],
+        "stage": "Archived", "run_name": tag, "status": "KILLED",
+    }  # fmt: skip
+
+
+def _alias_body(a: dict, b: dict, variant: dict, route: str) -> dict:
+    body = _values(b, route)
+    for family, spellings in FAMILIES.items():
+        for s in spellings:
+            body.pop(s, None)
+        if family in variant:
+            b_name, a_name = variant[family]
+            body[b_name], body[a_name] = b[family], a[family]
+        else:
+            body[spellings[0]] = b[family]
+    return body
+
+
+def _path(rule: str, team: dict) -> str:
+    def sub(m):
+        name = m.group(1).split(":")[-1]
+        if name in PATH_PARAM:
+            return team[PATH_PARAM[name]]
+        if name == "artifact_path":
+            return f"{team['experiment_id']}/{team['run_id']}/artifacts/secret.txt"
+        return {"assessment_id": team["assessment_id"], "tag_key": "k", "key": "k"}.get(name, "x")
+
+    return re.sub(r"<([^>]+)>", sub, rule)
+
+
+def _requests(rule: str, method: str, a: dict, b: dict):
+    """(label, method, path, kwargs) for each confusion on one route."""
+    route = normalise(rule, method)
+
+    def send(label, team_path, values, ctype_body=None, query=None):
+        kwargs = {}
+        if method == "GET":
+            kwargs["params"] = {k: v for k, v in values.items() if not isinstance(v, list) or v}
+        elif ctype_body is not None:
+            kwargs["params"], kwargs["data"] = query, json.dumps(ctype_body)
+            kwargs["headers"] = {"Content-Type": "text/plain"}
+        else:
+            kwargs["params"], kwargs["json"] = query, values
+        return (label, method, _path(rule, team_path), kwargs)
+
+    yield send("direct", a, _values(a, route))
+    for i, variant in enumerate(ALIAS_VARIANTS):
+        yield send(f"alias{i}", b, _alias_body(a, b, variant, route))
+    if "<" in rule:
+        b_query = {k: v for k, v in _values(b, route).items() if isinstance(v, str)}
+        yield send("path-A", a, _values(b, route), query=b_query if method != "GET" else None)
+        yield send("path-B", b, _values(a, route))
+    if method != "GET":
+        b_query = {k: v for k, v in _values(b, route).items() if isinstance(v, str)}
+        yield send("ctype", b, {}, ctype_body=_values(a, route), query=b_query)
+    for extra in SPECIAL.get(route, lambda a, b: [])(a, b):
+        yield ("special",) + (method, _path(rule, b)) + (extra,)
+
+
+def _raw_uri(team: dict) -> str:
+    return f"s3://{team['bucket']}/{team['experiment_id']}/{team['run_id']}/artifacts"
+
+
+SPECIAL = {
+    "/model-versions/create POST": lambda a, b: [{"json": {"name": b["name"], "source": _raw_uri(a)}}],
+    "/experiments/create POST": lambda a, b: [
+        {"json": {"name": f"{b['name']}-{uuid.uuid4().hex[:6]}", "artifact_location": _raw_uri(a)}}
+    ],
+    "/traces POST": lambda a, b: [
+        {
+            "json": {
+                "trace": {
+                    "trace_info": {
+                        "trace_id": a["trace_id"],
+                        "trace_location": {
+                            "type": "MLFLOW_EXPERIMENT",
+                            "mlflow_experiment": {"experiment_id": b["experiment_id"]},
+                        },
+                        "request_time": "2026-01-01T00:00:00Z",
+                        "state": "OK",
+                        "tags": {"intruder": WRITTEN},
+                    }
+                }
+            }
+        }
+    ],  # fmt: skip
+}
+
+
+@pytest.fixture(scope="module")
+def routes(eng) -> list:
+    proc = engine.compose(eng, "exec", "-T", "mlflow", "python", "-c", ENUMERATE, capture=True, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    assert lines and lines[-1].startswith("["), proc.stderr[-2000:]
+    return [tuple(r) for r in json.loads(lines[-1])]
+
+
+def test_every_route_has_a_verdict(routes):
+    assert ("fastapi:/v1/traces", "POST") in routes, "FastAPI routers not enumerated"
+    missing = sorted({normalise(r, m) for r, m in routes if verdict(normalise(r, m)) is None})
+    assert not missing, f"routes with no verdict in {__name__}.KNOWN: {missing}"
+
+
+@pytest.fixture(scope="module")
+def teams(stack, settings, http):
+    """Two users; each owns (MANAGE) an experiment with a run (params, metrics, tags, an artifact), a
+    registered model with a version, an alias and a tag, a logged model and a trace with an assessment."""
+    import mlflow
+    from mlflow.server import get_app_client
+
+    env = settings.client_env(base={})
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    auth = get_app_client("basic-auth", tracking_uri=stack)
+    client = mlflow.MlflowClient(tracking_uri=stack, registry_uri=stack)
+    bucket = settings.env["MLFLOW_ARTIFACT_BUCKET"]
+    out = {}
+    try:
+        for team in ("a", "b"):
+            secret = f"SECRET-{uuid.uuid4().hex}" if team == "a" else f"b-{uuid.uuid4().hex[:8]}"
+            user, password = f"authz-{team}-{time.time_ns()}", os.urandom(12).hex()
+            auth.create_user(user, password)
+            label = f"authz-{team}-{uuid.uuid4().hex[:12]}"  # names are ids B sends: they carry no secret
+            exp = client.create_experiment(label, tags={"t": secret})
+            run = client.create_run(exp, run_name=secret, tags={"t": secret}).info.run_id
+            client.log_param(run, "p", secret)
+            client.log_metric(run, f"m-{secret}", 1.0)
+            client.log_metric(run, "m", 2.0)
+            client.log_text(run, secret, "secret.txt")
+            name = label
+            client.create_registered_model(name, tags={"t": secret}, description=secret)
+            client.create_model_version(name, f"runs:/{run}/m", run_id=run, description=secret, tags={"t": secret})
+            client.set_registered_model_alias(name, "champion", "1")
+            lm = client.create_logged_model(exp, name=f"lm-{secret}", tags={"t": secret}, params={"p": secret})
+            mlflow.set_experiment(experiment_id=exp)
+            with mlflow.start_span(name=f"span-{secret}") as span:
+                span.set_inputs({"q": secret})
+            trace_id = span.trace_id
+            mlflow.flush_trace_async_logging()
+            client.set_trace_tag(trace_id, "t", secret)
+            assessment = mlflow.log_feedback(trace_id=trace_id, name="quality", value=secret).assessment_id
+            auth.grant_user_permission(user, "experiment", exp, "MANAGE")
+            auth.grant_user_permission(user, "registered_model", name, "MANAGE")
+            out[team] = {"user": (user, password), "secret": secret, "experiment_id": exp, "run_id": run,
+                         "name": name, "model_id": lm.model_id, "trace_id": trace_id, "assessment_id": assessment,
+                         "dataset_id": f"d-{uuid.uuid4().hex}", "experiment_name": label,
+                         "bucket": bucket}  # fmt: skip
+        yield out
+    finally:
+        for team in out.values():
+            auth.delete_user(team["user"][0])
+        mlflow.set_tracking_uri(None)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def snapshot(http, stack, admin_auth, a) -> dict:
+    """A's objects as the admin sees them."""
+    api, api3 = f"{stack}/api/2.0/mlflow", f"{stack}/api/3.0/mlflow"
+    calls = {
+        "experiment": f"{api}/experiments/get?experiment_id={a['experiment_id']}",
+        "run": f"{api}/runs/get?run_id={a['run_id']}",
+        "artifacts": f"{api}/artifacts/list?run_id={a['run_id']}",
+        "model": f"{api}/registered-models/get?name={a['name']}",
+        "version": f"{api}/model-versions/get?name={a['name']}&version=1",
+        "logged_model": f"{api}/logged-models/{a['model_id']}",
+        "trace": f"{api3}/traces/{a['trace_id']}",
+        "runs": f"{api}/runs/search",
+        "experiment_perms": f"{api}/users/permissions/list?username={a['user'][0]}",
+    }
+    state = {}
+    for key, url in calls.items():
+        if key == "runs":
+            r = http.post(url, json={"experiment_ids": [a["experiment_id"]]}, auth=admin_auth, timeout=60)
+        else:
+            r = http.get(url, auth=admin_auth, timeout=60)
+        state[key] = (r.status_code, r.text)
+    return state
+
+
+def test_team_b_cannot_touch_team_a(routes, teams, http, stack, admin_auth):
+    a, b = teams["a"], teams["b"]
+    probes = []
+    for rule, method in routes:
+        route = normalise(rule, method)
+        if verdict(route) == "public":
+            continue
+        if rule.startswith("fastapi:"):  # not served under gunicorn: Flask must answer 404
+            path = re.sub(r"\{[^}]+\}", "x", rule[8:])
+            if path.startswith("/") and not path.startswith("/api/2.0/mlflow-artifacts"):
+                probes.append((route, "direct", method, path, {"json": _values(a, route)} if method != "GET" else {}))
+            continue
+        probes += [(route, *p) for p in _requests(rule, method, a, b)]
+    before = snapshot(http, stack, admin_auth, a)
+    deadline = time.monotonic() + DEADLINE_S
+    leaks, served, errors = [], [], []
+
+    def call(probe):
+        route, label, method, path, kwargs = probe
+        if time.monotonic() > deadline:
+            return probe, None
+        for _ in range(2):  # once more after a dropped keep-alive connection
+            try:
+                return probe, http.request(
+                    method, stack + path, auth=b["user"], timeout=30, allow_redirects=False, **kwargs
+                )
+            except requests.ConnectionError as exc:
+                error = exc
+            except requests.RequestException as exc:
+                return probe, exc
+        return probe, error
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        for probe, r in pool.map(call, probes):
+            assert r is not None, f"matrix deadline of {DEADLINE_S}s passed at {probe[:2]}"
+            route, label = probe[:2]
+            if isinstance(r, Exception):
+                errors.append(f"{route} [{label}] {type(r).__name__}")
+                continue
+            if a["secret"] in r.text:
+                leaks.append(f"{route} [{label}] {r.status_code}: {r.text[:160]}")
+            if verdict(route) == "off" and r.status_code not in (403, 404):
+                served.append(f"{route} [{label}] {r.status_code}")
+    after = snapshot(http, stack, admin_auth, a)
+    changed = {k: (before[k][1][:300], after[k][1][:300]) for k in before if before[k] != after[k]}
+    print(f"{len(probes)} probes over {len({p[0] for p in probes})} routes")
+    assert not leaks and not changed and not served and not errors, (
+        f"{len(leaks)} leaks: {leaks[:40]}\nchanged: {json.dumps(changed, indent=1)[:6000]}\noff but served: {served}\nno answer: {errors}"
+    )
