@@ -3,6 +3,7 @@
 Real parts: debootstrap, the engine CLI (which answers "no such image" without a daemon too), the
 mlflowctl entry point in a child process."""
 
+import json
 import re
 import subprocess
 import sys
@@ -64,3 +65,31 @@ def test_build_ca_stays_in_the_pip_stage(path):
     assert len(stages) == 2 and stages[0].split()[2] == "pip", path
     assert core.BUILD_CA in stages[0] and core.BUILD_CA not in stages[1]
     assert re.findall(r"^COPY --from=\S+ .*$", stages[1], re.M) == ["COPY --from=pip /install /usr/local"]
+
+
+def test_ticker_survives_a_podman_that_does_not_answer(monkeypatch):
+    """A `podman ps` that times out (seen at load average 10) is retried: the ticker goes on and
+    still runs the health checks once podman answers."""
+    from ctl.engine import ticker
+
+    calls: list = []
+    info = {"Id": "c1", "Name": "x", "Config": {"Healthcheck": {"Test": ["CMD", "true"], "Interval": 30e9}}}
+
+    def fake_run(cmd, timeout=600, **kw):
+        calls.append(cmd[1])
+        if cmd[1] == "ps" and calls.count("ps") == 1:
+            raise subprocess.TimeoutExpired(cmd, timeout)
+        if cmd[1] == "ps":
+            if calls.count("healthcheck"):
+                raise SystemExit  # checked once after the hang: done
+            return subprocess.CompletedProcess(cmd, 0, "c1\n", "")
+        if cmd[1] == "inspect":
+            return subprocess.CompletedProcess(cmd, 0, json.dumps([info]), "")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(ticker, "run", fake_run)
+    monkeypatch.setattr(ticker.time, "sleep", lambda s: None)
+    monkeypatch.setattr(ticker.signal, "signal", lambda *a: None)
+    with pytest.raises(SystemExit):
+        ticker.tick(idle_exit_s=60, max_hours=0.01)
+    assert calls[:4] == ["ps", "ps", "inspect", "healthcheck"]

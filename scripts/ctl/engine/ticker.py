@@ -41,19 +41,28 @@ def tick(idle_exit_s: float = 60, max_hours: float = 24 * 30):
     stop = time.monotonic() + max_hours * 3600
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while time.monotonic() < stop:
-        out = run(
-            ["podman", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "{{.ID}}"],
-            timeout=30,
-        )
-        ids = out.stdout.split()
+        try:
+            out = run(
+                ["podman", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "{{.ID}}"],
+                timeout=30,
+            )
+            ids = out.stdout.split()
+            infos = json.loads(run(["podman", "inspect", *ids], timeout=30).stdout or "[]") if ids else []
+        except (subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+            # podman answers slowly on a loaded machine: a missed round is retried, never the end of
+            # the ticker (the containers would stay "starting" for good).
+            print(f"podman did not answer ({type(exc).__name__}): retrying", flush=True)
+            time.sleep(1)
+            continue
         now = time.monotonic()
-        if ids:
+        if out.returncode != 0:
+            print(f"podman ps failed: {out.stderr.strip()[:200]}", flush=True)
+        elif ids:
             last_seen = now
         elif now - last_seen > idle_exit_s:
             print("no running container for a minute: ticker exits", flush=True)
             return
         if ids:
-            infos = json.loads(run(["podman", "inspect", *ids], timeout=30).stdout or "[]")
             for info in infos:
                 check = info.get("Config", {}).get("Healthcheck") or {}
                 if not check.get("Test") or check["Test"][0] == "NONE":

@@ -113,7 +113,8 @@ class Crash:
     """SIGKILL of SERVICE's main process; record whether and when the engine restarted it."""
 
     def __init__(self, service: str, via_engine: bool):
-        self.service, self.via_engine, self.info = service, via_engine, {}
+        self.service, self.via_engine = service, via_engine
+        self.info: dict = {}
 
     def __call__(self):
         before = inspect(self.service)
@@ -192,8 +193,9 @@ class Probe(threading.Thread):
         super().__init__(daemon=True)
         self.session = settings.http(auth=settings.admin_auth)
         self.url = f"{settings.public_url}/api/2.0/mlflow/experiments/search?max_results=1"
-        self.fault_at = self.last_failure = None
-        self.failures = []  # seconds after the fault at which a probe failed
+        self.fault_at: float | None = None
+        self.last_failure: float | None = None
+        self.failures: list = []  # seconds after the fault at which a probe failed
         self.stop = threading.Event()
 
     def ok(self) -> bool:
@@ -210,7 +212,9 @@ class Probe(threading.Thread):
 
     def recovery_s(self) -> float:
         """Seconds from the fault to the first success after the last failure (0: never failed)."""
-        return round(self.last_failure - self.fault_at + 0.2, 1) if self.last_failure else 0.0
+        if self.last_failure is None or self.fault_at is None:
+            return 0.0
+        return round(self.last_failure - self.fault_at + 0.2, 1)
 
 
 def run_scenario(

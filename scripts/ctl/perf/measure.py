@@ -93,7 +93,8 @@ class Sampler(threading.Thread):
 
     def __init__(self, containers: dict, interval: float = 1.0):
         super().__init__(daemon=True)
-        self.containers, self.interval, self.peak, self.stop = containers, interval, {}, threading.Event()
+        self.containers, self.interval, self.stop = containers, interval, threading.Event()
+        self.peak: dict = {}
 
     def run(self):
         while not self.stop.wait(self.interval):

@@ -22,7 +22,7 @@ def chart(reports: list, path: Path):
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    series = {}
+    series: dict = {}
     for r in reports:
         series.setdefault(f"{r['label']} {r.get('client', 'mlflow')} {r['mode']}", []).append(r)
     for name, rs in sorted(series.items()):

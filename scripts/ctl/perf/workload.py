@@ -192,6 +192,7 @@ def _start_workers(env: dict, jobs: list, timeout: float) -> list:
     ]
     deadline = time.monotonic() + timeout
     for proc, job in zip(procs, jobs, strict=True):
+        assert proc.stdin is not None  # stdin=PIPE
         proc.stdin.write(json.dumps(job) + "\n")
         proc.stdin.flush()
     for proc in procs:
@@ -301,7 +302,7 @@ def run_load(
     }
     cpu["load generator"] = round(measure.own_cpu() - own_cpu_before, 1)
     latencies = [x for r in results for x in r["latencies"]]
-    acked = Counter()
+    acked: Counter = Counter()
     for r in results:
         for rid, n in r["acked"]:
             acked[rid] += n
