@@ -177,7 +177,9 @@ pull_image() {
 prune_images() {
   local ref
   for ref in $(docker images --filter reference="${MLFLOW_IMAGE%:*}" --format '{{.Repository}}:{{.Tag}}'); do
-    if [[ "$ref" != "$MLFLOW_IMAGE" ]]; then
+    # podman's Docker API filters images, not tags: it lists every name of a matching image, the
+    # names other repositories gave it included. Only our repository's other tags go.
+    if [[ "$ref" == "${MLFLOW_IMAGE%:*}:"* && "$ref" != "$MLFLOW_IMAGE" ]]; then
       log "removing the old image ${ref}"
       docker rmi "$ref" >/dev/null || log "kept ${ref} (in use)"
     fi

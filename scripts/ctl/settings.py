@@ -54,6 +54,10 @@ class Settings:
         # As for Compose: a variable set in the environment overrides the same one in .env.
         return cls({**values, **{k: v for k, v in os.environ.items() if k in values}}, root)
 
+    @property
+    def https_port(self) -> str:
+        return self.env.get("HTTPS_PORT", "443")
+
     def url(self, host: str = "") -> str:
         """https://HOST[:PORT], HOST defaulting to MLFLOW_PUBLIC_HOST. The server certificate
         also covers localhost, so url("localhost") works before DNS does."""

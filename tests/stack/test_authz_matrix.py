@@ -306,9 +306,12 @@ def teams(stack, settings, http):
             client.create_model_version(name, f"runs:/{run}/m", run_id=run, description=secret, tags={"t": secret})
             client.set_registered_model_alias(name, "champion", "1")
             lm = client.create_logged_model(exp, name=f"lm-{secret}", tags={"t": secret}, params={"p": secret})
-            mlflow.set_experiment(experiment_id=exp)
-            with mlflow.start_span(name=f"span-{secret}") as span:
-                span.set_inputs({"q": secret})
+            # The trace's experiment through the environment, not set_experiment(): that is process-wide
+            # state a later test's start_run(run_id=...) refuses to contradict.
+            with pytest.MonkeyPatch.context() as env:
+                env.setenv("MLFLOW_EXPERIMENT_ID", exp)
+                with mlflow.start_span(name=f"span-{secret}") as span:
+                    span.set_inputs({"q": secret})
             trace_id = span.trace_id
             mlflow.flush_trace_async_logging()
             client.set_trace_tag(trace_id, "t", secret)

@@ -362,6 +362,10 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
         assert "migrate: done" in must(boot(app_dir / "mlflow-boot", "compose", "logs", "migrate"), "logs")
         assert_real_s3_mode(dk, project, endpoint)
         assert ns.call(read_data, auth, ca, made) == {"metric": 0.25, "artifact": payload}
+        # The boot script's image pruning removed only its own repository's tags: the image it shares
+        # with the main stack (one storage) keeps the stack's name.
+        stack_image = Settings.load().env["MLFLOW_IMAGE"]
+        assert subprocess.run(["podman", "image", "exists", stack_image], timeout=60).returncode == 0, stack_image
     except BaseException:
         if (app_dir / "mlflow-boot").exists():  # shown by pytest with the failure
             for args in (["ps", "--all"], ["logs", "--no-color", "--tail", "40"]):

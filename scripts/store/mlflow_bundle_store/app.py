@@ -24,7 +24,6 @@ from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from mlflow_bundle_store import auth_cache, authz
-from mlflow_bundle_store.pool import without_pre_ping
 
 API_PATH = re.compile(r"^(?:/[^/]+)*/(?:ajax-)?api/")  # with or without --static-prefix
 # Endpoints whose body is a JSON request message (not artifact bytes, not OTLP protobuf).
@@ -47,7 +46,10 @@ def create_app(app: Flask | None = None):
     app.after_request(_count_request)
     app = auth.create_app(app)
     auth_cache.install(auth)
-    without_pre_ping(auth.store.engine, auth.store.read_engine)
+    # The auth engines keep MLflow's pre-ping: with the cache they are checked out only on a cache
+    # miss or a write, and a write there follows one the handler already committed on the tracking
+    # DB (create_experiment, then the creator's permission): a dead connection at that point
+    # answered 500 after the experiment existed, and the client's retry got RESOURCE_ALREADY_EXISTS.
     authz.install(app)  # after the auth app's before_request: see authz.py
     # MLflow's basic-auth denies non-admins every route it has no rule for (fail-closed), /metrics
     # included: the monitoring profile's scraper would need an admin. /metrics holds aggregate

@@ -1,4 +1,4 @@
-"""No pre-ping round trip on the bundle's engines.
+"""No pre-ping round trip on the tracking engines (the auth engines keep it: app.py).
 
 MLflow creates every engine with `pool_pre_ping=True` (mlflow/store/db/utils.py
 create_sqlalchemy_engine): a `SELECT 1` round trip at every connection checkout, i.e. at every
