@@ -23,7 +23,7 @@ LEVEL=${1:-runtime}
 case "$LEVEL" in
     runtime | tools | test | docker | docker-stop | --relock) ;;
     -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "install: unknown level '$LEVEL' (runtime, tools, test or --relock)" >&2; exit 2 ;;
+    *) echo "install: unknown level '$LEVEL' (runtime, tools, test, docker, docker-stop or --relock)" >&2; exit 2 ;;
 esac
 
 RUNTIME_APT=(python3 python3-venv ca-certificates)
@@ -115,7 +115,7 @@ if [[ $LEVEL == --relock ]]; then
     step "resolving requirements.txt and writing requirements.lock"
     pip_install --upgrade -r requirements.txt
     .venv/bin/pip freeze --exclude-editable | grep -v '^pkg_resources' > requirements.lock
-    LEVEL=test
+    LEVEL="test"
 fi
 
 # .venv/.installed records the highest level installed from which lock; a lower level is a subset.
