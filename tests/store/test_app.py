@@ -2,6 +2,7 @@
 runs it (gunicorn), on 127.0.0.1: the entry points resolve, metrics land, errors are JSON."""
 
 import configparser
+import contextlib
 import json
 import math
 import os
@@ -20,68 +21,101 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN = ("admin", "bundle-auth-test-pw-1")
 
 
-@pytest.fixture(scope="module")
-def server(scratch_db, mlflow_template, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bundle-auth")
-    with scratch_db(mlflow_template) as tracking, scratch_db() as auth:
-        ini = configparser.ConfigParser()
-        ini.read(ROOT / "docker" / "basic_auth.ini")
-        ini["mlflow"]["database_uri"] = auth
-        with open(tmp / "auth.ini", "w") as fh:
-            ini.write(fh)
-        port = free_port()
-        env = {
-            **os.environ,
-            "MLFLOW_AUTH_CONFIG_PATH": str(tmp / "auth.ini"),
-            "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
-            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": "s" * 32,
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            "HOME": str(tmp),
-        }
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--app-name",
-            "bundle-auth",
-            "--backend-store-uri",
-            tracking.replace("postgresql+psycopg2://", "bundle-postgresql://"),
-            "--artifacts-destination",
-            str(tmp / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--gunicorn-opts",
-            "--threads 2 --no-control-socket",
-        ]
-        log = open(tmp / "server.log", "wb")
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, (tmp / "server.log").read_text()[-4000:]
-                try:
-                    if requests.get(f"{url}/health", timeout=5).ok:
-                        break
-                except requests.RequestException:  # not listening yet, or busy starting
-                    pass
-                assert time.monotonic() < deadline, (tmp / "server.log").read_text()[-4000:]
-                time.sleep(0.3)  # poll interval of a deadline-bounded readiness loop
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGINT)  # gunicorn's quick stop; this fixture's own group
+@contextlib.contextmanager
+def serve(tracking: str, auth: str, tmp: Path, tmpdir: Path | None = None, workers: int = 2):
+    """One `mlflow server --app-name bundle-auth` (2 gunicorn workers, as the stack runs it) on a
+    free 127.0.0.1 port; TMPDIR is where the auth cache keeps its marker (the container's /tmp).
+    The first server on fresh databases has 1 worker: each worker migrates the auth database at
+    start (the stack's one-shot `migrate` service does it first)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    ini = configparser.ConfigParser()
+    ini.read(ROOT / "docker" / "basic_auth.ini")
+    ini["mlflow"]["database_uri"] = auth
+    with open(tmp / "auth.ini", "w") as fh:
+        ini.write(fh)
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp / "auth.ini"),
+        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "s" * 32,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "HOME": str(tmp),
+        "TMPDIR": str(tmpdir or tmp),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--app-name",
+        "bundle-auth",
+        "--backend-store-uri",
+        tracking.replace("postgresql+psycopg2://", "bundle-postgresql://"),
+        "--artifacts-destination",
+        str(tmp / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--gunicorn-opts",
+        "--threads 2 --no-control-socket",
+    ]
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp / "server.log").read_text()[-4000:]
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-            log.close()
+                if requests.get(f"{url}/health", timeout=5).ok:
+                    break
+            except requests.RequestException:  # not listening yet, or busy starting
+                pass
+            assert time.monotonic() < deadline, (tmp / "server.log").read_text()[-4000:]
+            time.sleep(0.3)  # poll interval of a deadline-bounded readiness loop
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # gunicorn's quick stop; this fixture's own group
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def databases(scratch_db, mlflow_template, tmp_path_factory):
+    with scratch_db(mlflow_template) as tracking, scratch_db() as auth:
+        yield tracking, auth, tmp_path_factory.mktemp("bundle-auth")
+
+
+@pytest.fixture(scope="module")
+def server(databases):
+    tracking, auth, tmp = databases
+    with serve(tracking, auth, tmp / "server", tmpdir=tmp, workers=1) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sibling(databases, server):
+    """Another server on the same databases and the same TMPDIR: more workers of one container."""
+    tracking, auth, tmp = databases
+    with serve(tracking, auth, tmp / "sibling", tmpdir=tmp) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def replica(databases, server):
+    """Another server on the same databases with a TMPDIR of its own: another container."""
+    tracking, auth, tmp = databases
+    with serve(tracking, auth, tmp / "replica") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -180,26 +214,56 @@ def test_missing_and_deleted_run_keep_mlflows_error_codes(server, session):
         assert (r.status_code, r.json()["error_code"]) == (400, "INVALID_PARAMETER_VALUE"), path
 
 
-def test_auth_cache_forgets_a_changed_admin_flag_and_permission_at_once(server, session, run_id):
-    """One worker: the change and the next request meet the same cache (auth_cache.py). Another
-    worker keeps its cached answer for up to auth_cache_ttl_seconds, the documented cost."""
-    api, user = f"{server}/api/2.0/mlflow/", ("cache-user", "cache-user-pw-1")
-    assert session.post(api + "users/create", json={"username": user[0], "password": user[1]}).ok
-    as_user = requests.Session()
-    as_user.trust_env, as_user.auth = False, user
+def _user_session(api: str, admin: requests.Session, username: str) -> requests.Session:
+    password = f"{username}-pw-1"
+    assert admin.post(api + "users/create", json={"username": username, "password": password}).ok
+    s = requests.Session()  # keep-alive: its requests stay on one gunicorn worker, and its cache
+    s.trust_env, s.auth = False, (username, password)
+    return s
+
+
+def _log_as(s: requests.Session, server: str, run_id: str) -> int:
+    body = {"run_id": run_id, "key": "by-user", "value": 1.0, "timestamp": 1, "step": 0}
+    return s.post(f"{server}/api/2.0/mlflow/runs/log-metric", json=body).status_code
+
+
+def test_auth_cache_follows_every_change_made_through_another_worker(server, sibling, session, run_id):
+    """The stack's case: a change made through one worker, the next request on another worker of
+    the same container (SIBLING: another gunicorn master with the same TMPDIR, so its workers
+    never saw the write). A grant, a revocation, the admin flag and a new password hold there at
+    once."""
+    api = f"{server}/api/2.0/mlflow/"
+    as_user = _user_session(api, session, "cache-user")
     exp = session.get(api + "runs/get", params={"run_id": run_id}).json()["run"]["info"]["experiment_id"]
-
-    def log() -> int:
-        body = {"run_id": run_id, "key": "by-user", "value": 1.0, "timestamp": 1, "step": 0}
-        return as_user.post(api + "runs/log-metric", json=body).status_code
-
-    assert log() == 403  # default_permission NO_PERMISSIONS; now cached
+    grant = {"username": "cache-user", "resource_type": "experiment", "resource_id": exp}
+    # An admin reading the user's permission on the sibling caches the user's (empty) grants there,
+    # as `mlflowctl teams` does before it grants.
+    admin_on_sibling = f"{sibling}/api/3.0/mlflow/users/permissions/get"
+    assert session.get(admin_on_sibling, params=grant).status_code in (200, 404)
+    assert _log_as(as_user, sibling, run_id) == 403  # default_permission NO_PERMISSIONS; now cached
     for is_admin, expected in [(True, 200), (False, 403)]:
-        assert session.patch(api + "users/update-admin", json={"username": user[0], "is_admin": is_admin}).ok
-        assert log() == expected, is_admin
-    grant = {"username": user[0], "resource_type": "experiment", "resource_id": exp}
+        assert session.patch(api + "users/update-admin", json={"username": "cache-user", "is_admin": is_admin}).ok
+        assert _log_as(as_user, sibling, run_id) == expected, is_admin
     perms = f"{server}/api/3.0/mlflow/users/permissions/"
     assert session.post(perms + "grant", json={**grant, "permission": "EDIT"}).ok
-    assert log() == 200
+    assert [_log_as(as_user, sibling, run_id) for _ in range(3)] == [200] * 3
+    found = as_user.post(f"{sibling}/api/2.0/mlflow/experiments/search", json={"max_results": 100}).json()
+    assert exp in [e["experiment_id"] for e in found.get("experiments", [])]
     assert session.post(perms + "revoke", json=grant).ok
-    assert log() == 403
+    assert _log_as(as_user, sibling, run_id) == 403
+    new_password = {"username": "cache-user", "password": "cache-user-pw-2"}
+    assert session.patch(api + "users/update-password", json=new_password).ok
+    assert _log_as(as_user, sibling, run_id) == 401  # MLflow's password cache is dropped too
+
+
+def test_a_grant_made_through_another_replica_is_never_refused(server, replica, session, run_id):
+    """REPLICA shares the databases but not the TMPDIR (a rolling upgrade's second container, or
+    another ECS task): a request refused on a cached answer is checked again against the database.
+    A revocation there is the documented cost (it holds within auth_cache_ttl_seconds), not tested."""
+    api = f"{server}/api/2.0/mlflow/"
+    as_user = _user_session(api, session, "replica-user")
+    exp = session.get(api + "runs/get", params={"run_id": run_id}).json()["run"]["info"]["experiment_id"]
+    assert [_log_as(as_user, replica, run_id) for _ in range(3)] == [403] * 3  # cached on that worker
+    grant = {"username": "replica-user", "resource_type": "experiment", "resource_id": exp, "permission": "EDIT"}
+    assert session.post(f"{server}/api/3.0/mlflow/users/permissions/grant", json=grant).ok
+    assert [_log_as(as_user, replica, run_id) for _ in range(3)] == [200] * 3

@@ -45,7 +45,7 @@ def create_app(app: Flask | None = None):
     install_json_errors(app)
     app.after_request(_count_request)
     app = auth.create_app(app)
-    auth_cache.install(auth)
+    auth_cache.install(auth, app)
     # The auth engines keep MLflow's pre-ping: with the cache they are checked out only on a cache
     # miss or a write, and a write there follows one the handler already committed on the tracking
     # DB (create_experiment, then the creator's permission): a dead connection at that point
