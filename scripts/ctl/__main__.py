@@ -6,6 +6,7 @@ install runtime|tools|test` is the shell script's own (scripts/ctl/install.sh). 
 """
 
 import argparse
+import inspect
 import sys
 import traceback
 from pathlib import Path
@@ -21,11 +22,18 @@ ERROR_LOG = Path(__file__).resolve().parents[2] / "var" / "log" / "mlflowctl-err
 GROUPS = (stack, backup, drill, upgrade, image, lifecycle, load, faults)
 
 
+class Parser(argparse.ArgumentParser):
+    """Every command's `--help` shows its description (a module's or function's docstring) as
+    written, dedented."""
+
+    def __init__(self, *args, description=None, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, description=description and inspect.cleandoc(description), **kwargs)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mlflowctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="mlflowctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for group in GROUPS:
         group.register(sub)
     args, extra = parser.parse_known_args(argv)

@@ -28,7 +28,6 @@ runs on a schedule into its `backups` volume: `backup --now` has it take one at 
 lists them, `restore --from-volume NAME|latest` restores one of them (copied out into --dir first).
 """
 
-import argparse
 import dataclasses
 import json
 import subprocess
@@ -349,12 +348,8 @@ def _connection_options(p):
 
 def register(sub):
     """Register `backup` and `restore` on mlflowctl's subparsers."""
-    formatter = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser(
-        "backup",
-        help="dump both databases and copy the artifact bucket (with a manifest)",
-        description=__doc__,
-        formatter_class=formatter,
+        "backup", help="dump both databases and copy the artifact bucket (with a manifest)", description=__doc__
     )
     p.add_argument(
         "--out",
@@ -369,12 +364,7 @@ def register(sub):
     p.add_argument("--list", action="store_true", help="instead: list the backups in the `backups` volume")
     _connection_options(p)
     p.set_defaults(func=lambda args: cmd_list(args) if args.list else cmd_backup(args))
-    p = sub.add_parser(
-        "restore",
-        help="restore a backup into the databases and the bucket",
-        description=__doc__,
-        formatter_class=formatter,
-    )
+    p = sub.add_parser("restore", help="restore a backup into the databases and the bucket", description=__doc__)
     p.add_argument("backup", nargs="?", metavar="BACKUP_DIR", help="a directory made by `mlflowctl backup`")
     p.add_argument(
         "--from-volume",

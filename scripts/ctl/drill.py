@@ -15,7 +15,6 @@ It prints each step with its timing and a report, and exits 1 on any mismatch. I
 the mlflow container.
 """
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -118,7 +117,6 @@ def register(sub):
         "restore-drill",
         help="restore a backup into scratch databases and a scratch bucket and compare counts and checksums",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--from-volume",

@@ -8,7 +8,6 @@ PYTHON_IMAGE, whose official pin docker-compose.production.yml holds.
   ./mlflowctl image-push "$REPO:$TAG"
 """
 
-import argparse
 import re
 import shutil
 import subprocess
@@ -58,10 +57,7 @@ def image_push(args) -> int:
 def register(sub):
     """Register `image-push` on mlflowctl's subparsers."""
     p = sub.add_parser(
-        "image-push",
-        help="build our image for linux/amd64 and push it (AWS first deploy)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "image-push", help="build our image for linux/amd64 and push it (AWS first deploy)", description=__doc__
     )
     p.add_argument("image", help="REPOSITORY_URL:TAG, e.g. the image_repository_url output and mlflowImageTag")
     p.add_argument("--docker", default="docker", help="the Docker CLI to run (default: %(default)s)")

@@ -1,6 +1,5 @@
 """Stack commands: bootstrap, up, down, restart, status, logs, compose, config, test."""
 
-import argparse
 import functools
 import operator
 import subprocess
@@ -187,15 +186,11 @@ def cmd_test(args):
 
 
 def register(sub):
-    fmt = argparse.RawDescriptionHelpFormatter
-    sub.add_parser(
-        "bootstrap", help="create .env and certs/ (idempotent)", description=boot.__doc__, formatter_class=fmt
-    ).set_defaults(func=lambda a: boot.bootstrap() and 0)
+    sub.add_parser("bootstrap", help="create .env and certs/ (idempotent)", description=boot.__doc__).set_defaults(
+        func=lambda a: boot.bootstrap() and 0
+    )
     up = sub.add_parser(
-        "up",
-        help="build/pull images, start the stack, wait for /health through Nginx",
-        description=engine.__doc__,
-        formatter_class=fmt,
+        "up", help="build/pull images, start the stack, wait for /health through Nginx", description=engine.__doc__
     )
     up.add_argument(
         "--profile",

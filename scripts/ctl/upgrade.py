@@ -28,7 +28,6 @@ it is; after a failed migration a re-run takes a new backup and migrates from wh
 tracking schema unchanged).
 """
 
-import argparse
 import json
 import re
 import sys
@@ -250,10 +249,7 @@ def upgrade(args) -> int:
 def register(sub):
     """Register `upgrade` on mlflowctl's subparsers."""
     p = sub.add_parser(
-        "upgrade",
-        help="back up, migrate once, roll MLflow to a new image, check health",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "upgrade", help="back up, migrate once, roll MLflow to a new image, check health", description=__doc__
     )
     p.add_argument("--image", help="image to upgrade to (present or pullable); default: build this checkout's image")
     p.add_argument(

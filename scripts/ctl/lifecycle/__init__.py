@@ -7,15 +7,7 @@ Connection: the standard MLflow variables, as every MLflow client reads them:
 See docs/lifecycle.md for the naming convention, the promotion state machine and cleanup.
 """
 
-import argparse
-import inspect
 import os
-
-
-def _parser(sub, name, help_, doc):
-    return sub.add_parser(
-        name, help=help_, description=inspect.cleandoc(doc), formatter_class=argparse.RawDescriptionHelpFormatter
-    )
 
 
 def register(sub):
@@ -24,8 +16,10 @@ def register(sub):
 
     default_teams = os.environ.get("MLFLOW_TEAMS_FILE", "examples/teams.yaml")
 
-    p = _parser(
-        sub, "teams", "create team users, experiments and permissions from a YAML file", teams.cmd_teams.__doc__
+    p = sub.add_parser(
+        "teams",
+        help="create team users, experiments and permissions from a YAML file",
+        description=teams.cmd_teams.__doc__,
     )
     p.add_argument("--file", default=default_teams, help="teams YAML (default: $MLFLOW_TEAMS_FILE or %(default)s)")
     p.add_argument(
@@ -36,8 +30,10 @@ def register(sub):
     p.add_argument("--dry-run", action="store_true", help="print the changes without making them")
     p.set_defaults(func=teams.cmd_teams)
 
-    p = _parser(
-        sub, "register", "register a logged model under a team's project prefix", registration.cmd_register.__doc__
+    p = sub.add_parser(
+        "register",
+        help="register a logged model under a team's project prefix",
+        description=registration.cmd_register.__doc__,
     )
     p.add_argument("model_uri", metavar="MODEL_URI", help="runs:/RUN_ID/model or models:/m-... (the logged model)")
     p.add_argument("name", metavar="NAME", help="registered model name: PROJECT-ALGORITHM, e.g. reco-als")
@@ -45,8 +41,10 @@ def register(sub):
     p.add_argument("--file", default=default_teams, help="teams YAML (default: $MLFLOW_TEAMS_FILE or %(default)s)")
     p.set_defaults(func=registration.cmd_register)
 
-    p = _parser(
-        sub, "promote", "move an alias (candidate, challenger, champion) through its gates", promote.cmd_promote.__doc__
+    p = sub.add_parser(
+        "promote",
+        help="move an alias (candidate, challenger, champion) through its gates",
+        description=promote.cmd_promote.__doc__,
     )
     p.add_argument("name", metavar="MODEL", help="registered model name")
     p.add_argument("version", metavar="VERSION", nargs="?", help="model version to promote (not with --repair)")
@@ -54,11 +52,10 @@ def register(sub):
     p.add_argument("--repair", action="store_true", help="finish a promotion that stopped half way")
     p.set_defaults(func=promote.cmd_promote)
 
-    p = _parser(
-        sub,
+    p = sub.add_parser(
         "validate",
-        "check a model version's metrics and signature; tag validation_status",
-        validate.cmd_validate.__doc__,
+        help="check a model version's metrics and signature; tag validation_status",
+        description=validate.cmd_validate.__doc__,
     )
     p.add_argument("model_uri", metavar="MODEL_URI", help="models:/NAME/VERSION or models:/NAME@ALIAS")
     p.add_argument(
@@ -69,11 +66,10 @@ def register(sub):
     )
     p.set_defaults(func=validate.cmd_validate)
 
-    p = _parser(
-        sub,
+    p = sub.add_parser(
         "cleanup",
-        "delete old runs except the best N, then purge them and their artifacts",
-        cleanup.cmd_cleanup.__doc__,
+        help="delete old runs except the best N, then purge them and their artifacts",
+        description=cleanup.cmd_cleanup.__doc__,
     )
     p.add_argument("experiment", metavar="EXPERIMENT", help="experiment name (team/project/type) or id")
     p.add_argument(

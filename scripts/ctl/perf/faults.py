@@ -24,7 +24,6 @@ For crashes, the row also says whether the engine restarted the container and wh
 (and healthy) again.
 """
 
-import argparse
 import json
 import os
 import threading
@@ -323,10 +322,7 @@ def cmd_faults(args):
 
 def register(sub):
     p = sub.add_parser(
-        "faults",
-        help="inject faults one at a time under load; report errors, recovery, loss",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "faults", help="inject faults one at a time under load; report errors, recovery, loss", description=__doc__
     )
     p.add_argument(
         "--scenario",

@@ -14,7 +14,6 @@ errors by type, CPU seconds and peak memory per component, and a no-loss check: 
 acknowledged to clients == points stored in the tracking database.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -154,10 +153,7 @@ def register(sub):
         p.add_argument("--chart", type=Path, default=ROOT / "var" / "bench" / "load.png", help="PNG chart")
 
     load = sub.add_parser(
-        "load",
-        help="N concurrent loggers against the stack; report throughput, latency, loss",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "load", help="N concurrent loggers against the stack; report throughput, latency, loss", description=__doc__
     )
     common(load)
     load.set_defaults(func=cmd_load)
