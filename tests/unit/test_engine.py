@@ -23,7 +23,7 @@ def test_debian_base_failure_is_one_line_without_var_log(tmp_path, monkeypatch):
     """On Docker, var/log did not exist yet when debootstrap's output was logged (FileNotFoundError)."""
     monkeypatch.setattr(core, "BUILD_LOG", tmp_path / "log" / "build.log")
     monkeypatch.setattr(engine.images, "VAR", tmp_path)
-    monkeypatch.setattr(engine.Engine, "image_exists", lambda self, ref: False)  # no engine needed
+    monkeypatch.setattr(engine.Engine, "label", lambda self, ref, key: None)  # no engine needed
     with pytest.raises(CommandError, match=r"debootstrap no-such-suite failed; see .*build\.log"):
         engine.ensure_debian_base(engine.Engine("docker", {}), engine.BASE_PREFIX + "no-such-suite")
     assert (tmp_path / "log" / "build.log").stat().st_size > 0

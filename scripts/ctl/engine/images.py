@@ -48,10 +48,24 @@ def containerfile_base(path: Path) -> str:
     return found.group(1)
 
 
+# What every stand-in needs of its base, stated once: the suite's point-release and security
+# updates (debootstrap lists only "<suite> main"), and the PATH of Debian's official images (an
+# imported image has none).
+BASE_SOURCES = (
+    "deb http://deb.debian.org/debian {suite} main\n"
+    "deb http://deb.debian.org/debian {suite}-updates main\n"
+    "deb http://deb.debian.org/debian-security {suite}-security main\n"
+)
+BASE_CHANGES = ("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
+
+
 def ensure_debian_base(engine: Engine, ref: str):
-    if engine.image_exists(ref):
-        return
+    """`localhost/mlflow-bundle/debian:SUITE`, made by debootstrap (rebuilt when the above changes)."""
     suite = ref.removeprefix(BASE_PREFIX)
+    sources = BASE_SOURCES.format(suite=suite)
+    digest = hashlib.sha256("\0".join([sources, *BASE_CHANGES]).encode()).hexdigest()[:16]
+    if engine.label(ref, INPUTS_LABEL) == digest:
+        return
     if not shutil.which("debootstrap"):
         raise CommandError("debootstrap is needed to build the offline base images (apt-get install debootstrap)")
     target = VAR / "debootstrap" / suite
@@ -67,8 +81,12 @@ def ensure_debian_base(engine: Engine, ref: str):
         ).returncode
     if rc:
         raise CommandError(f"debootstrap {suite} failed; see {BUILD_LOG}")
+    (target / "etc" / "apt" / "sources.list").write_text(sources)
+    changes = [arg for change in (*BASE_CHANGES, f"LABEL {INPUTS_LABEL}={digest}") for arg in ("--change", change)]
     tar = subprocess.Popen(["tar", "-C", str(target), "-c", "."], stdout=subprocess.PIPE)
-    imported = subprocess.run([*engine.cli, "import", "-", ref], stdin=tar.stdout, capture_output=True, env=engine.env)
+    imported = subprocess.run(
+        [*engine.cli, "import", *changes, "-", ref], stdin=tar.stdout, capture_output=True, env=engine.env
+    )
     tar.wait()
     shutil.rmtree(target, ignore_errors=True)
     if imported.returncode or tar.returncode:
