@@ -55,7 +55,7 @@ def deploy_runner_policy(document_arn: str, instance_arn: str, log_group_arn: st
 
 @dataclass
 class ComputeArgs(ServerArgs):
-    """tls_secret_arn: Secrets Manager secret {certificate, private_key} for Nginx, re-read hourly
+    """tls_secret_arn: Secrets Manager secret {certificate, private_key} for Nginx, re-read every 15 minutes
     (renewal); empty = a self-signed certificate made at boot (dev only). ami_id: empty = the
     newest Amazon Linux 2023 at creation, then kept; a new value replaces the instance.
     db_port: the database's port (TrackingDb). artifact_role_arn: the role whose credentials only

@@ -173,7 +173,7 @@ class ScaleOutArgs(ServerArgs):
     execution_role_name: pulumi.Input[str]
     min_tasks: int
     max_tasks: int
-    requests_per_ip_per_minute: int = 600
+    requests_per_ip_per_minute: int
 
 
 class ScaleOut(pulumi.ComponentResource):

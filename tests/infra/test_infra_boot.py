@@ -20,7 +20,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files
+from infra.bundle import BUNDLE_PREFIX, MADE_AT_BOOT, REPO_ROOT, bundle_files
 from infra.compose_binary import instance_compose_binary, pinned_version
 from infra.compose_model import AWS_COMPOSE_FILES
 from infra.userdata import (
@@ -444,8 +444,8 @@ def test_bundle_holds_every_bind_mount(aws_model):
             if vol["type"] != "bind":
                 continue
             rel = os.path.relpath(vol["source"], REPO_ROOT)
-            if rel.split("/")[0] == "certs":
-                continue  # made at boot by install_tls (from Secrets Manager or self-signed)
+            if rel.split("/")[0] in MADE_AT_BOOT:
+                continue  # install_tls (Secrets Manager or self-signed), write_artifact_credentials (STS)
             assert rel in files or any(f.startswith(rel + "/") for f in files), (name, rel)
 
 
