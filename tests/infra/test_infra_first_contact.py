@@ -299,5 +299,5 @@ def test_final_snapshot_name_is_new_for_every_database():
 def test_cost_table_names_what_else_is_billed():
     readme = (REPO_ROOT / "infra" / "README.md").read_text()
     table = readme[readme.index("## Monthly cost estimate") :].split("\n## ", 1)[0]
-    for item in ("unlimited", "ECR storage", "Container Insights", "log group"):
+    for item in ("unlimited", "ECR storage", "Container Insights", "log group", "WAF web ACL"):
         assert item in table, item
