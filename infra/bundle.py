@@ -10,8 +10,12 @@ from pathlib import Path
 from infra.compose_model import AWS_COMPOSE_FILES, REPO_ROOT, bind_mounts, placeholder_model
 
 BUNDLE_PREFIX = "deploy-bundle/"
-# Made on the instance at boot (from Secrets Manager, or self-signed in dev): not shipped.
-MADE_AT_BOOT = ("certs",)
+# Made on the instance at boot (from Secrets Manager, or self-signed in dev; the artifact role's
+# credentials from STS): not shipped.
+MADE_AT_BOOT = ("certs", "aws-artifacts")
+# The environment that points MLflow at those credentials: EC2 only (an ECS task gets its task
+# role from ECS).
+EC2_CREDENTIALS_ENV = ("AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED")
 
 
 def bundle_paths(root: Path = REPO_ROOT) -> list[str]:

@@ -75,6 +75,7 @@ class StackConfig:
     acm_certificate_arn: str
     ecs_min_tasks: int
     ecs_max_tasks: int
+    ecs_requests_per_ip_per_minute: int
     alarm_email: str
 
     @property
@@ -112,6 +113,11 @@ class StackConfig:
         # the service would stay at 0 for good.
         if not 1 <= self.ecs_min_tasks <= self.ecs_max_tasks:
             raise ValueError(f"need 1 <= ecsMinTasks <= ecsMaxTasks, got {self.ecs_min_tasks}, {self.ecs_max_tasks}")
+        # AWS WAF's rate-based rule limit range (AWS WAF Developer Guide, "Rate-based rule statement").
+        if self.compute_mode == "ecs" and not 10 <= self.ecs_requests_per_ip_per_minute <= 2_000_000_000:
+            raise ValueError(
+                f"ecsRequestsPerIpPerMinute must be 10..2000000000, got {self.ecs_requests_per_ip_per_minute}"
+            )
 
     @classmethod
     def load(cls) -> StackConfig:

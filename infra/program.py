@@ -109,6 +109,7 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input]:
                 execution_role_name=iam.execution_role_name,
                 min_tasks=cfg.ecs_min_tasks,
                 max_tasks=cfg.ecs_max_tasks,
+                requests_per_ip_per_minute=cfg.ecs_requests_per_ip_per_minute,
             ),
         )
         outputs.update(ecs_cluster_name=server.cluster_name, ecs_service_name=server.service_name)
@@ -118,6 +119,7 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input]:
             ComputeArgs(
                 **common,
                 instance_profile_name=iam.instance_profile_name,
+                artifact_role_arn=iam.artifact_role_arn,
                 tls_secret_arn=cfg.tls_certificate_secret_arn,
                 instance_type=cfg.instance_type,
                 ami_id=cfg.ami_id,

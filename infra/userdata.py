@@ -40,6 +40,7 @@ class BootSettings:
     compose_sha256: str  # of the Compose binary shipped at COMPOSE_OBJECT
     image_present: bool = True  # the image is in ECR (Pulumi checked); else no start yet
     tls_secret_arn: str = ""
+    artifact_role_arn: str = ""  # assumed for the MLflow container's S3 credentials (ServerIam)
 
 
 def render_boot_script(settings: BootSettings, app_dir: str = APP_DIR) -> str:

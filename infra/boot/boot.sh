@@ -4,7 +4,7 @@
 # deploy sends fetch the current copy and run it (infra/userdata.py), so every step is idempotent. It keeps a copy of itself as ${APP_DIR}/mlflow-boot:
 #   mlflow-boot            deploy: install, fetch the bundle, pull the image, (re)start the stack
 #   mlflow-boot up         refresh secrets, then `compose up` (the systemd unit runs this)
-#   mlflow-boot refresh    rewrite .env and the certificate from Secrets Manager (hourly timer)
+#   mlflow-boot refresh    rewrite .env, the certificate and the artifact credentials (15 min timer)
 #   mlflow-boot down       stop the stack
 #   mlflow-boot compose …  any compose command on the stack, e.g. `compose ps`
 # Everything AWS-facing goes through the aws CLI, so AWS_ENDPOINT_URL can point it elsewhere.
@@ -18,6 +18,16 @@ readonly UNIT_DIR=/etc/systemd/system
 # instance role supplies credentials). MLflow 3.17.2 turns even an empty MLFLOW_S3_ENDPOINT_URL
 # into endpoint_url="" ("Invalid endpoint" on every artifact call).
 readonly LOCAL_ONLY_KEYS="MLFLOW_S3_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY"
+
+# The MLflow container's only AWS credentials (docker-compose.aws.yml mounts this directory into
+# `mlflow` alone): the artifact role's, assumed here with the instance role. IMDS answers the host
+# only (hop limit 1), so no container holds the instance role, which reads every secret.
+readonly ARTIFACT_CREDENTIALS_DIR="${APP_DIR}/aws-artifacts"
+readonly MLFLOW_UID=10001  # the image's user (docker/Dockerfile)
+# Role chaining caps the session at 1 hour: the refresh timer renews it every 15 minutes. boto3
+# re-runs the credential_process when its copy is 15 minutes from expiry, so MLflow reads a
+# renewed file without a restart.
+readonly ARTIFACT_SESSION_SECONDS=3600
 
 log() { echo "mlflow-boot: $*"; }
 
@@ -75,7 +85,7 @@ fetch_bundle() {
   log "fetching the compose bundle ${BUNDLE_HASH} from ${BUNDLE_URI}"
   # --delete: a file dropped from the bundle leaves the instance too; what boot makes stays.
   aws s3 sync --delete --only-show-errors --region "$REGION" --exclude .env --exclude 'certs/*' \
-    --exclude 'mlflow-boot*' "$BUNDLE_URI" "$APP_DIR/"
+    --exclude 'mlflow-boot*' --exclude 'aws-artifacts/*' "$BUNDLE_URI" "$APP_DIR/"
 }
 
 install_self() {
@@ -125,6 +135,26 @@ write_env() {
   mv "$tmp" "${APP_DIR}/.env"
 }
 
+write_artifact_credentials() {
+  local dir=$ARTIFACT_CREDENTIALS_DIR creds tmp
+  install -d -m 0700 -o "$MLFLOW_UID" -g "$MLFLOW_UID" "$dir"  # compose mounts it either way
+  if [[ -z "$ARTIFACT_ROLE_ARN" ]]; then
+    log "no artifact role: the MLflow container gets no AWS credentials"
+    return 0
+  fi
+  creds=$(aws sts assume-role --region "$REGION" --role-arn "$ARTIFACT_ROLE_ARN" \
+    --role-session-name mlflow-artifacts --duration-seconds "$ARTIFACT_SESSION_SECONDS" \
+    --query Credentials --output json)
+  tmp=$(mktemp "${dir}/.credentials.XXXXXX")
+  # The credential_process output format (AWS CLI/SDK "Sourcing credentials with an external process").
+  jq -e '{Version: 1, AccessKeyId, SecretAccessKey, SessionToken, Expiration}' <<<"$creds" >"$tmp"
+  chown "$MLFLOW_UID:$MLFLOW_UID" "$tmp"
+  chmod 0400 "$tmp"
+  mv -f "$tmp" "${dir}/credentials.json"  # a rename: the directory mount sees the new file
+  printf '[default]\ncredential_process = cat /run/aws-artifacts/credentials.json\n' >"${dir}/config"
+  chmod 0444 "${dir}/config"
+}
+
 # Prints "changed" when the certificate Nginx serves was replaced (renewal).
 install_tls() {
   install -d -m 0700 "${APP_DIR}/certs"
@@ -154,6 +184,7 @@ install_tls() {
 refresh() {
   local tls
   write_env
+  write_artifact_credentials
   tls=$(install_tls)
   if [[ "$tls" == changed ]] && [[ -n "$(compose ps -q nginx 2>/dev/null || true)" ]]; then
     log "certificate renewed: reloading Nginx"
@@ -218,7 +249,7 @@ WantedBy=multi-user.target
 EOF
   cat >"${dir}/mlflow-refresh.service" <<EOF
 [Unit]
-Description=Re-read the MLflow stack's secrets and certificate from Secrets Manager
+Description=Re-read the MLflow stack's secrets and certificate, renew the artifact credentials
 
 [Service]
 Type=oneshot
@@ -226,11 +257,11 @@ ExecStart=${SELF} refresh
 EOF
   cat >"${dir}/mlflow-refresh.timer" <<EOF
 [Unit]
-Description=Hourly refresh of the MLflow stack's secrets and certificate
+Description=Refresh of the MLflow stack's secrets, certificate and artifact credentials
 
 [Timer]
 OnBootSec=10min
-OnUnitActiveSec=1h
+OnUnitActiveSec=15min
 
 [Install]
 WantedBy=timers.target

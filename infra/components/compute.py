@@ -30,6 +30,7 @@ from infra.userdata import (
 DEPLOY_RUNNER = Path(__file__).resolve().parent.parent / "deploy_runner.py"
 # Amazon Linux 2023, x86_64: the Compose binary shipped (infra/compose_binary.py) is x86_64 too.
 AMI_NAME = "al2023-ami-2023.*-x86_64"
+IMDS_HOP_LIMIT = 1
 # ssm:ListCommandInvocations and ssm:DescribeInstanceInformation take no resource ARN (Service
 # Authorization Reference, AWS Systems Manager): only "*".
 SSM_WILDCARD_ONLY_ACTIONS = ["ssm:DescribeInstanceInformation", "ssm:ListCommandInvocations"]
@@ -54,12 +55,14 @@ def deploy_runner_policy(document_arn: str, instance_arn: str, log_group_arn: st
 
 @dataclass
 class ComputeArgs(ServerArgs):
-    """tls_secret_arn: Secrets Manager secret {certificate, private_key} for Nginx, re-read hourly
+    """tls_secret_arn: Secrets Manager secret {certificate, private_key} for Nginx, re-read every 15 minutes
     (renewal); empty = a self-signed certificate made at boot (dev only). ami_id: empty = the
     newest Amazon Linux 2023 at creation, then kept; a new value replaces the instance.
-    db_port: the database's port (TrackingDb)."""
+    db_port: the database's port (TrackingDb). artifact_role_arn: the role whose credentials only
+    the MLflow container gets (ServerIam)."""
 
     instance_profile_name: pulumi.Input[str]
+    artifact_role_arn: pulumi.Input[str]
     tls_secret_arn: str
     instance_type: str
     ami_id: str
@@ -98,6 +101,7 @@ class Compute(pulumi.ComponentResource):
             args.db_port,
             args.mlflow_image,
             args.image_present,
+            args.artifact_role_arn,
         ).apply(
             lambda a: render_boot_script(
                 BootSettings(
@@ -115,6 +119,7 @@ class Compute(pulumi.ComponentResource):
                     compose_sha256=compose.sha256,
                     image_present=bool(a[6]),
                     tls_secret_arn=args.tls_secret_arn,
+                    artifact_role_arn=a[7],
                 )
             )
         )
@@ -157,9 +162,11 @@ class Compute(pulumi.ComponentResource):
             associate_public_ip_address=False,
             vpc_security_group_ids=[args.server_security_group_id],
             iam_instance_profile=args.instance_profile_name,
-            # hop limit 2: containers on Docker's bridge reach IMDSv2 for the role's credentials.
+            # Hop limit 1: IMDSv2 answers the host only, not a container behind Docker's bridge
+            # (one more hop). The instance role reads the master secret and the TLS key; the boot
+            # script hands the MLflow container the artifact role's credentials alone.
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=2
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=IMDS_HOP_LIMIT
             ),
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 encrypted=True, volume_type="gp3", volume_size=args.root_volume_gb, delete_on_termination=True

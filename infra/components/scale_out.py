@@ -15,6 +15,7 @@ import pulumi_aws as aws
 from pulumi import ResourceOptions
 
 from infra import REPO_ROOT
+from infra.bundle import EC2_CREDENTIALS_ENV, MADE_AT_BOOT
 from infra.components.runner import logs_statement, waiting_lambda
 from infra.components.server import ServerArgs, front_door_rules
 from infra.compose_model import (
@@ -52,9 +53,15 @@ def connections_needed(budget: Budget, max_tasks: int) -> int:
     return budget.max_connections_needed(direct_servers=max_tasks * DEPLOY_MAX_PERCENT // 100)
 
 
+def carried_mounts(service: dict) -> list[tuple[str, str]]:
+    """The bind mounts a task carries: all but what the EC2 host makes at boot (its artifact
+    credentials: a task has its task role)."""
+    return [(src, target) for src, target in bind_mounts(service) if Path(src).parts[0] not in MADE_AT_BOOT]
+
+
 def config_volumes(service: dict) -> dict[str, str]:
     """Task volume name -> directory, for each directory that receives a bind-mounted file."""
-    dirs = sorted({posixpath.dirname(target) for _, target in bind_mounts(service)})
+    dirs = sorted({posixpath.dirname(target) for _, target in carried_mounts(service)})
     return {f"config{i}": d for i, d in enumerate(dirs)}
 
 
@@ -74,7 +81,7 @@ def task_definitions(
     mlflow_service = model["services"]["mlflow"]
     volumes = config_volumes(mlflow_service)
     files = {}
-    for source, target in bind_mounts(mlflow_service):
+    for source, target in carried_mounts(mlflow_service):
         if not (REPO_ROOT / source).is_file():
             raise ValueError(f"mlflow mounts the directory {source}: ECS can only carry files")
         files[target] = on_rds((REPO_ROOT / source).read_text(), db_host, names)
@@ -90,6 +97,7 @@ def task_definitions(
         "logConfiguration": logging("config"),
     }
     mlflow = derive_container(model, "mlflow", image=image, secrets=secrets, db_host=db_host)
+    mlflow["environment"] = [e for e in mlflow["environment"] if e["name"] not in EC2_CREDENTIALS_ENV]
     port = int(option(mlflow["command"], "--port") or 5000)
     mlflow.update(
         portMappings=[{"containerPort": port, "protocol": "tcp"}],
@@ -117,12 +125,47 @@ def lambda_runner_policy(migrate_family_arn: str, cluster_arn: str, role_arns: l
     }
 
 
+def rate_limit_acl(name: str, per_minute: int) -> dict:
+    """A regional WAF web ACL: each client address above PER_MINUTE requests in a one-minute
+    window is answered 429 until its rate drops. WAF sees requests, never MLflow's answers, so
+    unlike Nginx (which counts only 401s) every request counts, a valid user's too; it bounds
+    password guessing and the scrypt check each guess costs to that rate per address."""
+    metric = name.replace("-", "_")[:100]
+    return dict(
+        scope="REGIONAL",
+        default_action=aws.wafv2.WebAclDefaultActionArgs(allow=aws.wafv2.WebAclDefaultActionAllowArgs()),
+        rules=[
+            aws.wafv2.WebAclRuleArgs(
+                name="requests-per-ip",
+                priority=1,
+                action=aws.wafv2.WebAclRuleActionArgs(
+                    block=aws.wafv2.WebAclRuleActionBlockArgs(
+                        custom_response=aws.wafv2.WebAclRuleActionBlockCustomResponseArgs(response_code=429)
+                    )
+                ),
+                statement=aws.wafv2.WebAclRuleStatementArgs(
+                    rate_based_statement=aws.wafv2.WebAclRuleStatementRateBasedStatementArgs(
+                        aggregate_key_type="IP", limit=per_minute, evaluation_window_sec=60
+                    )
+                ),
+                visibility_config=aws.wafv2.WebAclRuleVisibilityConfigArgs(
+                    cloudwatch_metrics_enabled=True, metric_name=f"{metric}_per_ip", sampled_requests_enabled=True
+                ),
+            )
+        ],
+        visibility_config=aws.wafv2.WebAclVisibilityConfigArgs(
+            cloudwatch_metrics_enabled=True, metric_name=metric, sampled_requests_enabled=True
+        ),
+    )
+
+
 @dataclass
 class ScaleOutArgs(ServerArgs):
     """min_tasks/max_tasks: autoscaling bounds (the database's max_connections covers max_tasks,
     see connections_needed). acm_certificate_arn: the ALB's certificate for public_host (ACM
     renews it). task_role_arn: what MLflow runs as (the bucket only). execution_role_arn/_name:
-    what ECS starts the task with (image pull, secrets, logs)."""
+    what ECS starts the task with (image pull, secrets, logs). requests_per_ip_per_minute: the
+    WAF's per-address rate limit (rate_limit_acl)."""
 
     acm_certificate_arn: str
     task_role_arn: pulumi.Input[str]
@@ -130,6 +173,7 @@ class ScaleOutArgs(ServerArgs):
     execution_role_name: pulumi.Input[str]
     min_tasks: int
     max_tasks: int
+    requests_per_ip_per_minute: int
 
 
 class ScaleOut(pulumi.ComponentResource):
@@ -147,6 +191,7 @@ class ScaleOut(pulumi.ComponentResource):
 
         logs, cluster = self._logs_and_cluster()
         alb, tg, listeners = self._load_balancer(port)
+        self._rate_limit(alb)
         task, migrate_task = self._task_definitions(mlflow_service, logs)
         migration = self._run_once(name, args, self.tags, cluster, migrate_task, self.present)
         service = self._service(cluster, task, tg, port, depends_on=[*listeners, migration])
@@ -295,6 +340,17 @@ class ScaleOut(pulumi.ComponentResource):
         )
 
         return alb, tg, [https, http]
+
+    def _rate_limit(self, alb) -> None:
+        """The ALB's stand-in for Nginx's failed-login limit (ec2 mode), which ECS mode lacks."""
+        name, child = self.name, ResourceOptions(parent=self)
+        acl = aws.wafv2.WebAcl(
+            f"{name}-waf",
+            tags=self.tags,
+            opts=child,
+            **rate_limit_acl(name, self.args.requests_per_ip_per_minute),
+        )
+        aws.wafv2.WebAclAssociation(f"{name}-waf", resource_arn=alb.arn, web_acl_arn=acl.arn, opts=child)
 
     def _task_definitions(self, mlflow_service: dict, logs):
         """The service and migrate task definitions, derived from the resolved compose model."""

@@ -62,6 +62,17 @@ def secrets_statement(secret_arns: list[str]) -> dict:
     }
 
 
+def assume_artifact_role_statement(artifact_role_arn: str) -> dict:
+    """EC2: the host trades its instance role for the artifact role's short-lived credentials,
+    which only the MLflow container gets (infra/boot/boot.sh, write_artifact_credentials)."""
+    return {
+        "Sid": "AssumeArtifactRole",
+        "Effect": "Allow",
+        "Action": ["sts:AssumeRole"],
+        "Resource": [artifact_role_arn],
+    }
+
+
 def image_pull_policy_document(repository_arn: str, secret_arns: list[str] | None = None) -> dict:
     """Pull our image from its ECR repository (and get the registry token, which has no ARN); with
     secret_arns (an ECS execution role), also read the secrets ECS injects into the containers."""
@@ -107,6 +118,7 @@ class ServerIam(pulumi.ComponentResource):
     role_arn: pulumi.Output[str]
     role_name: pulumi.Output[str]
     instance_profile_name: pulumi.Output[str]
+    artifact_role_arn: pulumi.Output[str]
     execution_role_arn: pulumi.Output[str]
     execution_role_name: pulumi.Output[str]
 
@@ -138,9 +150,48 @@ class ServerIam(pulumi.ComponentResource):
             aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_CORE_POLICY_ARN, opts=child)
             profile = aws.iam.InstanceProfile(name, role=role.name, tags=args.tags, opts=child)
             self.instance_profile_name = profile.name
+            self.artifact_role_arn = self._artifact_role(name, args, role).arn
         self.role_arn = role.arn
         self.role_name = role.name
         self.register_outputs({"role_arn": self.role_arn, "execution_role_arn": self.execution_role_arn})
+
+    def _artifact_role(self, name: str, args: ServerIamArgs, instance_role: aws.iam.Role) -> aws.iam.Role:
+        """EC2: the instance role reads the master secret and the TLS key, so no container may
+        hold it (the instance's IMDS hop limit is 1). MLflow gets this role instead: the artifact
+        bucket and nothing else, assumed by the host and handed to the MLflow container alone."""
+        child = ResourceOptions(parent=self)
+        artifact = aws.iam.Role(
+            f"{name}-artifacts",
+            tags={**args.tags, "Name": f"{name}-artifacts"},
+            opts=child,
+            description="MLflow tracking server on EC2: artifact bucket only (assumed by the instance)",
+            max_session_duration=3600,
+            assume_role_policy=instance_role.arn.apply(
+                lambda arn: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": arn}}],
+                    }
+                )
+            ),
+        )
+        aws.iam.RolePolicy(
+            f"{name}-artifacts-only",
+            role=artifact.id,
+            opts=child,
+            policy=pulumi.Output.all(args.bucket_arn, args.kms_key_arn).apply(
+                lambda a: json.dumps(server_policy_document(a[0], [], a[1]))
+            ),
+        )
+        aws.iam.RolePolicy(
+            f"{name}-assume-artifacts",
+            role=instance_role.id,
+            opts=child,
+            policy=artifact.arn.apply(
+                lambda arn: json.dumps({"Version": "2012-10-17", "Statement": [assume_artifact_role_statement(arn)]})
+            ),
+        )
+        return artifact
 
     def _role(self, name: str, args: ServerIamArgs, description: str) -> aws.iam.Role:
         return aws.iam.Role(

@@ -63,6 +63,7 @@ TAGGABLE_TYPES = frozenset(
         "aws:sns/topic:Topic",
         "aws:lambda/function:Function",
         "aws:lb/listenerRule:ListenerRule",
+        "aws:wafv2/webAcl:WebAcl",
     }
 )
 # AWS's length limits on the `name` of each type we create (`pulumi preview` passes the
@@ -201,6 +202,13 @@ def ec2_hardened(typ: str, props: dict) -> list[str]:
     out = []
     if (props.get("metadataOptions") or {}).get("httpTokens") != "required":
         out.append("instance must require IMDSv2 (metadataOptions.httpTokens=required)")
+    # Hop limit 1: IMDS answers the host only. Above it, every container (Nginx, PgBouncer) gets
+    # the instance role, which reads the master secret and the TLS key. Stated, never left out:
+    # an AMI registered with ImdsSupport v2.0 (as AL2023's are) launches with a hop limit of 2.
+    if (props.get("metadataOptions") or {}).get("httpPutResponseHopLimit") != 1:
+        out.append(
+            "IMDS hop limit must be 1 (metadataOptions.httpPutResponseHopLimit): containers must not get the instance role"
+        )
     if (props.get("rootBlockDevice") or {}).get("encrypted") is not True:
         out.append("root volume must be encrypted")
     if props.get("keyName"):

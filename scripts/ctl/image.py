@@ -20,10 +20,11 @@ PLATFORM = "linux/amd64"  # the EC2 AMI (al2023 x86_64) and the Fargate task (X8
 
 
 def build_args() -> dict[str, str]:
-    """Every ARG of the Dockerfile without a default, with its value (the compose file's pin)."""
+    """Every image ARG the Dockerfile's FROM lines use, with the compose file's pin (its one
+    definition; the Dockerfile's default only lets a plain `docker build` work)."""
     text = (engine.ROOT / DOCKERFILE).read_text()
     pins = engine.image_variables()
-    needed = re.findall(r"^ARG ([A-Z0-9_]+)\s*$", text, re.M)
+    needed = sorted(set(re.findall(r"^FROM (?:--\S+ )*\$\{([A-Z0-9_]+)\}", text, re.M)))
     missing = [name for name in needed if name not in pins]
     if missing:
         raise CommandError(f"{DOCKERFILE} needs {missing} with no pin in the compose file")

@@ -20,7 +20,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files
+from infra.bundle import BUNDLE_PREFIX, MADE_AT_BOOT, REPO_ROOT, bundle_files
 from infra.compose_binary import instance_compose_binary, pinned_version
 from infra.compose_model import AWS_COMPOSE_FILES
 from infra.userdata import (
@@ -54,6 +54,7 @@ SETTINGS = dict(
     mlflow_image="1.dkr.ecr.us-east-1.amazonaws.com/m:1",
     compose_version="0.0.0.0",
     compose_sha256=hashlib.sha256(SHIPPED_COMPOSE).hexdigest(),
+    artifact_role_arn="arn:aws:iam::123456789012:role/mlflow-artifacts",
 )
 
 # Stand-in for the container engine: logs each call; at `compose ... up` also the password .env
@@ -292,7 +293,7 @@ def test_units_start_the_stack_through_the_refresh(tmp_path):
     assert f"ExecReload={app_dir}/mlflow-boot up\n" in stack  # a deploy, without stopping all
     assert "WantedBy=multi-user.target" in stack and "Requires=docker.service" in stack
     assert f"ExecStart={app_dir}/mlflow-boot refresh\n" in (units / "mlflow-refresh.service").read_text()
-    assert "OnUnitActiveSec=1h" in (units / "mlflow-refresh.timer").read_text()
+    assert "OnUnitActiveSec=15min" in (units / "mlflow-refresh.timer").read_text()
     if shutil.which("systemd-analyze"):
         result = subprocess.run(
             ["systemd-analyze", "verify", "--man=no", *map(str, units.iterdir())],
@@ -360,6 +361,54 @@ def test_override_model_on_aws(aws_model):
     assert {p.get("host_ip", "0.0.0.0") for p in services["nginx"]["ports"]} == {"0.0.0.0"}
 
 
+def test_only_mlflow_gets_aws_credentials(aws_model):
+    """No container reaches the instance role (IMDS hop limit 1, and no service on the host's
+    network); MLflow alone mounts the artifact role's credentials and never asks IMDS."""
+    services = aws_model["services"]
+    assert not [n for n, svc in services.items() if svc.get("network_mode") == "host"]
+    mounts = {
+        n: [v["source"] for v in svc.get("volumes") or [] if "aws-artifacts" in v["source"]]
+        for n, svc in services.items()
+    }
+    assert {n for n, m in mounts.items() if m} == {"mlflow"}
+    env = services["mlflow"]["environment"]
+    assert env["AWS_CONFIG_FILE"] == "/run/aws-artifacts/config" and env["AWS_EC2_METADATA_DISABLED"] == "true"
+    for name, svc in services.items():
+        if name != "mlflow":
+            given = {k for k, v in (svc.get("environment") or {}).items() if k.startswith("AWS_") and v}
+            assert given <= {"AWS_DEFAULT_REGION", "AWS_REGION"}, (name, given)
+
+
+def test_artifact_credentials_are_the_assumed_role_s_and_refresh(tmp_path, aws):
+    """The boot script assumes the artifact role (moto's STS) and writes credential_process
+    output that the MLflow user alone may read; the real botocore, given that config (with the
+    container path mapped to this directory), signs as the assumed role. Each refresh renews it."""
+    _run([_script(tmp_path)], aws)
+    creds_dir = tmp_path / "opt-mlflow" / "aws-artifacts"
+    creds_file = creds_dir / "credentials.json"
+    first = json.loads(creds_file.read_text())
+    assert first["Version"] == 1 and {"AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"} <= set(first)
+    assert stat.S_IMODE(creds_file.stat().st_mode) == 0o400 and creds_file.stat().st_uid == 10001
+    assert stat.S_IMODE(creds_dir.stat().st_mode) == 0o700 and creds_dir.stat().st_uid == 10001
+    config = (creds_dir / "config").read_text()
+    assert config == "[default]\ncredential_process = cat /run/aws-artifacts/credentials.json\n"
+    local = tmp_path / "config"
+    local.write_text(config.replace("/run/aws-artifacts", str(creds_dir)))
+    env = {k: v for k, v in aws["env"].items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    probe = "import boto3; print(boto3.client('sts').get_caller_identity()['Arn'])"
+    who = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "AWS_CONFIG_FILE": str(local), "AWS_EC2_METADATA_DISABLED": "true"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert who.returncode == 0, who.stderr
+    assert ":assumed-role/mlflow-artifacts/mlflow-artifacts" in who.stdout
+    _run([tmp_path / "opt-mlflow" / "mlflow-boot", "refresh"], aws)
+    assert json.loads(creds_file.read_text())["AccessKeyId"] != first["AccessKeyId"]
+
+
 def test_s3_redirect_passes_through_for_offline_runs(tmp_path, aws):
     """The offline boot run points MLflow's boto3 at a local store the way tests do on AWS's code
     path: AWS_ENDPOINT_URL_S3 (and keys) in the environment that runs compose, nothing in .env."""
@@ -395,8 +444,8 @@ def test_bundle_holds_every_bind_mount(aws_model):
             if vol["type"] != "bind":
                 continue
             rel = os.path.relpath(vol["source"], REPO_ROOT)
-            if rel.split("/")[0] == "certs":
-                continue  # made at boot by install_tls (from Secrets Manager or self-signed)
+            if rel.split("/")[0] in MADE_AT_BOOT:
+                continue  # install_tls (Secrets Manager or self-signed), write_artifact_credentials (STS)
             assert rel in files or any(f.startswith(rel + "/") for f in files), (name, rel)
 
 

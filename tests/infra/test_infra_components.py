@@ -138,6 +138,41 @@ def test_role_uses_that_document(stack_run):
     assert stack_run.one("aws:iam/instanceProfile:InstanceProfile")
 
 
+def test_no_container_gets_the_instance_role(stack_run):
+    """Under mocks (what AWS does with these inputs is not run here): IMDSv2 answers the host
+    only (hop limit 1; a container behind Docker's bridge is one hop more), and MLflow's S3
+    credentials come from a separate role that reaches the bucket and nothing else, which only
+    the instance role may assume."""
+    ec2 = inputs(stack_run, "aws:ec2/instance:Instance")
+    assert ec2["metadataOptions"]["httpPutResponseHopLimit"] == 1
+    roles = {r.name: r for r in stack_run.of_type("aws:iam/role:Role")}
+    artifact = next(r for name, r in roles.items() if name.endswith("-server-artifacts"))
+    instance_role = next(r for name, r in roles.items() if name.endswith("-server"))
+    trust = json.loads(artifact.inputs["assumeRolePolicy"])["Statement"]
+    assert trust == [
+        {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": instance_role.outputs["arn"]}}
+    ]
+    policies = {r.name: r.inputs for r in stack_run.of_type("aws:iam/rolePolicy:RolePolicy")}
+    only = next(v for k, v in policies.items() if k.endswith("artifacts-only"))
+    key = stack_run.of_type("aws:kms/key:Key")
+    bucket = stack_run.one("aws:s3/bucket:Bucket").outputs["arn"]
+    assert json.loads(only["policy"]) == server_policy_document(bucket, [], key[0].outputs["arn"] if key else None)
+    assert only["role"] == f"{artifact.name}-id" and "secretsmanager" not in only["policy"]
+    assume = next(v for k, v in policies.items() if k.endswith("assume-artifacts"))
+    assert assume["role"] == f"{instance_role.name}-id"
+    assert json.loads(assume["policy"])["Statement"] == [
+        {
+            "Sid": "AssumeArtifactRole",
+            "Effect": "Allow",
+            "Action": ["sts:AssumeRole"],
+            "Resource": [artifact.outputs["arn"]],
+        }
+    ]
+    assert f"readonly ARTIFACT_ROLE_ARN={artifact.outputs['arn']}" in "".join(
+        r.inputs.get("content", "") for r in stack_run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    )
+
+
 def test_instance(stack_run):
     ec2 = inputs(stack_run, "aws:ec2/instance:Instance")
     assert ec2["metadataOptions"]["httpTokens"] == "required"

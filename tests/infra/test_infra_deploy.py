@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from infra.bundle import EC2_CREDENTIALS_ENV
+from infra.components.scale_out import carried_mounts
 from infra.compose_model import aws_env, derive_container, on_rds, resolve
 from infra.migrate_runner import handler
 from infra.mockrun import run_stack
@@ -124,7 +126,9 @@ def test_ecs_mlflow_container_is_the_compose_service(ecs_run_and_model):
     env = {e["name"]: e["value"] for e in container["environment"]}
     secrets = {s["name"] for s in container["secrets"]}
     for key, value in service["environment"].items():
-        if not value:
+        if key in EC2_CREDENTIALS_ENV:  # the EC2 host's artifact credentials: a task has its task role
+            assert key not in env, key
+        elif not value:
             assert key not in env and key not in secrets, key
         elif value.startswith("secret-ref-"):
             assert key in secrets, key
@@ -138,7 +142,8 @@ def test_ecs_carries_the_bind_mounted_files(ecs_run_and_model):
     run, model = ecs_run_and_model
     containers = _containers(run)
     files = json.loads(next(e["value"] for e in containers["config"]["environment"] if e["name"] == "CONFIG_FILES"))
-    targets = {v["target"] for v in model["services"]["mlflow"]["volumes"] if v["type"] == "bind"}
+    targets = {target for _, target in carried_mounts(model["services"]["mlflow"])}
+    assert targets and "/run/aws-artifacts" not in targets  # made on the EC2 host at boot
     assert set(files) == targets
     mounted = {m["containerPath"] for m in containers["mlflow"]["mountPoints"]}
     assert all(any(t.startswith(d + "/") for d in mounted) for t in targets)

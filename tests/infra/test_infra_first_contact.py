@@ -204,6 +204,41 @@ def test_ecs_hides_metrics_like_nginx():
     assert rule.inputs["actions"][0]["fixedResponse"]["statusCode"] == "404"
 
 
+def test_ecs_rate_limits_each_client_address_at_the_alb():
+    """Under mocks: a WAF web ACL on the ALB answers 429 to an address above the configured rate.
+    What AWS WAF then does with real traffic (its counting window, its 429) is not run here."""
+    run = _ecs({"ecsRequestsPerIpPerMinute": 120})
+    acl = run.one("aws:wafv2/webAcl:WebAcl")
+    assert acl.inputs["scope"] == "REGIONAL" and "allow" in acl.inputs["defaultAction"]
+    (rule,) = acl.inputs["rules"]
+    assert rule["statement"]["rateBasedStatement"] == {
+        "aggregateKeyType": "IP",
+        "limit": 120,
+        "evaluationWindowSec": 60,
+    }
+    assert rule["action"]["block"]["customResponse"]["responseCode"] == 429
+    association = run.one("aws:wafv2/webAclAssociation:WebAclAssociation").inputs
+    assert association["resourceArn"] == run.one("aws:lb/loadBalancer:LoadBalancer").outputs["arn"]
+    assert association["webAclArn"] == acl.outputs["arn"]
+
+
+def test_ecs_tasks_carry_none_of_the_ec2_host_credentials():
+    """The EC2 host's artifact credentials (a directory it makes at boot) stay out of the task:
+    a task has its task role."""
+    run = _ecs()
+    text = "".join(t.inputs["containerDefinitions"] for t in run.of_type("aws:ecs/taskDefinition:TaskDefinition"))
+    volumes = [v for t in run.of_type("aws:ecs/taskDefinition:TaskDefinition") for v in t.inputs.get("volumes") or []]
+    assert "aws-artifacts" not in text and "AWS_CONFIG_FILE" not in text and "AWS_EC2_METADATA_DISABLED" not in text
+    assert volumes, "the config volumes are still carried"
+
+
+@pytest.mark.parametrize("limit", [9, 2_000_000_001])
+def test_waf_rate_outside_aws_range_is_refused(limit):
+    """AWS WAF's rate-based limit is 10..2,000,000,000 (AWS WAF Developer Guide, rate-based rule)."""
+    with pytest.raises(ValueError, match="ecsRequestsPerIpPerMinute"):
+        _ecs({"ecsRequestsPerIpPerMinute": limit})
+
+
 def test_mlflow_tasks_cannot_read_the_master_secret():
     run = _ecs()
     task = next(t for t in run.of_type("aws:ecs/taskDefinition:TaskDefinition") if not t.name.endswith("-migrate"))
@@ -264,5 +299,5 @@ def test_final_snapshot_name_is_new_for_every_database():
 def test_cost_table_names_what_else_is_billed():
     readme = (REPO_ROOT / "infra" / "README.md").read_text()
     table = readme[readme.index("## Monthly cost estimate") :].split("\n## ", 1)[0]
-    for item in ("unlimited", "ECR storage", "Container Insights", "log group"):
+    for item in ("unlimited", "ECR storage", "Container Insights", "log group", "WAF web ACL"):
         assert item in table, item

@@ -23,7 +23,11 @@ GOOD_DB = {
 RDS = "aws:rds/instance:Instance"
 SGR = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 EC2 = "aws:ec2/instance:Instance"
-GOOD_EC2 = {"metadataOptions": {"httpTokens": "required"}, "rootBlockDevice": {"encrypted": True}, "tags": TAGS}
+GOOD_EC2 = {
+    "metadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": 1},
+    "rootBlockDevice": {"encrypted": True},
+    "tags": TAGS,
+}
 SSE = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
 PAB = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 ALL_BLOCKS = dict.fromkeys(["blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"], True)
@@ -97,6 +101,12 @@ def test_good_resources_pass(typ, props):
             "no-internet-to-db-or-ssh",
         ),
         (EC2, {**GOOD_EC2, "metadataOptions": {"httpTokens": "optional"}}, "ec2-imdsv2-encrypted"),
+        (
+            EC2,
+            {**GOOD_EC2, "metadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": 2}},
+            "ec2-imdsv2-encrypted",
+        ),
+        (EC2, {**GOOD_EC2, "metadataOptions": {"httpTokens": "required"}}, "ec2-imdsv2-encrypted"),
         (EC2, {**GOOD_EC2, "rootBlockDevice": {"encrypted": False}}, "ec2-imdsv2-encrypted"),
         (EC2, {**GOOD_EC2, "keyName": "my-key"}, "ec2-imdsv2-encrypted"),
         (SSE, {"rules": []}, "s3-encryption-on"),

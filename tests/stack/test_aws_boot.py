@@ -17,7 +17,8 @@ What stands in for AWS, which cannot be reached from here (all inside the namesp
   RDS-managed-style master secret {username, password}, the artifact bucket and the bundle
   uploaded as infra/bundle.py lists it. MLflow's boto3 reaches the bucket through
   AWS_ENDPOINT_URL_S3 from the environment that runs compose, with NO MLFLOW_S3_ENDPOINT_URL, as on
-  AWS; static test keys stand in for the instance role (IMDS).
+  AWS; a credentials file with static test keys stands in for the instance role (IMDS) on the
+  host, and MLflow signs with the artifact role's credentials the script assumes from moto's STS.
 - RDS is the stack's PostgreSQL image requiring TLS (hostssl only, as rds.force_ssl=1), with a
   master user `postgres` that is no superuser, as on RDS. Rotation does what RDS's does: a new
   password in the secret and ALTER ROLE on the database.
@@ -59,6 +60,7 @@ from infra.userdata import BOOT_SCRIPT_OBJECT, COMPOSE_OBJECT, BootSettings, fir
 from tests.conftest import self_signed_cert
 
 REGION, BUCKET = "us-east-1", "mlflow-boot-e2e"
+ARTIFACT_ROLE_ARN = "arn:aws:iam::123456789012:role/mlflow-artifacts"  # moto's STS assumes any role
 MOTO_PORT = 5000
 PUBLIC_HOST = "localhost"  # the dev self-signed certificate's name; Nginx listens in the namespace
 BOOT_TIMEOUT_S = 360
@@ -281,6 +283,7 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
             mlflow_image=ecr_image,
             compose_version=compose.version,
             compose_sha256=compose.sha256,
+            artifact_role_arn=ARTIFACT_ROLE_ARN,
         )
 
         def ship():  # what Compute uploads beside the bundle
@@ -290,6 +293,8 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
             s3.put_object(Bucket=BUCKET, Key=f"{BUNDLE_PREFIX}{BOOT_SCRIPT_OBJECT}", Body=script.encode())
 
         ns.call(ship)
+        host_credentials = tmp_path / "host-credentials"
+        host_credentials.write_text("[default]\naws_access_key_id = test\naws_secret_access_key = test\n")
         user_data = tmp_path / "user-data.sh"
         user_data.write_text(first_boot_user_data(BUCKET, REGION, app_dir=str(app_dir)))
         boot_env = {
@@ -297,8 +302,9 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
             **images,
             "AWS_ENDPOINT_URL": endpoint,
             "AWS_ENDPOINT_URL_S3": endpoint,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
+            # The host's credentials (the instance role's stand-in) in a file, not in variables
+            # that compose would pass through to MLflow: MLflow must use the artifact role's.
+            "AWS_SHARED_CREDENTIALS_FILE": str(host_credentials),
             "NGINX_BIND_ADDRESS": "127.0.0.1",
         }
         boot = lambda *args: ns.run(["bash", *args], boot_env, timeout=BOOT_TIMEOUT_S)  # noqa: E731
@@ -466,6 +472,10 @@ def assert_real_s3_mode(dk, project: str, endpoint: str):
         )
     )
     assert "MLFLOW_S3_ENDPOINT_URL" not in env
+    # No static keys: boto3 in MLflow signs with the artifact role's credentials, which the boot
+    # script assumed (moto's STS) and mounted for it alone; IMDS is never asked.
+    assert "AWS_ACCESS_KEY_ID" not in env and env["AWS_CONFIG_FILE"] == "/run/aws-artifacts/config"
+    assert env["AWS_EC2_METADATA_DISABLED"] == "true"
     assert env["AWS_ENDPOINT_URL_S3"] == endpoint and env["MLFLOW_ARTIFACTS_DESTINATION"] == f"s3://{BUCKET}"
 
 
