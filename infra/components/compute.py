@@ -15,7 +15,7 @@ from pulumi import ResourceOptions
 from infra import REPO_ROOT
 from infra.bundle import BUNDLE_PREFIX, bundle_files, bundle_hash
 from infra.components.runner import logs_statement, waiting_lambda
-from infra.components.server import WEB_PORTS, ServerArgs, front_door_rules
+from infra.components.server import WEB_PORTS, ServerArgs, front_door, tcp_rule
 from infra.compose_binary import instance_compose_binary
 from infra.userdata import (
     BOOT_SCRIPT_OBJECT,
@@ -250,35 +250,26 @@ class Compute(pulumi.ComponentResource):
     def _load_balancer(self, instance: aws.ec2.Instance) -> aws.lb.LoadBalancer:
         """TCP pass-through: Nginx on the instance terminates TLS with the bundle's config."""
         name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
-        lb_sg = aws.ec2.SecurityGroup(
-            f"{name}-lb",
-            vpc_id=args.vpc_id,
-            tags=tags,
-            opts=child,
-            description="Front door: HTTPS (and HTTP redirect) from allowed CIDRs",
-        )
-        front_door_rules(f"{name}-lb", lb_sg.id, args.allowed_cidrs, args.tags, self)
+        lb_sg = front_door(f"{name}-lb", "Front door: HTTPS (and HTTP redirect) from allowed CIDRs", args, tags, self)
         for port in WEB_PORTS:
-            aws.vpc.SecurityGroupIngressRule(
+            tcp_rule(
+                aws.vpc.SecurityGroupIngressRule,
                 f"{name}-server-{port}",
-                security_group_id=args.server_security_group_id,
-                ip_protocol="tcp",
-                from_port=port,
-                to_port=port,
+                args.server_security_group_id,
+                port,
+                args.tags,
+                self,
                 referenced_security_group_id=lb_sg.id,
                 description=f"{port} from the load balancer",
-                tags=args.tags,
-                opts=child,
             )
-        aws.vpc.SecurityGroupEgressRule(
+        tcp_rule(
+            aws.vpc.SecurityGroupEgressRule,
             f"{name}-lb-egress",
-            security_group_id=lb_sg.id,
-            ip_protocol="tcp",
-            from_port=80,
-            to_port=443,
+            lb_sg.id,
+            (80, 443),
+            args.tags,
+            self,
             referenced_security_group_id=args.server_security_group_id,
-            tags=args.tags,
-            opts=child,
         )
 
         nlb = aws.lb.LoadBalancer(

@@ -17,7 +17,7 @@ from pulumi import ResourceOptions
 from infra import REPO_ROOT
 from infra.bundle import EC2_CREDENTIALS_ENV, MADE_AT_BOOT
 from infra.components.runner import logs_statement, waiting_lambda
-from infra.components.server import ServerArgs, front_door_rules
+from infra.components.server import ServerArgs, front_door, tcp_rule
 from infra.compose_model import (
     SECRET_ENV,
     aws_env,
@@ -238,34 +238,25 @@ class ScaleOut(pulumi.ComponentResource):
     def _load_balancer(self, port: int):
         """The ALB and its security group, target group and listeners (HTTP redirects to HTTPS)."""
         name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
-        lb_sg = aws.ec2.SecurityGroup(
-            f"{name}-alb",
-            vpc_id=args.vpc_id,
-            tags=tags,
-            opts=child,
-            description="ALB: HTTPS (and HTTP redirect) from allowed CIDRs",
-        )
-        front_door_rules(f"{name}-alb", lb_sg.id, args.allowed_cidrs, args.tags, self)
-        aws.vpc.SecurityGroupEgressRule(
+        lb_sg = front_door(f"{name}-alb", "ALB: HTTPS (and HTTP redirect) from allowed CIDRs", args, tags, self)
+        tcp_rule(
+            aws.vpc.SecurityGroupEgressRule,
             f"{name}-alb-egress",
-            security_group_id=lb_sg.id,
-            ip_protocol="tcp",
-            from_port=port,
-            to_port=port,
+            lb_sg.id,
+            port,
+            args.tags,
+            self,
             referenced_security_group_id=args.server_security_group_id,
-            tags=args.tags,
-            opts=child,
         )
-        aws.vpc.SecurityGroupIngressRule(
+        tcp_rule(
+            aws.vpc.SecurityGroupIngressRule,
             f"{name}-tasks-from-alb",
-            security_group_id=args.server_security_group_id,
-            ip_protocol="tcp",
-            from_port=port,
-            to_port=port,
+            args.server_security_group_id,
+            port,
+            args.tags,
+            self,
             referenced_security_group_id=lb_sg.id,
-            tags=args.tags,
             description="MLflow from the ALB",
-            opts=child,
         )
         alb = aws.lb.LoadBalancer(
             f"{name}-alb",

@@ -36,18 +36,38 @@ class ServerArgs:
     alarm_topic_arn: pulumi.Input[str]
 
 
-def front_door_rules(name: str, sg_id, cidrs: list[str], tags: dict, parent) -> None:
-    """443 and 80 from the configured CIDRs only, on the load balancer's security group."""
+def tcp_rule(rule, name: str, sg_id, ports, tags: dict, parent, **peer) -> None:
+    """One security-group rule (rule: aws.vpc.SecurityGroupIngressRule or ...EgressRule) for a TCP
+    port or an inclusive (first, last) range; peer: referenced_security_group_id= or cidr_ipv4=,
+    and description=."""
+    first, last = ports if isinstance(ports, tuple) else (ports, ports)
+    rule(
+        name,
+        security_group_id=sg_id,
+        ip_protocol="tcp",
+        from_port=first,
+        to_port=last,
+        tags=tags,
+        opts=ResourceOptions(parent=parent),
+        **peer,
+    )
+
+
+def front_door(name: str, description: str, args: ServerArgs, tags: dict, parent) -> aws.ec2.SecurityGroup:
+    """The load balancer's security group: 443 and 80 from the configured CIDRs only."""
+    sg = aws.ec2.SecurityGroup(
+        name, vpc_id=args.vpc_id, tags=tags, opts=ResourceOptions(parent=parent), description=description
+    )
     for port in WEB_PORTS:
-        for i, cidr in enumerate(cidrs):
-            aws.vpc.SecurityGroupIngressRule(
+        for i, cidr in enumerate(args.allowed_cidrs):
+            tcp_rule(
+                aws.vpc.SecurityGroupIngressRule,
                 f"{name}-{port}-{i}",
-                security_group_id=sg_id,
-                ip_protocol="tcp",
-                from_port=port,
-                to_port=port,
+                sg.id,
+                port,
+                args.tags,
+                parent,
                 cidr_ipv4=cidr,
                 description=f"{port} from {cidr}",
-                tags=tags,
-                opts=ResourceOptions(parent=parent),
             )
+    return sg

@@ -9,6 +9,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 from pulumi import ResourceOptions
 
+from infra.components.server import tcp_rule
 from infra.compose_model import POSTGRES_PORT
 from infra.pgconf import rds_parameters
 
@@ -71,16 +72,15 @@ class TrackingDb(pulumi.ComponentResource):
             opts=child,
             description="PostgreSQL: only from the MLflow server",
         )
-        aws.vpc.SecurityGroupIngressRule(
+        tcp_rule(
+            aws.vpc.SecurityGroupIngressRule,
             f"{name}-from-server",
-            security_group_id=sg.id,
-            ip_protocol="tcp",
-            from_port=POSTGRES_PORT,
-            to_port=POSTGRES_PORT,
+            sg.id,
+            POSTGRES_PORT,
+            args.tags,
+            self,
             referenced_security_group_id=args.server_security_group_id,
             description="PostgreSQL from the MLflow server",
-            tags=args.tags,
-            opts=child,
         )
         subnets = aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=args.subnet_ids, tags=tags, opts=child)
         params = aws.rds.ParameterGroup(
