@@ -167,15 +167,16 @@ def test_mlflow_tmp_is_sized(model):
 def test_podman_conf_keeps_other_settings(tmp_path):
     conf = tmp_path / "containers.conf"
     conf.write_text(
-        '[containers]\nlog_driver = "k8s-file"\npids_limit = 2048\n\n[network]\nnetwork_backend = "netavark"\n'
+        '[containers]\nlog_driver = "k8s-file"\npids_limit = 2048\n\n[network]\ndefault_subnet = "10.89.0.0/24"\n'
     )
     engine.ensure_podman_conf(conf)
     first = conf.read_text()
     engine.ensure_podman_conf(conf)
     assert conf.read_text() == first, "not idempotent"
-    assert 'log_driver = "k8s-file"' in first and 'network_backend = "netavark"' in first
+    assert 'log_driver = "k8s-file"' in first and 'default_subnet = "10.89.0.0/24"' in first
     assert "pids_limit = 0" in first and "pids_limit = 2048" not in first
     assert 'runtime = "runc"' in first.split("[engine]")[1]
+    assert 'network_backend = "netavark"' in first.split("[network]")[1]
 
 
 def test_no_secret_on_any_command_line(model, env_file):
