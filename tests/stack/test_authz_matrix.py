@@ -404,3 +404,43 @@ def test_team_b_cannot_touch_team_a(routes, teams, http, stack, admin_auth):
     assert not leaks and not changed and not served and not errors, (
         f"{len(leaks)} leaks: {leaks[:40]}\nchanged: {json.dumps(changed, indent=1)[:6000]}\noff but served: {served}\nno answer: {errors}"
     )
+
+
+# Requests naming one object by id, for the existence test: (method, path, kwargs) from a team's ids.
+BY_ID = [
+    ("GET", "/api/2.0/mlflow/runs/get", lambda t: {"params": {"run_id": t["run_id"]}}),
+    ("GET", "/api/2.0/mlflow/metrics/get-history", lambda t: {"params": {"run_id": t["run_id"], "metric_key": "m"}}),
+    ("GET", "/api/2.0/mlflow/artifacts/list", lambda t: {"params": {"run_id": t["run_id"]}}),
+    ("POST", "/api/2.0/mlflow/runs/log-batch", lambda t: {"json": {"run_id": t["run_id"], "params": [{"key": "x", "value": WRITTEN}]}}),
+    ("POST", "/api/2.0/mlflow/runs/delete", lambda t: {"json": {"run_id": t["run_id"]}}),
+    ("GET", "/api/2.0/mlflow/experiments/get", lambda t: {"params": {"experiment_id": t["experiment_id"]}}),
+    ("POST", "/api/2.0/mlflow/runs/create", lambda t: {"json": {"experiment_id": t["experiment_id"]}}),
+    ("POST", "/api/2.0/mlflow/experiments/delete", lambda t: {"json": {"experiment_id": t["experiment_id"]}}),
+    ("GET", "/api/2.0/mlflow/logged-models/{model_id}", lambda t: {}),
+    ("DELETE", "/api/2.0/mlflow/logged-models/{model_id}", lambda t: {}),
+    ("GET", "/api/3.0/mlflow/traces/{trace_id}", lambda t: {}),
+]  # fmt: skip
+
+
+def test_existence_of_team_a_objects_is_not_revealed(teams, http, stack):
+    """Team B gets the same answer (status and body) for A's run, experiment, logged model and trace
+    as for ids nobody holds, on reads and writes; B's own objects still answer. MLflow alone answers
+    403 for the first and 404 for the second."""
+    a, b = teams["a"], teams["b"]
+    ghost = {
+        "run_id": uuid.uuid4().hex,
+        "experiment_id": str(10**12 + uuid.uuid4().int % 10**6),
+        "model_id": f"m-{uuid.uuid4().hex}",
+        "trace_id": f"tr-{uuid.uuid4().hex}",
+    }
+    differ = []
+    for method, path, kwargs in BY_ID:
+        answers = [
+            http.request(method, stack + path.format(**t), auth=b["user"], timeout=30, **kwargs(t)) for t in (a, ghost)
+        ]
+        seen = [(r.status_code, r.text) for r in answers]
+        if seen[0] != seen[1] or seen[0][0] != 404:
+            differ.append(f"{method} {path}: A's {seen[0]}, free id's {seen[1]}")
+    assert not differ, "\n".join(differ)
+    own = http.get(f"{stack}/api/2.0/mlflow/runs/get", params={"run_id": b["run_id"]}, auth=b["user"], timeout=30)
+    assert own.status_code == 200, own.text

@@ -8,7 +8,8 @@ in random order, values unique per logger, so that acknowledged = stored still h
 
 Targets (ctl/perf/plain.py): the stack through Nginx (https on 127.0.0.1, the only published
 port), and for `benchmark` also `plain-mlflow` (compose profile `benchmark`): `mlflow server` with
-its defaults in the same engine, on the same PostgreSQL, published on 127.0.0.1:5001 (PLAIN_MLFLOW_PORT) only.
+its defaults in the same engine, on the stack's PostgreSQL and on one of its own with stock
+settings (`plain-postgres`), published on 127.0.0.1:5001 (PLAIN_MLFLOW_PORT) only.
 Reported (ctl/perf/measure.py, ctl/perf/report.py): requests/s, points/s, latency percentiles,
 errors by type, CPU seconds and peak memory per component, and a no-loss check: points
 acknowledged to clients == points stored in the tracking database.
@@ -44,6 +45,7 @@ def sweep(args, target: dict, label: str) -> list:
                     args.batch_size,
                     args.metrics_per_step,
                     db=target["db"],
+                    db_tcp=target.get("db_tcp"),
                     containers=target.get("containers"),
                     label=label,
                     client=client,
@@ -72,19 +74,22 @@ def cmd_compare(args):
         reports = sweep(args, plain, "plain")
         ceiling = insert_ceiling()
     print(f"raw PostgreSQL insert ceiling: {ceiling} rows/s", flush=True)
+    if "own" in args.baseline:
+        with PlainServer(settings, own_postgres=True) as plain:
+            reports += sweep(args, plain, "plain-own-pg")
     reports += sweep(args, stack_target(settings), "stack")
     ratios = []
-    for r in (x for x in reports if x["label"] == "stack"):
-        base = next(
-            x
-            for x in reports
-            if x["label"] == "plain"
-            and x["mode"] == r["mode"]
-            and x["loggers"] == r["loggers"]
-            and x["client"] == r["client"]
-        )
+    for r, base in (
+        (r, b)
+        for r in reports
+        if r["label"] == "stack"
+        for b in reports
+        if b["label"].startswith("plain")
+        and (b["mode"], b["loggers"], b["client"]) == (r["mode"], r["loggers"], r["client"])
+    ):
         ratios.append(
             {
+                "baseline": base["label"],
                 "client": r["client"],
                 "mode": r["mode"],
                 "loggers": r["loggers"],
@@ -101,7 +106,7 @@ def cmd_compare(args):
             }
         )
         print(
-            f"ratio stack/plain {r['client']:<6} {r['mode']:<10} {r['loggers']:>4} loggers: "
+            f"ratio stack/{base['label']:<12} {r['client']:<6} {r['mode']:<10} {r['loggers']:>4} loggers: "
             f"{ratios[-1]['points_per_s_ratio']}x points/s, "
             f"{ratios[-1]['stack_fraction_of_ceiling']:.1%} of the insert ceiling",
             flush=True,
@@ -161,10 +166,19 @@ def register(sub):
         "benchmark",
         help="the same load against a plain `mlflow server` and our stack; ratios",
         description="Runs the workload against (a) `plain-mlflow`: `mlflow server` with its "
-        "defaults in the same engine on the same PostgreSQL (compose profile "
-        "`benchmark`, 127.0.0.1:PLAIN_MLFLOW_PORT (5001), removed afterwards), (b) this stack through "
-        "Nginx, plus the raw PostgreSQL insert ceiling measured inside the engine's "
-        "network; prints ratios and writes JSON + chart.",
+        "defaults in the same engine on the stack's PostgreSQL (compose profile "
+        "`benchmark`, 127.0.0.1:PLAIN_MLFLOW_PORT (5001), removed afterwards), (b) the same server on "
+        "`plain-postgres`, a PostgreSQL of its own with the image's stock settings, (c) this stack "
+        "through Nginx, plus the raw PostgreSQL insert ceiling measured inside the engine's "
+        "network; prints ratios against each baseline and writes JSON + chart.",
     )
     common(cmp_)
+    cmp_.add_argument(
+        "--baseline",
+        nargs="+",
+        choices=("stack-pg", "own"),
+        default=["stack-pg", "own"],
+        help="plain MLflow on the stack's PostgreSQL (stack-pg: always run, it measures the insert "
+        "ceiling) and/or on a PostgreSQL of its own with stock settings (own)",
+    )
     cmp_.set_defaults(func=cmd_compare)

@@ -103,12 +103,14 @@ class Sampler(threading.Thread):
                 self.peak = mem
 
 
-def stored_points(run_ids, db: str) -> dict:
-    """Points stored per run, counted by psql inside the postgres container."""
+def stored_points(run_ids, db: str, tcp: dict = None) -> dict:
+    """Points stored per run, counted by psql inside the postgres container (over TCP to TCP's
+    server if given: stackexec.pg_argv)."""
     rows = sx.psql(
         "SELECT run_uuid, count(*) FROM metrics WHERE run_uuid = ANY(string_to_array(:'ids', ',')) GROUP BY run_uuid",
         db,
         {"ids": ",".join(run_ids)},
+        tcp=tcp,
         timeout=300,
     )
     found = {rid: int(n) for rid, n in rows}

@@ -33,20 +33,24 @@ def ensure_database(db: str, owner: str = "mlflow"):
 
 class PlainServer:
     """`plain-mlflow` (compose profile `benchmark`): `mlflow server` with its defaults (uvicorn, no
-    auth, no TLS, no PgBouncer) in the same engine, on the same PostgreSQL (its own database),
-    published on 127.0.0.1:5001 only. Started for the comparison and removed afterwards."""
+    auth, no TLS, no PgBouncer) in the same engine, published on 127.0.0.1:5001 only. Its database:
+    mlflow_plain on the stack's PostgreSQL, or with own_postgres on `plain-postgres`, the same
+    PostgreSQL image with its stock settings. Started for the comparison and removed afterwards."""
 
-    SERVICE, DB = "plain-mlflow", "mlflow_plain"
+    SERVICE, DB, OWN_DB_SERVICE = "plain-mlflow", "mlflow_plain", "plain-postgres"
     PROFILES = ("local", "benchmark")
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, own_postgres: bool = False):
+        self.settings, self.own_postgres = settings, own_postgres
         self.uri = f"http://127.0.0.1:{settings.env.get('PLAIN_MLFLOW_PORT', '5001')}"  # as the compose file
+        self.services = [self.OWN_DB_SERVICE, self.SERVICE] if own_postgres else [self.SERVICE]
+        self.env = {"PLAIN_MLFLOW_DB_HOST": self.OWN_DB_SERVICE if own_postgres else "postgres"}
 
     def __enter__(self):
-        ensure_database(self.DB)
+        if not self.own_postgres:
+            ensure_database(self.DB)
         engine.start_ticker(sx.eng())  # podman: `--wait` needs the health checks run (no-op when running)
-        engine.log(f"starting {self.SERVICE} (compose profile benchmark)")
+        engine.log(f"starting {' and '.join(self.services)} (compose profile benchmark)")
         sx.run(
             "up",
             "--detach",
@@ -54,8 +58,10 @@ class PlainServer:
             "--wait-timeout",
             "300",
             "--no-deps",
-            self.SERVICE,
+            "--force-recreate",  # PLAIN_MLFLOW_DB_HOST may differ from the last run's
+            *self.services,
             profiles=self.PROFILES,
+            env=self.env,
             timeout=400,
         )
         deadline = time.monotonic() + 120
@@ -66,14 +72,26 @@ class PlainServer:
                     f"see `./mlflowctl compose --profile benchmark logs {self.SERVICE}`"
                 )
             time.sleep(1)
+        containers = {"mlflow": engine.container_name(self.SERVICE)}
+        if self.own_postgres:
+            containers["postgres"] = engine.container_name(self.OWN_DB_SERVICE)
         return {
             "env": self.settings.client_env(url=self.uri),
             "db": self.DB,
-            "containers": measure.components({"mlflow": engine.container_name(self.SERVICE)}),
+            # The no-loss count: psql in the stack's postgres container, over TCP to plain-postgres.
+            "db_tcp": {
+                "host": self.OWN_DB_SERVICE,
+                "port": 5432,
+                "user": "mlflow",
+                "password": self.settings.env["MLFLOW_DB_PASSWORD"],
+            }
+            if self.own_postgres
+            else None,
+            "containers": measure.components(containers),
         }
 
     def __exit__(self, *exc):
-        sx.run("rm", "--stop", "--force", "--volumes", self.SERVICE, profiles=self.PROFILES, timeout=120, check=False)
+        sx.run("rm", "--stop", "--force", "--volumes", *self.services, profiles=self.PROFILES, timeout=120, check=False)
 
 
 # Runs in the plain-mlflow container (our image, on the backend network): SECONDS CONNECTIONS ROWS.

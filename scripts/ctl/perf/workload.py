@@ -242,6 +242,7 @@ def run_load(
     metrics_per_step=10,
     procs=None,
     db=None,
+    db_tcp=None,
     containers=None,
     label="",
     client="mlflow",
@@ -250,7 +251,7 @@ def run_load(
     """Run one bounded load and return its report.
 
     client_env: the loggers' whole environment (Settings.client_env(): URI, credentials, CA);
-    db: tracking database for the no-loss count; containers: component -> container to measure;
+    db: tracking database for the no-loss count (db_tcp: its server, if not the stack's); containers: component -> container to measure;
     runs: the shared-run shape, LOGGERS loggers on RUNS runs (default: a run per logger)."""
     if client == "raw" and mode == "async":
         raise ValueError("the raw HTTP client has no async mode")
@@ -327,7 +328,7 @@ def run_load(
         "memory_peak_mb": {k: round(v / 2**20) for k, v in sampler.peak.items()},
     }
     if db:
-        stored = measure.stored_points(run_ids, db)
+        stored = measure.stored_points(run_ids, db, db_tcp)
         lost = {rid: acked.get(rid, 0) - n for rid, n in stored.items() if n < acked.get(rid, 0)}
         report["no_loss"] = {
             "stored": sum(stored.values()),

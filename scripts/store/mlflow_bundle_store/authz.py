@@ -17,6 +17,12 @@ other. Here:
   caller may edit (MLflow refuses only `runs:/`, `models:/` and `mlflow-artifacts:` sources);
 - a trace created with the id of an existing trace in another experiment gets 400;
 - role and permission listings show a non-admin only their own;
+- for a non-admin, an object named by id (run, experiment, logged model, trace) that they may not
+  read and one that does not exist get the same answer: 404 RESOURCE_DOES_NOT_EXIST with one
+  message (MLflow answers 403 for the first and 404 for the second). Names (experiments by name,
+  registered models, prompts) keep MLflow's answers: they are one namespace for every team, which
+  creating an object with a taken name reveals anyway, and `mlflow.set_experiment` needs the 404 of
+  a free name;
 - route groups the bundle does not use are switched off (404) unless named in
   MLFLOW_BUNDLE_ENABLE_ROUTES (comma-separated group names, see OPTIONAL_ROUTES).
 """
@@ -47,6 +53,9 @@ ENABLE_ENV = "MLFLOW_BUNDLE_ENABLE_ROUTES"
 SYNONYMS = {"run_uuid": "run_id", "request_id": "trace_id"}
 JSON_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 BINARY_BODY = {"/upload-artifact"}  # the file's bytes; its ids are in the query
+# Ids that name one object whose experiment decides who may read it; one answer for "hidden".
+ID_KEYS = ("run_id", "trace_id", "model_id", "experiment_id")
+HIDDEN = "No such object, or you may not read it"
 # Listings of roles and permissions: a non-admin may see their own only.
 SELF_ONLY = {"/users/roles/list", "/users/permissions/list"}
 OWN_ROLE = {"/roles/get", "/roles/permissions/list"}
@@ -59,6 +68,7 @@ def install(app) -> None:
     # the caller's ids up and answer for them.
     app.before_request_funcs.setdefault(None, []).insert(0, refuse_switched_off)
     app.before_request(check)
+    app.after_request(hide_existence)
 
 
 def refuse_switched_off():
@@ -113,12 +123,7 @@ def check():
     if has_body and request.mimetype != "application/json" and rest not in BINARY_BODY:
         return _bad("Request body must be JSON (Content-Type: application/json)")
     body = _body() if has_body else {}
-    seen: dict[str, set] = {}
-    sources = [request.view_args or {}, {k: v if len(v) > 1 else v[0] for k, v in request.args.lists()}, body]
-    for source in sources:
-        for key, value in source.items():
-            if isinstance(value, (str, int, float, list)):
-                seen.setdefault(_canonical(key), set()).add(_norm(value))
+    seen = _named(body)
     twice = sorted(k for k, values in seen.items() if len(values) > 1)
     if twice:
         return _bad(f"Request names {', '.join(twice)} more than once with different values")
@@ -128,6 +133,73 @@ def check():
     if auth.store.get_user(username).is_admin:
         return None
     return _roles(rest, username, auth) or _locations(rest, body, username, auth)
+
+
+def _named(body: dict) -> dict[str, set]:
+    """Canonical field name -> the values the path, the query and BODY give it."""
+    seen: dict[str, set] = {}
+    sources = [request.view_args or {}, {k: v if len(v) > 1 else v[0] for k, v in request.args.lists()}, body]
+    for source in sources:
+        for key, value in source.items():
+            if isinstance(value, (str, int, float, list)):
+                seen.setdefault(_canonical(key), set()).add(_norm(value))
+    return seen
+
+
+def hide_existence(response):
+    """After the handler: for a non-admin, "not found" and "exists, but you may not read it" are one
+    404 on requests that name an object by id."""
+    match = API.match(request.path)
+    if (
+        response.status_code not in (403, 404)
+        or not match
+        or request.authorization is None
+        or match.group("rest").startswith(("/users/", "/roles/"))
+    ):
+        return response
+    is_json = request.mimetype == "application/json" and request.method in JSON_METHODS
+    named = _named(_body() if is_json else {})
+    ids = [(k, next(iter(named[k]))) for k in ID_KEYS if len(named.get(k, ())) == 1]
+    if not ids:
+        return response
+    from mlflow.server import auth
+
+    username = request.authorization.username
+    try:
+        if auth.store.get_user(username).is_admin:
+            return response
+    except MlflowException:
+        return response
+    if response.status_code == 404:
+        body = response.get_json(silent=True) or {}
+        return (
+            _error(404, "RESOURCE_DOES_NOT_EXIST", HIDDEN)
+            if body.get("error_code") == "RESOURCE_DOES_NOT_EXIST"
+            else response
+        )
+    if any(_readable(key, value, username, auth) for key, value in ids):
+        return response  # a reader refused a write: existence is no secret to them
+    return _error(404, "RESOURCE_DOES_NOT_EXIST", HIDDEN)
+
+
+def _readable(key: str, value: str, username: str, auth) -> bool:
+    """Whether USERNAME may read the experiment the object KEY=VALUE lies in (False: no such object)."""
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+    from mlflow.server.handlers import _get_tracking_store
+
+    store = _get_tracking_store()
+    experiment_of = {
+        "experiment_id": lambda: value,
+        "run_id": lambda: store.get_run(value).info.experiment_id,
+        "trace_id": lambda: store.get_trace_info(value).experiment_id,
+        "model_id": lambda: store.get_logged_model(value).experiment_id,
+    }
+    try:
+        return auth._get_experiment_permission(str(experiment_of[key]()), username).can_read
+    except MlflowException as exc:
+        return exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+    except Exception:
+        return True  # any other failure: MLflow's answer stays as it is
 
 
 def _roles(rest: str, username: str, auth):
