@@ -108,8 +108,8 @@ def test_non_admin_sees_only_what_default_permission_allows(mlflow_admin, stack,
     as_user = {"auth": (user, password), "timeout": 10}
     get_exp = f"{stack}/api/2.0/mlflow/experiments/get"
     grant = f"{stack}/api/3.0/mlflow/users/permissions/grant"
-    # default_permission = NO_PERMISSIONS: another user's experiment is invisible (as if it did not exist)...
-    assert http.get(get_exp, params={"experiment_id": exp_id}, **as_user).status_code == 404
+    # default_permission = NO_PERMISSIONS: another user's experiment is invisible...
+    assert http.get(get_exp, params={"experiment_id": exp_id}, **as_user).status_code == 403
     # ...administration is refused...
     r = http.post(
         f"{stack}/api/2.0/mlflow/users/create", json={"username": user + "x", "password": password}, **as_user

@@ -339,8 +339,7 @@ def check_permissions(project, http, data):
         json={"run_id": shared_run, "key": "x", "value": 1, "timestamp": 1, "step": 0},
     )
     assert write.status_code == 403, write.text
-    # No permission at all: "no such experiment" (authz.hide_existence), as for an id that is free.
-    assert api(http, project, "GET", "experiments/get", reader, params={"experiment_id": private}).status_code == 404
+    assert api(http, project, "GET", "experiments/get", reader, params={"experiment_id": private}).status_code == 403
 
 
 class Poller(threading.Thread):

@@ -240,9 +240,8 @@ def test_auth_cache_follows_every_change_made_through_another_worker(server, sib
     # as `mlflowctl teams` does before it grants.
     admin_on_sibling = f"{sibling}/api/3.0/mlflow/users/permissions/get"
     assert session.get(admin_on_sibling, params=grant).status_code in (200, 404)
-    # default_permission NO_PERMISSIONS: refused, as "no such run" (authz.hide_existence); now cached
-    assert _log_as(as_user, sibling, run_id) == 404
-    for is_admin, expected in [(True, 200), (False, 404)]:
+    assert _log_as(as_user, sibling, run_id) == 403  # default_permission NO_PERMISSIONS; now cached
+    for is_admin, expected in [(True, 200), (False, 403)]:
         assert session.patch(api + "users/update-admin", json={"username": "cache-user", "is_admin": is_admin}).ok
         assert _log_as(as_user, sibling, run_id) == expected, is_admin
     perms = f"{server}/api/3.0/mlflow/users/permissions/"
@@ -251,7 +250,7 @@ def test_auth_cache_follows_every_change_made_through_another_worker(server, sib
     found = as_user.post(f"{sibling}/api/2.0/mlflow/experiments/search", json={"max_results": 100}).json()
     assert exp in [e["experiment_id"] for e in found.get("experiments", [])]
     assert session.post(perms + "revoke", json=grant).ok
-    assert _log_as(as_user, sibling, run_id) == 404
+    assert _log_as(as_user, sibling, run_id) == 403
     new_password = {"username": "cache-user", "password": "cache-user-pw-2"}
     assert session.patch(api + "users/update-password", json=new_password).ok
     assert _log_as(as_user, sibling, run_id) == 401  # MLflow's password cache is dropped too
@@ -264,7 +263,7 @@ def test_a_grant_made_through_another_replica_is_never_refused(server, replica, 
     api = f"{server}/api/2.0/mlflow/"
     as_user = _user_session(api, session, "replica-user")
     exp = session.get(api + "runs/get", params={"run_id": run_id}).json()["run"]["info"]["experiment_id"]
-    assert [_log_as(as_user, replica, run_id) for _ in range(3)] == [404] * 3  # cached on that worker
+    assert [_log_as(as_user, replica, run_id) for _ in range(3)] == [403] * 3  # cached on that worker
     grant = {"username": "replica-user", "resource_type": "experiment", "resource_id": exp, "permission": "EDIT"}
     assert session.post(f"{server}/api/3.0/mlflow/users/permissions/grant", json=grant).ok
     assert [_log_as(as_user, replica, run_id) for _ in range(3)] == [200] * 3

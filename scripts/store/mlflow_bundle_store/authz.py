@@ -17,12 +17,12 @@ other. Here:
   caller may edit (MLflow refuses only `runs:/`, `models:/` and `mlflow-artifacts:` sources);
 - a trace created with the id of an existing trace in another experiment gets 400;
 - role and permission listings show a non-admin only their own;
-- for a non-admin, an object named by id (run, experiment, logged model, trace) that they may not
-  read and one that does not exist get the same answer: 404 RESOURCE_DOES_NOT_EXIST with one
-  message (MLflow answers 403 for the first and 404 for the second). Names (experiments by name,
-  registered models, prompts) keep MLflow's answers: they are one namespace for every team, which
-  creating an object with a taken name reveals anyway, and `mlflow.set_experiment` needs the 404 of
-  a free name;
+- for a non-admin, a request naming by id a run, experiment, logged model or trace that does not
+  exist gets the answer it gets for another team's: MLflow's 403 "Permission denied" (most of
+  MLflow's validators answer 403 for both; some look the object up first and answer 404 for a free
+  id, which tells which ids exist). Names (experiments by name, registered models, prompts) keep
+  MLflow's answers: they are one namespace for every team, which creating an object with a taken
+  name reveals anyway, and `mlflow.set_experiment` needs the 404 of a free name;
 - route groups the bundle does not use are switched off (404) unless named in
   MLFLOW_BUNDLE_ENABLE_ROUTES (comma-separated group names, see OPTIONAL_ROUTES).
 """
@@ -53,9 +53,11 @@ ENABLE_ENV = "MLFLOW_BUNDLE_ENABLE_ROUTES"
 SYNONYMS = {"run_uuid": "run_id", "request_id": "trace_id"}
 JSON_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 BINARY_BODY = {"/upload-artifact"}  # the file's bytes; its ids are in the query
-# Ids that name one object whose experiment decides who may read it; one answer for "hidden".
-ID_KEYS = ("run_id", "trace_id", "model_id", "experiment_id")
-HIDDEN = "No such object, or you may not read it"
+# Fields naming objects by id (one, or a list) whose experiment decides who may read them.
+ID_KEYS = {
+    "run_id": "run_id", "run_ids": "run_id", "trace_id": "trace_id", "trace_ids": "trace_id",
+    "model_id": "model_id", "experiment_id": "experiment_id", "experiment_ids": "experiment_id",
+}  # fmt: skip
 # Listings of roles and permissions: a non-admin may see their own only.
 SELF_ONLY = {"/users/roles/list", "/users/permissions/list"}
 OWN_ROLE = {"/roles/get", "/roles/permissions/list"}
@@ -147,19 +149,21 @@ def _named(body: dict) -> dict[str, set]:
 
 
 def hide_existence(response):
-    """After the handler: for a non-admin, "not found" and "exists, but you may not read it" are one
-    404 on requests that name an object by id."""
+    """After the handler: for a non-admin, a 404 RESOURCE_DOES_NOT_EXIST on a request naming by id an
+    object they may not read (a free id included) becomes the 403 another team's object gets."""
     match = API.match(request.path)
-    if (
-        response.status_code not in (403, 404)
-        or not match
-        or request.authorization is None
-        or match.group("rest").startswith(("/users/", "/roles/"))
-    ):
+    if response.status_code != 404 or not match or request.authorization is None:
+        return response
+    if (response.get_json(silent=True) or {}).get("error_code") != "RESOURCE_DOES_NOT_EXIST":
         return response
     is_json = request.mimetype == "application/json" and request.method in JSON_METHODS
-    named = _named(_body() if is_json else {})
-    ids = [(k, next(iter(named[k]))) for k in ID_KEYS if len(named.get(k, ())) == 1]
+    ids = [
+        (ID_KEYS[key], value)
+        for key, values in _named(_body() if is_json else {}).items()
+        if key in ID_KEYS
+        for text in values
+        for value in (json.loads(text) if text.startswith("[") else [text])
+    ]
     if not ids:
         return response
     from mlflow.server import auth
@@ -170,16 +174,9 @@ def hide_existence(response):
             return response
     except MlflowException:
         return response
-    if response.status_code == 404:
-        body = response.get_json(silent=True) or {}
-        return (
-            _error(404, "RESOURCE_DOES_NOT_EXIST", HIDDEN)
-            if body.get("error_code") == "RESOURCE_DOES_NOT_EXIST"
-            else response
-        )
-    if any(_readable(key, value, username, auth) for key, value in ids):
-        return response  # a reader refused a write: existence is no secret to them
-    return _error(404, "RESOURCE_DOES_NOT_EXIST", HIDDEN)
+    if all(_readable(key, str(value), username, auth) for key, value in ids):
+        return response  # the caller's own object lacks something: MLflow's 404 stands
+    return auth.make_forbidden_response()
 
 
 def _readable(key: str, value: str, username: str, auth) -> bool:
