@@ -126,6 +126,8 @@ KNOWN = set(
         "\n", "|"
     ).split("|")
 )
+# Added by MLflow 3.18.0 (probed there, 0 writes and 0 leaks, in an image of ours with 3.18.0 in it).
+KNOWN |= {"/issues/schedule/state POST"}
 
 # Field families: spellings the handlers' protobuf parsing accepts for one object, and which of A's
 # and B's objects (the fixture's keys) they name.
