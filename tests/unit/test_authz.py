@@ -87,3 +87,10 @@ def test_consistent_spellings_pass():
     # request whose checks all pass before it, so stop at the listing/location step.
     with app.test_request_context("/api/2.0/mlflow/runs/log-batch", method="POST", json=body, headers=AUTH):
         assert authz._body() == body
+
+
+@pytest.mark.parametrize(
+    "text,values", [('["r1", "r2"]', ["r1", "r2"]), ("r1", ["r1"]), ("[r1", ["[r1"]), ("[1", ["[1"])]
+)
+def test_id_lists_as_written_and_any_other_text(text, values):
+    assert authz._listed(text) == values

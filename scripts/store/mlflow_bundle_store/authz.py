@@ -162,7 +162,7 @@ def hide_existence(response):
         for key, values in _named(_body() if is_json else {}).items()
         if key in ID_KEYS
         for text in values
-        for value in (json.loads(text) if text.startswith("[") else [text])
+        for value in _listed(text)
     ]
     if not ids:
         return response
@@ -177,6 +177,15 @@ def hide_existence(response):
     if all(_readable(key, str(value), username, auth) for key, value in ids):
         return response  # the caller's own object lacks something: MLflow's 404 stands
     return auth.make_forbidden_response()
+
+
+def _listed(text: str) -> list:
+    """The values of one field as _norm wrote them: a JSON list, or one value (any text)."""
+    try:
+        values = json.loads(text) if text.startswith("[") else [text]
+    except ValueError:
+        return [text]
+    return values if isinstance(values, list) else [text]
 
 
 def _readable(key: str, value: str, username: str, auth) -> bool:
