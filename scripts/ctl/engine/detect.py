@@ -15,9 +15,9 @@ from ctl.errors import CommandError
 SOCKET_DIR = Path("/run/mlflow-bundle")
 PODMAN_CONF = Path("/etc/containers/containers.conf")
 # The process lacks CAP_SYS_RESOURCE (setrlimit fails when podman raises limits), and crun
-# refuses the hybrid cgroup layout: runc with cgroupfs works. Without network_backend, podman 4
-# picks CNI for a storage root that holds images before its first network call (our imported
-# base images can come first), and Debian's podman ships no CNI plugins: no service-name DNS.
+# refuses the hybrid cgroup layout: runc with cgroupfs works. Without network_backend, podman 4.3
+# may pick CNI (on a fresh machine its API service did, and so does a `podman import` into an empty
+# storage root), and Debian's podman ships no CNI plugins: containers got no service-name DNS.
 PODMAN_SETTINGS = {
     "containers": {"default_ulimits": "[]", "pids_limit": "0"},
     "engine": {"runtime": '"runc"', "cgroup_manager": '"cgroupfs"'},
