@@ -110,8 +110,9 @@ def test_our_image_has_no_health_check_for_one_shots_to_inherit():
 
 
 def test_every_image_is_a_variable_with_an_official_default_and_a_standin():
-    """Each image but ours: `${NAME_IMAGE:-official}`, and docker/standins/NAME to build offline;
-    Grafana has none (Debian does not package it; `up` leaves it out offline)."""
+    """Each image but ours: `${NAME_IMAGE:-official}`, and docker/standins/NAME (or a stage NAME of a
+    shared Containerfile) to build offline; Grafana has none (Debian does not package it; `up` leaves
+    it out offline)."""
     variables = engine.image_variables((ROOT / "docker-compose.production.yml").read_text())
     assert set(variables) == {
         "POSTGRES_IMAGE",
@@ -126,13 +127,16 @@ def test_every_image_is_a_variable_with_an_official_default_and_a_standin():
         "BLACKBOX_EXPORTER_IMAGE",
         "GRAFANA_IMAGE",
     }
-    assert not engine.standin_dir("GRAFANA_IMAGE").exists()
+    assert engine.standin_containerfile("GRAFANA_IMAGE") == (engine.STANDINS / "grafana" / "Containerfile", None)
+    assert not (engine.STANDINS / "grafana").exists()
     variables.pop("GRAFANA_IMAGE")
     standin_tags = {engine.standin_tag(v, o) for v, o in variables.items()}
     for variable, official in variables.items():
         assert not official.startswith("localhost/"), official
-        containerfile = engine.standin_dir(variable) / "Containerfile"
+        containerfile, target = engine.standin_containerfile(variable)
         assert containerfile.exists(), f"{variable}: no stand-in at {containerfile}"
+        if variable.endswith("_EXPORTER_IMAGE"):
+            assert (containerfile.parent.name, target) == ("exporters", engine.standin_name(variable))
         base = engine.containerfile_base(containerfile)
         assert base.startswith(engine.BASE_PREFIX) or base in standin_tags, base
 
@@ -215,3 +219,24 @@ def test_image_installs_what_ci_tested():
     assert re.search(r"pip install .*-r /tmp/req/requirements\.txt -c /tmp/req/requirements\.lock", dockerfile)
     assert dockerfile.count("pip check") >= 1
     assert "!requirements.lock" in (ROOT / ".dockerignore").read_text()
+
+
+@pytest.mark.parametrize(
+    "url, parsed",
+    [
+        ("postgres://u:p:q@h:6432/db", "u|p:q|h|6432|db"),
+        ("postgres://u@h/db", "u||h|keep|db"),
+        ("postgresql://h:1", "x|y|h|1|"),
+        ("postgres://a@b:c@h:5/d/e", "a@b|c|h|5|d/e"),
+    ],
+)
+def test_pgbouncer_standin_parses_database_url_as_edoburu_does(url, parsed):
+    """The stand-in entrypoint's DATABASE_URL parsing, run by bash: a password may hold ':', the
+    user '@' (the last one ends it); a missing port leaves DB_PORT as it was (5432 by default)."""
+    script = (ROOT / "docker" / "standins" / "pgbouncer" / "entrypoint.sh").read_text()
+    functions = "".join(re.findall(r"^(?:split_pair|parse_url)\(\) \{\n.*?^\}\n", script, re.M | re.S))
+    probe = (
+        'DB_PORT=keep DB_USER=x DB_PASSWORD=y\nparse_url "$1"\necho "$DB_USER|$DB_PASSWORD|$DB_HOST|$DB_PORT|$DB_NAME"'
+    )
+    out = subprocess.run(["bash", "-c", functions + probe, "-", url], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == parsed, out.stderr

@@ -94,3 +94,30 @@ def test_ticker_survives_a_podman_that_does_not_answer(monkeypatch):
     with pytest.raises(SystemExit):
         ticker.tick(idle_exit_s=60, max_hours=0.01)
     assert calls[:4] == ["ps", "ps", "inspect", "healthcheck"]
+
+
+EXPORTERS = ROOT / "docker" / "standins" / "exporters" / "Containerfile"
+
+
+@pytest.mark.parametrize("variable", ["POSTGRES_EXPORTER_IMAGE", "BLACKBOX_EXPORTER_IMAGE"])
+def test_a_shared_containerfile_builds_its_stage_by_name(variable, monkeypatch):
+    calls = []
+    monkeypatch.setattr(engine.Engine, "label", lambda self, ref, key: None)
+    monkeypatch.setattr(engine.images, "ensure_debian_base", lambda eng, ref: None)
+    monkeypatch.setattr(engine.Engine, "build", lambda self, tag, *a, **kw: calls.append((tag, a, kw)))
+    official = engine.image_variables()[variable]
+    tag = engine.ensure_standin(engine.Engine("docker", {}), variable, official)
+    name = variable.removesuffix("_IMAGE").lower()
+    [(built, (context, containerfile, args, _labels), kw)] = calls
+    assert built == tag == f"localhost/mlflow-bundle/standin-{name}:{official.rsplit(':', 1)[1]}"
+    assert containerfile == EXPORTERS and context == EXPORTERS.parent
+    assert kw["target"] == args["STANDIN"] == name
+
+
+def test_stages_before_each_exporter_run_nothing_of_their_own():
+    """Docker's classic builder builds every stage before the target, with the target's STANDIN: only
+    the shared first stage may have steps that depend on it."""
+    stages = re.findall(r"^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", EXPORTERS.read_text(), re.M | re.S)
+    assert stages[0][0] == "exporter"
+    for name, body in stages[1:-1]:
+        assert not re.search(r"^RUN ", body, re.M), name

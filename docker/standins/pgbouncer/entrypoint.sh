@@ -15,27 +15,21 @@ _AUTH_FILE="${AUTH_FILE:-$PG_CONFIG_DIR/userlist.txt}"
 
 [ -e "$_AUTH_FILE" ] || touch "$_AUTH_FILE"
 
+# split_pair VALUE FIRST SECOND: "a:b" sets FIRST=a and SECOND=b; "a" sets FIRST=a and leaves SECOND
+split_pair() {
+  printf -v "$2" '%s' "${1%%:*}"
+  if [[ "$1" == *:* ]]; then printf -v "$3" '%s' "${1#*:}"; fi
+}
+
 # proto://user:password@host:port/dbname -> DB_USER, DB_PASSWORD, DB_HOST, DB_PORT, DB_NAME
 parse_url() {
-  local rest="${1#*://}" userpass hostport
+  local rest="${1#*://}"
   if [[ "$rest" == *@* ]]; then
-    userpass="${rest%@*}"
+    DB_PASSWORD=
+    split_pair "${rest%@*}" DB_USER DB_PASSWORD
     rest="${rest##*@}"
-    if [[ "$userpass" == *:* ]]; then
-      DB_USER="${userpass%%:*}"
-      DB_PASSWORD="${userpass#*:}"
-    else
-      DB_USER="$userpass"
-      DB_PASSWORD=
-    fi
   fi
-  hostport="${rest%%/*}"
-  if [[ "$hostport" == *:* ]]; then
-    DB_HOST="${hostport%%:*}"
-    DB_PORT="${hostport#*:}"
-  else
-    DB_HOST="$hostport"
-  fi
+  split_pair "${rest%%/*}" DB_HOST DB_PORT
   if [[ "$rest" == */* ]]; then DB_NAME="${rest#*/}"; else DB_NAME=; fi
 }
 

@@ -103,9 +103,17 @@ class Engine:
         return [line for line in out.stdout.splitlines()[1:] if line.strip()]
 
     def build(
-        self, tag: str, context: Path, dockerfile: Path, args: dict, labels: dict = None, pypi=False, inputs=None
+        self,
+        tag: str,
+        context: Path,
+        dockerfile: Path,
+        args: dict,
+        labels: dict = None,
+        pypi=False,
+        inputs=None,
+        target: str = None,
     ):
-        """Build TAG. A PYPI build runs in a throw-away copy of CONTEXT (only INPUTS of it, paths
+        """Build TAG (the stage TARGET, where given). A PYPI build runs in a throw-away copy of CONTEXT (only INPUTS of it, paths
         relative to it, where given) with this machine's CA bundle as build-ca.crt, which only the
         Dockerfile's pip stage copies: Docker's classic builder has no -v and no --secret, and the
         final image's trust store stays the base image's."""
@@ -115,6 +123,8 @@ class Engine:
             cmd += ["--build-arg", f"{key}={value}"]
         for key, value in (labels or {}).items():
             cmd += ["--label", f"{key}={value}"]
+        if target:
+            cmd += ["--target", target]
         started = time.monotonic()
         log(f"building {tag} ({dockerfile.relative_to(ROOT)}) with {self.builder()}; output in {BUILD_LOG}")
         with tempfile.TemporaryDirectory(dir=mkdir(VAR / "build"), prefix="context-") as scratch:

@@ -33,12 +33,25 @@ def image_variables(text: str = None) -> dict:
     return dict(re.findall(r"\$\{([A-Z0-9_]+_IMAGE):-([^}]+)\}", text))
 
 
-def standin_dir(variable: str) -> Path:
-    return STANDINS / variable.removesuffix("_IMAGE").lower()
+def standin_name(variable: str) -> str:
+    return variable.removesuffix("_IMAGE").lower()
+
+
+def standin_containerfile(variable: str) -> tuple[Path, str | None]:
+    """The stand-in's Containerfile and build target: docker/standins/NAME/Containerfile, or the
+    stage NAME of one shared by several (docker/standins/exporters); the former path if neither."""
+    name = standin_name(variable)
+    own = STANDINS / name / "Containerfile"
+    if own.exists():
+        return own, None
+    for shared in sorted(STANDINS.glob("*/Containerfile")):
+        if re.search(rf"^FROM\s+\S+\s+AS\s+{name}\s*$", shared.read_text(), re.M | re.I):
+            return shared, name
+    return own, None
 
 
 def standin_tag(variable: str, official: str) -> str:
-    return f"localhost/mlflow-bundle/standin-{standin_dir(variable).name}:{official.rsplit(':', 1)[-1]}"
+    return f"localhost/mlflow-bundle/standin-{standin_name(variable)}:{official.rsplit(':', 1)[-1]}"
 
 
 def containerfile_base(path: Path) -> str:
@@ -96,10 +109,10 @@ def ensure_debian_base(engine: Engine, ref: str):
 
 def ensure_standin(engine: Engine, variable: str, official: str) -> str:
     tag = standin_tag(variable, official)
-    containerfile = standin_dir(variable) / "Containerfile"
+    containerfile, target = standin_containerfile(variable)
     if not containerfile.exists():
         raise CommandError(f"{official} cannot be pulled and there is no stand-in for it ({containerfile})")
-    digest = inputs_hash([containerfile.parent.relative_to(ROOT).as_posix()])
+    digest = inputs_hash([containerfile.parent.relative_to(ROOT).as_posix()], target or "")
     if engine.label(tag, INPUTS_LABEL) == digest:
         return tag
     base = containerfile_base(containerfile)
@@ -108,14 +121,16 @@ def ensure_standin(engine: Engine, variable: str, official: str) -> str:
     else:  # another stand-in, e.g. the S3 store on the python stand-in
         variable_of = {standin_tag(v, o): (v, o) for v, o in image_variables().items()}
         ensure_standin(engine, *variable_of[base])
-    # On a debootstrap base the build needs only the Debian mirror; on another stand-in, PyPI.
+    # On a debootstrap base the build needs only the Debian mirror; on another stand-in, PyPI. A
+    # shared Containerfile learns its target as STANDIN too.
     engine.build(
         tag,
         containerfile.parent,
         containerfile,
-        {"BASE": base},
+        {"BASE": base, **({"STANDIN": target} if target else {})},
         {INPUTS_LABEL: digest},
         pypi=not base.startswith(BASE_PREFIX),
+        target=target,
     )
     return tag
 
@@ -168,7 +183,7 @@ def ensure_images(engine: Engine, env: dict, profiles: tuple = None) -> dict:
         if engine.image_exists(wanted) or pull(engine, wanted):
             chosen[variable] = wanted
             continue
-        if not (standin_dir(variable) / "Containerfile").exists():
+        if not standin_containerfile(variable)[0].exists():
             log(f"{wanted} cannot be pulled (no registry reachable?) and has no stand-in: its services are left out")
             continue
         log(f"{wanted} cannot be pulled (no registry reachable?): using a local stand-in built from Debian packages")
