@@ -57,22 +57,28 @@ def aws_env(*, public_host: str, bucket: str, region: str, db_host: str, image: 
     }
 
 
-@functools.lru_cache(maxsize=16)
-def _resolve(env_items: tuple, files: tuple, root: str) -> str:
-    cmd = [
+def config_command(env_file: str | Path, files=AWS_COMPOSE_FILES, root: str | Path = REPO_ROOT) -> list[str]:
+    """`docker-compose config --format json` of files (relative to root), variables from env_file."""
+    return [
         compose_binary(),
         *(a for f in files for a in ("-f", f)),
         "--project-directory",
-        root,
+        str(root),
         "--env-file",
-        os.devnull,
+        str(env_file),
         "config",
         "--format",
         "json",
     ]
+
+
+@functools.lru_cache(maxsize=16)
+def _resolve(env_items: tuple, files: tuple, root: str) -> str:
     # Only our values: neither the caller's shell nor a developer's .env leaks into the model.
     env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ} | dict(env_items)
-    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        config_command(os.devnull, files, root), cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
     if result.returncode != 0:
         raise RuntimeError(f"docker-compose config failed: {result.stderr.strip()}")
     return result.stdout
@@ -82,18 +88,20 @@ def resolve(env: dict[str, str], files=AWS_COMPOSE_FILES, root: Path = REPO_ROOT
     return json.loads(_resolve(tuple(sorted(env.items())), tuple(files), str(root)))
 
 
-def placeholder_model(root: Path = REPO_ROOT) -> dict:
-    """The AWS model with stand-in values: enough for what does not depend on them (mounts)."""
-    return resolve(
-        aws_env(
-            public_host="mlflow.example.com",
-            bucket="bucket",
-            region="us-east-1",
-            db_host="db.example.com",
-            image="image:tag",
-        ),
-        root=root,
-    )
+# Stand-ins for aws_env's deployment values.
+PLACEHOLDERS = {
+    "public_host": "mlflow.example.com",
+    "bucket": "bucket",
+    "region": "us-east-1",
+    "db_host": "db.example.com",
+    "image": "image:tag",
+}
+
+
+def placeholder_model(root: Path = REPO_ROOT, **values: str) -> dict:
+    """The AWS model with stand-in values (values: aws_env arguments that replace them): enough
+    for what does not depend on them (mounts)."""
+    return resolve(aws_env(**{**PLACEHOLDERS, **values}), root=root)
 
 
 def bind_mounts(service: dict, root: Path = REPO_ROOT) -> list[tuple[str, str]]:

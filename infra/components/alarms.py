@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
-from pulumi import ResourceOptions
+
+from infra.components.base import Component
 
 
 @dataclass
@@ -28,19 +29,16 @@ DB_ALARMS = (
 )
 
 
-class Alarms(pulumi.ComponentResource):
+class Alarms(Component[AlarmsArgs]):
     topic_arn: pulumi.Output[str]
 
-    def __init__(self, name: str, args: AlarmsArgs, opts: ResourceOptions | None = None):
-        super().__init__("mlflow:infra:Alarms", name, {}, opts)
-        child = ResourceOptions(parent=self)
-        tags = {**args.tags, "Name": name}
+    def create(self, name: str, args: AlarmsArgs) -> dict:
         # Not KMS-encrypted: CloudWatch cannot publish to a topic under the AWS-managed SNS key,
         # and alarm messages carry no secret.
-        topic = aws.sns.Topic(name, tags=tags, opts=child)
+        topic = aws.sns.Topic(name, tags=self.tags, opts=self.child)
         if args.email:
             aws.sns.TopicSubscription(
-                f"{name}-email", topic=topic.arn, protocol="email", endpoint=args.email, opts=child
+                f"{name}-email", topic=topic.arn, protocol="email", endpoint=args.email, opts=self.child
             )
         for metric, comparison, threshold, description in DB_ALARMS:
             aws.cloudwatch.MetricAlarm(
@@ -56,8 +54,8 @@ class Alarms(pulumi.ComponentResource):
                 alarm_description=description,
                 alarm_actions=[topic.arn],
                 ok_actions=[topic.arn],
-                tags=tags,
-                opts=child,
+                tags=self.tags,
+                opts=self.child,
             )
         self.topic_arn = topic.arn
-        self.register_outputs({"topic_arn": self.topic_arn})
+        return {"topic_arn": self.topic_arn}

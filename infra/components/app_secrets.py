@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
-from pulumi import ResourceOptions
+
+from infra.components.base import Component
 
 # The keys of the JSON secret; the boot script and the ECS task read exactly these.
 SECRET_KEYS = ("MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
@@ -23,29 +24,29 @@ class AppSecretsArgs:
     recovery_window_days: int = 30
 
 
-class AppSecrets(pulumi.ComponentResource):
+class AppSecrets(Component[AppSecretsArgs]):
     secret_arn: pulumi.Output[str]
 
-    def __init__(self, name: str, args: AppSecretsArgs, opts: ResourceOptions | None = None):
-        super().__init__("mlflow:infra:AppSecrets", name, {}, opts)
-        child = ResourceOptions(parent=self)
+    def create(self, name: str, args: AppSecretsArgs) -> dict:
         values = {}
         for key in SECRET_KEYS:
             # Alphanumeric only: safe inside connection URIs, INI files and SQL literals.
-            pw = random.RandomPassword(f"{name}-{key.lower().replace('_', '-')}", length=40, special=False, opts=child)
+            pw = random.RandomPassword(
+                f"{name}-{key.lower().replace('_', '-')}", length=40, special=False, opts=self.child
+            )
             values[key] = pulumi.Output.secret(pw.result)  # not secret under mocks otherwise
         secret = aws.secretsmanager.Secret(
             name,
             description="MLflow server secrets (DB user, admin, Flask session key)",
             recovery_window_in_days=args.recovery_window_days,
-            tags={**args.tags, "Name": name},
-            opts=child,
+            tags=self.tags,
+            opts=self.child,
         )
         aws.secretsmanager.SecretVersion(
             f"{name}-value",
             secret_id=secret.id,
             secret_string=pulumi.Output.secret(pulumi.Output.all(**values).apply(json.dumps)),
-            opts=child,
+            opts=self.child,
         )
         self.secret_arn = secret.arn
-        self.register_outputs({"secret_arn": self.secret_arn})
+        return {"secret_arn": self.secret_arn}

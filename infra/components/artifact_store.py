@@ -9,6 +9,8 @@ import pulumi
 import pulumi_aws as aws
 from pulumi import ResourceOptions
 
+from infra.components.base import Component
+
 ENCRYPTIONS = ("sse-kms", "sse-s3")
 
 
@@ -44,40 +46,39 @@ class ArtifactStoreArgs:
     force_destroy: bool = False
 
 
-class ArtifactStore(pulumi.ComponentResource):
+class ArtifactStore(Component[ArtifactStoreArgs]):
     bucket_name: pulumi.Output[str]
     bucket_arn: pulumi.Output[str]
     kms_key_arn: pulumi.Output[str] | None
 
-    def __init__(self, name: str, args: ArtifactStoreArgs, opts: ResourceOptions | None = None):
-        super().__init__("mlflow:infra:ArtifactStore", name, {}, opts)
+    def create(self, name: str, args: ArtifactStoreArgs) -> dict:
         if args.encryption not in ENCRYPTIONS:
             raise ValueError(f"encryption must be one of {ENCRYPTIONS}, got {args.encryption!r}")
-        child = ResourceOptions(parent=self)
-        tags = {**args.tags, "Name": name}
 
         bucket = aws.s3.Bucket(
-            name, force_destroy=args.force_destroy and args.environment == "dev", tags=tags, opts=child
+            name, force_destroy=args.force_destroy and args.environment == "dev", tags=self.tags, opts=self.child
         )
-        aws.s3.BucketOwnershipControls(
-            f"{name}-ownership",
-            bucket=bucket.id,
-            opts=child,
+
+        def setting(resource, suffix: str, opts: ResourceOptions = self.child, **props):
+            """One of the bucket's settings: S3 keeps each as a resource of its own."""
+            return resource(f"{name}-{suffix}", bucket=bucket.id, opts=opts, **props)
+
+        setting(
+            aws.s3.BucketOwnershipControls,
+            "ownership",
             rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
         )
-        pab = aws.s3.BucketPublicAccessBlock(
-            f"{name}-public-access",
-            bucket=bucket.id,
+        pab = setting(
+            aws.s3.BucketPublicAccessBlock,
+            "public-access",
             block_public_acls=True,
             block_public_policy=True,
             ignore_public_acls=True,
             restrict_public_buckets=True,
-            opts=child,
         )
-        aws.s3.BucketVersioning(
-            f"{name}-versioning",
-            bucket=bucket.id,
-            opts=child,
+        setting(
+            aws.s3.BucketVersioning,
+            "versioning",
             versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
         )
 
@@ -88,8 +89,8 @@ class ArtifactStore(pulumi.ComponentResource):
                 description=f"{name} artifact encryption",
                 enable_key_rotation=True,
                 deletion_window_in_days=30,
-                tags=tags,
-                opts=child,
+                tags=self.tags,
+                opts=self.child,
             )
             self.kms_key_arn = key.arn
             default = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
@@ -99,20 +100,18 @@ class ArtifactStore(pulumi.ComponentResource):
             default = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
                 sse_algorithm="AES256"
             )
-        aws.s3.BucketServerSideEncryptionConfiguration(
-            f"{name}-encryption",
-            bucket=bucket.id,
-            opts=child,
+        setting(
+            aws.s3.BucketServerSideEncryptionConfiguration,
+            "encryption",
             rules=[
                 aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
                     apply_server_side_encryption_by_default=default, bucket_key_enabled=args.encryption == "sse-kms"
                 )
             ],
         )  # fewer KMS calls, lower cost
-        aws.s3.BucketLifecycleConfiguration(
-            f"{name}-lifecycle",
-            bucket=bucket.id,
-            opts=child,
+        setting(
+            aws.s3.BucketLifecycleConfiguration,
+            "lifecycle",
             rules=[
                 aws.s3.BucketLifecycleConfigurationRuleArgs(
                     id="expire-noncurrent-versions",
@@ -128,13 +127,13 @@ class ArtifactStore(pulumi.ComponentResource):
             ],
         )
         # Applied after the public-access block so S3 judges the policy with the block in place.
-        aws.s3.BucketPolicy(
-            f"{name}-tls-only",
-            bucket=bucket.id,
+        setting(
+            aws.s3.BucketPolicy,
+            "tls-only",
             policy=bucket.arn.apply(deny_insecure_transport_policy),
             opts=ResourceOptions(parent=self, depends_on=[pab]),
         )
 
         self.bucket_name = bucket.bucket
         self.bucket_arn = bucket.arn
-        self.register_outputs({"bucket_name": self.bucket_name, "bucket_arn": self.bucket_arn})
+        return {"bucket_name": self.bucket_name, "bucket_arn": self.bucket_arn}

@@ -14,8 +14,9 @@ from pulumi import ResourceOptions
 
 from infra import REPO_ROOT
 from infra.bundle import BUNDLE_PREFIX, bundle_files, bundle_hash
+from infra.components.base import Component
 from infra.components.runner import logs_statement, waiting_lambda
-from infra.components.server import WEB_PORTS, ServerArgs, front_door, tcp_rule
+from infra.components.server import WEB_PORTS, ServerArgs, front_door, internet_load_balancer, tcp_rule
 from infra.compose_binary import instance_compose_binary
 from infra.userdata import (
     BOOT_SCRIPT_OBJECT,
@@ -70,15 +71,12 @@ class ComputeArgs(ServerArgs):
     root_volume_gb: int = 30
 
 
-class Compute(pulumi.ComponentResource):
+class Compute(Component[ComputeArgs]):
     tracking_url: pulumi.Output[str]
     load_balancer_dns_name: pulumi.Output[str]
     instance_id: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ComputeArgs, opts: ResourceOptions | None = None):
-        super().__init__("mlflow:infra:Compute", name, {}, opts)
-        self.name, self.args = name, args
-        self.tags = {**args.tags, "Name": name}
+    def create(self, name: str, args: ComputeArgs) -> dict:
         script = self._boot_script()
         shipped = self._ship(script)
         instance = self._instance(shipped)
@@ -89,7 +87,7 @@ class Compute(pulumi.ComponentResource):
         self.tracking_url = pulumi.Output.from_input(f"https://{args.public_host}")
         self.load_balancer_dns_name = nlb.dns_name
         self.instance_id = instance.id
-        self.register_outputs({"tracking_url": self.tracking_url, "instance_id": self.instance_id})
+        return {"tracking_url": self.tracking_url, "instance_id": self.instance_id}
 
     def _boot_script(self) -> pulumi.Output[str]:
         args, compose = self.args, instance_compose_binary()
@@ -126,7 +124,7 @@ class Compute(pulumi.ComponentResource):
 
     def _ship(self, script: pulumi.Output[str]) -> list[aws.s3.BucketObjectv2]:
         """The bundle, the boot script and the Compose binary, under the bundle prefix."""
-        name, args, child = self.name, self.args, ResourceOptions(parent=self)
+        name, args, child = self.name, self.args, self.child
         body = {str(rel): {"source": pulumi.FileAsset(str(REPO_ROOT / rel))} for rel in bundle_files()}
         body[COMPOSE_OBJECT] = {"source": pulumi.FileAsset(str(instance_compose_binary().path))}
         body[BOOT_SCRIPT_OBJECT] = {"content": script}
@@ -192,7 +190,7 @@ class Compute(pulumi.ComponentResource):
         """Every deploy (new script, bundle, image, Compose binary, or a new instance) invokes the
         runner, which sends the deploy document and fails `pulumi up` with the run's output when
         the run fails."""
-        name, args, child = self.name, self.args, ResourceOptions(parent=self)
+        name, args, child = self.name, self.args, self.child
         document = aws.ssm.Document(
             f"{name}-deploy",
             document_type="Command",
@@ -226,7 +224,7 @@ class Compute(pulumi.ComponentResource):
         )
 
     def _recover_on_host_failure(self, instance: aws.ec2.Instance) -> None:
-        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
+        name, args, tags, child = self.name, self.args, self.tags, self.child
         # Hardware or host failure: EC2 recovers the instance onto healthy hardware (same id, disk).
         aws.cloudwatch.MetricAlarm(
             f"{name}-status-check",
@@ -249,7 +247,7 @@ class Compute(pulumi.ComponentResource):
 
     def _load_balancer(self, instance: aws.ec2.Instance) -> aws.lb.LoadBalancer:
         """TCP pass-through: Nginx on the instance terminates TLS with the bundle's config."""
-        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
+        name, args, tags, child = self.name, self.args, self.tags, self.child
         lb_sg = front_door(f"{name}-lb", "Front door: HTTPS (and HTTP redirect) from allowed CIDRs", args, tags, self)
         for port in WEB_PORTS:
             tcp_rule(
@@ -272,16 +270,7 @@ class Compute(pulumi.ComponentResource):
             referenced_security_group_id=args.server_security_group_id,
         )
 
-        nlb = aws.lb.LoadBalancer(
-            f"{name}-nlb",
-            load_balancer_type="network",
-            internal=False,
-            subnets=args.public_subnet_ids,
-            security_groups=[lb_sg.id],
-            enable_deletion_protection=args.environment == "prod",
-            tags=tags,
-            opts=child,
-        )
+        nlb = internet_load_balancer(f"{name}-nlb", "network", lb_sg, args, tags, self)
         for port in WEB_PORTS:
             tg = aws.lb.TargetGroup(
                 f"{name}-{port}",

@@ -9,6 +9,8 @@ import pulumi
 import pulumi_aws as aws
 from pulumi import ResourceOptions
 
+from infra.components.base import Component, named
+
 
 @dataclass
 class NetworkArgs:
@@ -26,24 +28,21 @@ class NetworkArgs:
     az_count: int = 2
 
 
-class Network(pulumi.ComponentResource):
+class Network(Component[NetworkArgs]):
     vpc_id: pulumi.Output[str]
     public_subnet_ids: list
     private_subnet_ids: list
     server_security_group_id: pulumi.Output[str]
 
-    def __init__(self, name: str, args: NetworkArgs, opts: ResourceOptions | None = None):
-        super().__init__("mlflow:infra:Network", name, {}, opts)
+    def create(self, name: str, args: NetworkArgs) -> dict:
         if args.vpc_id:
             self.vpc_id = pulumi.Output.from_input(args.vpc_id)
             self.public_subnet_ids = list(args.public_subnet_ids)
             self.private_subnet_ids = list(args.private_subnet_ids)
             self._server_security_group(name, args)
-            self.register_outputs({"vpc_id": self.vpc_id})
-            return
+            return {"vpc_id": self.vpc_id}
 
-        child = ResourceOptions(parent=self)
-        tags = lambda suffix: {**args.tags, "Name": f"{name}-{suffix}"}  # noqa: E731
+        tags = lambda suffix: named(args.tags, f"{name}-{suffix}")  # noqa: E731
         # Local and Wavelength Zones need an opt-in and sort before the region's own zones.
         zones = aws.get_availability_zones(
             state="available",
@@ -57,16 +56,21 @@ class Network(pulumi.ComponentResource):
             enable_dns_hostnames=True,
             enable_dns_support=True,
             tags=tags("vpc"),
-            opts=child,
+            opts=self.child,
         )
-        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=tags("igw"), opts=child)
-        public_rt = aws.ec2.RouteTable(
-            f"{name}-public",
-            vpc_id=vpc.id,
-            tags=tags("public"),
-            opts=child,
-            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
-        )
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=tags("igw"), opts=self.child)
+
+        def default_route(kind: str, **target) -> aws.ec2.RouteTable:
+            """The route table of the `kind` subnets: everything outside the VPC goes to target."""
+            return aws.ec2.RouteTable(
+                f"{name}-{kind}",
+                vpc_id=vpc.id,
+                tags=tags(kind),
+                opts=self.child,
+                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", **target)],
+            )
+
+        public_rt = default_route("public", gateway_id=igw.id)
 
         public, private = [], []
         for i, zone in enumerate(zones):
@@ -78,10 +82,10 @@ class Network(pulumi.ComponentResource):
                 availability_zone=zone,
                 map_public_ip_on_launch=False,
                 tags=tags(f"public-{i}"),
-                opts=child,
+                opts=self.child,
             )
             aws.ec2.RouteTableAssociation(
-                f"{name}-public-{i}", subnet_id=pub.id, route_table_id=public_rt.id, opts=child
+                f"{name}-public-{i}", subnet_id=pub.id, route_table_id=public_rt.id, opts=self.child
             )
             priv = aws.ec2.Subnet(
                 f"{name}-private-{i}",
@@ -90,13 +94,13 @@ class Network(pulumi.ComponentResource):
                 availability_zone=zone,
                 map_public_ip_on_launch=False,
                 tags=tags(f"private-{i}"),
-                opts=child,
+                opts=self.child,
             )
             public.append(pub)
             private.append(priv)
 
         # One NAT gateway: the server needs outbound HTTPS for packages and images.
-        eip = aws.ec2.Eip(f"{name}-nat", domain="vpc", tags=tags("nat"), opts=child)
+        eip = aws.ec2.Eip(f"{name}-nat", domain="vpc", tags=tags("nat"), opts=self.child)
         nat = aws.ec2.NatGateway(
             f"{name}-nat",
             subnet_id=public[0].id,
@@ -104,16 +108,10 @@ class Network(pulumi.ComponentResource):
             tags=tags("nat"),
             opts=ResourceOptions(parent=self, depends_on=[igw]),
         )
-        private_rt = aws.ec2.RouteTable(
-            f"{name}-private",
-            vpc_id=vpc.id,
-            tags=tags("private"),
-            opts=child,
-            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
-        )
+        private_rt = default_route("private", nat_gateway_id=nat.id)
         for i, priv in enumerate(private):
             aws.ec2.RouteTableAssociation(
-                f"{name}-private-{i}", subnet_id=priv.id, route_table_id=private_rt.id, opts=child
+                f"{name}-private-{i}", subnet_id=priv.id, route_table_id=private_rt.id, opts=self.child
             )
         # Artifact traffic to S3 through a gateway endpoint: free, where the NAT bills per GB.
         aws.ec2.VpcEndpoint(
@@ -123,14 +121,14 @@ class Network(pulumi.ComponentResource):
             service_name=f"com.amazonaws.{args.region}.s3",
             route_table_ids=[private_rt.id],
             tags=tags("s3"),
-            opts=child,
+            opts=self.child,
         )
 
         self.vpc_id = vpc.id
         self.public_subnet_ids = [s.id for s in public]
         self.private_subnet_ids = [s.id for s in private]
         self._server_security_group(name, args)
-        self.register_outputs({"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids})
+        return {"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids}
 
     def _server_security_group(self, name: str, args: NetworkArgs) -> None:
         """The server's group: other components add ingress to it (front door) and from it (database)."""
@@ -138,8 +136,8 @@ class Network(pulumi.ComponentResource):
             f"{name}-server",
             vpc_id=self.vpc_id,
             description="MLflow server (instance or ECS tasks)",
-            tags={**args.tags, "Name": f"{name}-server"},
-            opts=ResourceOptions(parent=self),
+            tags=named(args.tags, f"{name}-server"),
+            opts=self.child,
         )
         # Outbound: RDS, S3, Secrets Manager, package and image registries.
         aws.vpc.SecurityGroupEgressRule(
@@ -148,6 +146,6 @@ class Network(pulumi.ComponentResource):
             ip_protocol="-1",
             cidr_ipv4="0.0.0.0/0",
             tags=args.tags,
-            opts=ResourceOptions(parent=self),
+            opts=self.child,
         )
         self.server_security_group_id = sg.id

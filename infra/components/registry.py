@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
-from pulumi import ResourceOptions
+
+from infra.components.base import Component
 
 
 @dataclass
@@ -22,27 +23,25 @@ class ImageRegistryArgs:
     force_delete: bool = False
 
 
-class ImageRegistry(pulumi.ComponentResource):
+class ImageRegistry(Component[ImageRegistryArgs]):
     repository_url: pulumi.Output[str]
     repository_arn: pulumi.Output[str]
     repository_name: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ImageRegistryArgs, opts: ResourceOptions | None = None):
-        super().__init__("mlflow:infra:ImageRegistry", name, {}, opts)
-        child = ResourceOptions(parent=self)
+    def create(self, name: str, args: ImageRegistryArgs) -> dict:
         repo = aws.ecr.Repository(
             name,
             image_tag_mutability="IMMUTABLE",
             force_delete=args.force_delete,
-            tags={**args.tags, "Name": name},
-            opts=child,
+            tags=self.tags,
+            opts=self.child,
             image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(scan_on_push=True),
             encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="KMS")],
         )
         aws.ecr.LifecyclePolicy(
             f"{name}-lifecycle",
             repository=repo.name,
-            opts=child,
+            opts=self.child,
             policy=json.dumps(
                 {
                     "rules": [
@@ -64,7 +63,7 @@ class ImageRegistry(pulumi.ComponentResource):
         self.repository_url = repo.repository_url
         self.repository_arn = repo.arn
         self.repository_name = repo.name
-        self.register_outputs({"repository_url": self.repository_url})
+        return {"repository_url": self.repository_url}
 
 
 def image_present(repository_name: pulumi.Input[str], tag: str) -> pulumi.Output[bool]:

@@ -3,13 +3,14 @@ its role, function, log group and role policy. A failed invocation fails `pulumi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
 from pulumi import ResourceOptions
+
+from infra.components.server_iam import trust_policy
 
 
 def waiting_lambda(
@@ -30,14 +31,7 @@ def waiting_lambda(
         tags=tags,
         opts=child,
         description=description,
-        assume_role_policy=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "lambda.amazonaws.com"}}
-                ],
-            }
-        ),
+        assume_role_policy=trust_policy({"Service": "lambda.amazonaws.com"}),
     )
     fn = aws.lambda_.Function(
         function_name,

@@ -16,8 +16,9 @@ from pulumi import ResourceOptions
 
 from infra import REPO_ROOT
 from infra.bundle import EC2_CREDENTIALS_ENV, MADE_AT_BOOT
+from infra.components.base import Component
 from infra.components.runner import logs_statement, waiting_lambda
-from infra.components.server import ServerArgs, front_door, tcp_rule
+from infra.components.server import ServerArgs, front_door, internet_load_balancer, tcp_rule
 from infra.compose_model import (
     SECRET_ENV,
     aws_env,
@@ -176,15 +177,13 @@ class ScaleOutArgs(ServerArgs):
     requests_per_ip_per_minute: int
 
 
-class ScaleOut(pulumi.ComponentResource):
+class ScaleOut(Component[ScaleOutArgs]):
     tracking_url: pulumi.Output[str]
     load_balancer_dns_name: pulumi.Output[str]
     cluster_name: pulumi.Output[str]
     service_name: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ScaleOutArgs, opts: ResourceOptions | None = None):
-        super().__init__("mlflow:infra:ScaleOut", name, {}, opts)
-        self.name, self.args, self.tags = name, args, {**args.tags, "Name": name}
+    def create(self, name: str, args: ScaleOutArgs) -> dict:
         self.present = pulumi.Output.from_input(args.image_present)
         mlflow_service = placeholder_model()["services"]["mlflow"]
         port = int(option(mlflow_service["command"], "--port") or 5000)
@@ -201,11 +200,11 @@ class ScaleOut(pulumi.ComponentResource):
         self.load_balancer_dns_name = alb.dns_name
         self.cluster_name = cluster.name
         self.service_name = service.name
-        self.register_outputs({"tracking_url": self.tracking_url})
+        return {"tracking_url": self.tracking_url}
 
     def _logs_and_cluster(self):
         """The task log group (written with the execution role) and the cluster."""
-        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
+        name, args, tags, child = self.name, self.args, self.tags, self.child
         logs = aws.cloudwatch.LogGroup(f"{name}-logs", retention_in_days=30, tags=tags, opts=child)
         aws.iam.RolePolicy(
             f"{name}-logs",
@@ -237,7 +236,7 @@ class ScaleOut(pulumi.ComponentResource):
 
     def _load_balancer(self, port: int):
         """The ALB and its security group, target group and listeners (HTTP redirects to HTTPS)."""
-        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
+        name, args, tags, child = self.name, self.args, self.tags, self.child
         lb_sg = front_door(f"{name}-alb", "ALB: HTTPS (and HTTP redirect) from allowed CIDRs", args, tags, self)
         tcp_rule(
             aws.vpc.SecurityGroupEgressRule,
@@ -258,17 +257,15 @@ class ScaleOut(pulumi.ComponentResource):
             referenced_security_group_id=lb_sg.id,
             description="MLflow from the ALB",
         )
-        alb = aws.lb.LoadBalancer(
+        alb = internet_load_balancer(
             f"{name}-alb",
-            load_balancer_type="application",
-            internal=False,
-            subnets=args.public_subnet_ids,
-            security_groups=[lb_sg.id],
+            "application",
+            lb_sg,
+            args,
+            tags,
+            self,
             drop_invalid_header_fields=True,
             idle_timeout=nginx_proxy_timeout(),
-            enable_deletion_protection=args.environment == "prod",
-            tags=tags,
-            opts=child,
         )
         tg = aws.lb.TargetGroup(
             f"{name}-tg",
@@ -334,7 +331,7 @@ class ScaleOut(pulumi.ComponentResource):
 
     def _rate_limit(self, alb) -> None:
         """The ALB's stand-in for Nginx's failed-login limit (ec2 mode), which ECS mode lacks."""
-        name, child = self.name, ResourceOptions(parent=self)
+        name, child = self.name, self.child
         acl = aws.wafv2.WebAcl(
             f"{name}-waf",
             tags=self.tags,
@@ -345,7 +342,7 @@ class ScaleOut(pulumi.ComponentResource):
 
     def _task_definitions(self, mlflow_service: dict, logs):
         """The service and migrate task definitions, derived from the resolved compose model."""
-        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
+        name, args, tags, child = self.name, self.args, self.tags, self.child
 
         def definitions(a) -> str:
             image, db_host, bucket, app_secret, db_secret, log_group = a
@@ -400,7 +397,7 @@ class ScaleOut(pulumi.ComponentResource):
 
     def _service(self, cluster, task, tg, port: int, depends_on: list):
         """The Fargate service and its CPU target tracking between min_tasks and max_tasks."""
-        name, args, tags, child, present = self.name, self.args, self.tags, ResourceOptions(parent=self), self.present
+        name, args, tags, child, present = self.name, self.args, self.tags, self.child, self.present
         service = aws.ecs.Service(
             name,
             cluster=cluster.arn,
@@ -451,7 +448,7 @@ class ScaleOut(pulumi.ComponentResource):
         return service
 
     def _alarms(self, alb, tg) -> None:
-        name, args, tags, child = self.name, self.args, self.tags, ResourceOptions(parent=self)
+        name, args, tags, child = self.name, self.args, self.tags, self.child
         for metric, threshold, what in (
             ("UnHealthyHostCount", 0, "MLflow tasks failing health checks"),
             ("HTTPCode_Target_5XX_Count", 10, "MLflow answering 5xx"),

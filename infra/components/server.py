@@ -71,3 +71,21 @@ def front_door(name: str, description: str, args: ServerArgs, tags: dict, parent
                 description=f"{port} from {cidr}",
             )
     return sg
+
+
+def internet_load_balancer(
+    name: str, lb_type: str, sg: aws.ec2.SecurityGroup, args: ServerArgs, tags: dict, parent, **settings
+) -> aws.lb.LoadBalancer:
+    """The load balancer (lb_type "network" or "application") in the public subnets, in its front
+    door group sg; deletion-protected in prod. settings: what only that type takes."""
+    return aws.lb.LoadBalancer(
+        name,
+        load_balancer_type=lb_type,
+        internal=False,
+        subnets=args.public_subnet_ids,
+        security_groups=[sg.id],
+        enable_deletion_protection=args.environment == "prod",
+        tags=tags,
+        opts=ResourceOptions(parent=parent),
+        **settings,
+    )

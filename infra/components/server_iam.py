@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
-from pulumi import ResourceOptions
 
 from infra.bundle import BUNDLE_PREFIX as DEPLOY_BUNDLE_PREFIX
+from infra.components.base import Component, named
 
 # Session Manager access instead of SSH (AWS-managed; the one managed policy we attach).
 SSM_CORE_POLICY_ARN = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
@@ -73,6 +73,16 @@ def assume_artifact_role_statement(artifact_role_arn: str) -> dict:
     }
 
 
+def trust_policy(principal: dict) -> str:
+    """The assume-role policy that lets principal ({"Service": ...} or {"AWS": arn}) assume a role."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": principal}],
+        }
+    )
+
+
 def image_pull_policy_document(repository_arn: str, secret_arns: list[str] | None = None) -> dict:
     """Pull our image from its ECR repository (and get the registry token, which has no ARN); with
     secret_arns (an ECS execution role), also read the secrets ECS injects into the containers."""
@@ -114,97 +124,82 @@ class ServerIamArgs:
     service: str = "ec2.amazonaws.com"
 
 
-class ServerIam(pulumi.ComponentResource):
-    role_arn: pulumi.Output[str]
-    role_name: pulumi.Output[str]
-    instance_profile_name: pulumi.Output[str]
-    artifact_role_arn: pulumi.Output[str]
-    execution_role_arn: pulumi.Output[str]
-    execution_role_name: pulumi.Output[str]
+class ServerIam(Component[ServerIamArgs]):
+    """role: what the server runs as (the instance role on EC2, the task role on ECS).
+    execution_role: pulls the image (and on ECS injects the secrets); on EC2 it is `role`.
+    EC2 only: instance_profile (holds `role`) and artifact_role (the MLflow container's)."""
 
-    def __init__(self, name: str, args: ServerIamArgs, opts: ResourceOptions | None = None):
-        super().__init__("mlflow:infra:ServerIam", name, {}, opts)
-        child = ResourceOptions(parent=self)
+    role: aws.iam.Role
+    execution_role: aws.iam.Role
+    instance_profile: aws.iam.InstanceProfile
+    artifact_role: aws.iam.Role
+
+    def create(self, name: str, args: ServerIamArgs) -> dict:
         ec2 = args.service == "ec2.amazonaws.com"
         secrets = pulumi.Output.all(*args.secret_arns)
         role = self._role(name, args, "MLflow tracking server: artifact bucket" + (" and own secrets" if ec2 else ""))
-        aws.iam.RolePolicy(
+        self._policy(
             f"{name}-artifacts-secrets" if ec2 else f"{name}-artifacts",
-            role=role.id,
-            opts=child,
-            policy=pulumi.Output.all(args.bucket_arn, secrets, args.kms_key_arn).apply(
-                lambda a: json.dumps(server_policy_document(a[0], list(a[1]) if ec2 else [], a[2]))
+            role.id,
+            pulumi.Output.all(args.bucket_arn, secrets, args.kms_key_arn).apply(
+                lambda a: server_policy_document(a[0], list(a[1]) if ec2 else [], a[2])
             ),
         )
         puller = role if ec2 else self._role(f"{name}-execution", args, "ECS: pull the image, inject the secrets")
-        aws.iam.RolePolicy(
+        self._policy(
             f"{name}-image-pull",
-            role=puller.id,
-            opts=child,
-            policy=pulumi.Output.all(args.repository_arn, secrets).apply(
-                lambda a: json.dumps(image_pull_policy_document(a[0], None if ec2 else list(a[1])))
+            puller.id,
+            pulumi.Output.all(args.repository_arn, secrets).apply(
+                lambda a: image_pull_policy_document(a[0], None if ec2 else list(a[1]))
             ),
         )
-        self.execution_role_arn, self.execution_role_name = puller.arn, puller.name
+        self.role, self.execution_role = role, puller
         if ec2:
-            aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_CORE_POLICY_ARN, opts=child)
-            profile = aws.iam.InstanceProfile(name, role=role.name, tags=args.tags, opts=child)
-            self.instance_profile_name = profile.name
-            self.artifact_role_arn = self._artifact_role(name, args, role).arn
-        self.role_arn = role.arn
-        self.role_name = role.name
-        self.register_outputs({"role_arn": self.role_arn, "execution_role_arn": self.execution_role_arn})
+            aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_CORE_POLICY_ARN, opts=self.child)
+            self.instance_profile = aws.iam.InstanceProfile(name, role=role.name, tags=args.tags, opts=self.child)
+            self.artifact_role = self._artifact_role(name, args, role)
+        return {"role_arn": role.arn, "execution_role_arn": puller.arn}
 
     def _artifact_role(self, name: str, args: ServerIamArgs, instance_role: aws.iam.Role) -> aws.iam.Role:
         """EC2: the instance role reads the master secret and the TLS key, so no container may
         hold it (the instance's IMDS hop limit is 1). MLflow gets this role instead: the artifact
         bucket and nothing else, assumed by the host and handed to the MLflow container alone."""
-        child = ResourceOptions(parent=self)
-        artifact = aws.iam.Role(
+        artifact = self._role(
             f"{name}-artifacts",
-            tags={**args.tags, "Name": f"{name}-artifacts"},
-            opts=child,
-            description="MLflow tracking server on EC2: artifact bucket only (assumed by the instance)",
+            args,
+            "MLflow tracking server on EC2: artifact bucket only (assumed by the instance)",
+            principal=instance_role.arn.apply(lambda arn: {"AWS": arn}),
             max_session_duration=3600,
-            assume_role_policy=instance_role.arn.apply(
-                lambda arn: json.dumps(
-                    {
-                        "Version": "2012-10-17",
-                        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": arn}}],
-                    }
-                )
-            ),
         )
-        aws.iam.RolePolicy(
+        self._policy(
             f"{name}-artifacts-only",
-            role=artifact.id,
-            opts=child,
-            policy=pulumi.Output.all(args.bucket_arn, args.kms_key_arn).apply(
-                lambda a: json.dumps(server_policy_document(a[0], [], a[1]))
+            artifact.id,
+            pulumi.Output.all(args.bucket_arn, args.kms_key_arn).apply(
+                lambda a: server_policy_document(a[0], [], a[1])
             ),
         )
-        aws.iam.RolePolicy(
+        self._policy(
             f"{name}-assume-artifacts",
-            role=instance_role.id,
-            opts=child,
-            policy=artifact.arn.apply(
-                lambda arn: json.dumps({"Version": "2012-10-17", "Statement": [assume_artifact_role_statement(arn)]})
+            instance_role.id,
+            artifact.arn.apply(
+                lambda arn: {"Version": "2012-10-17", "Statement": [assume_artifact_role_statement(arn)]}
             ),
         )
         return artifact
 
-    def _role(self, name: str, args: ServerIamArgs, description: str) -> aws.iam.Role:
+    def _role(
+        self, name: str, args: ServerIamArgs, description: str, principal: pulumi.Input[dict] | None = None, **extra
+    ) -> aws.iam.Role:
+        """A role named and tagged `name` that principal (default: args.service) may assume."""
         return aws.iam.Role(
             name,
-            tags={**args.tags, "Name": name},
-            opts=ResourceOptions(parent=self),
+            tags=named(args.tags, name),
+            opts=self.child,
             description=description,
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": args.service}}
-                    ],
-                }
-            ),
+            assume_role_policy=pulumi.Output.from_input(principal or {"Service": args.service}).apply(trust_policy),
+            **extra,
         )
+
+    def _policy(self, name: str, role: pulumi.Input[str], document: pulumi.Output[dict]) -> None:
+        """An inline policy of role (its id), from the policy document."""
+        aws.iam.RolePolicy(name, role=role, opts=self.child, policy=document.apply(json.dumps))

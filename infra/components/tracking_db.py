@@ -9,6 +9,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 from pulumi import ResourceOptions
 
+from infra.components.base import Component
 from infra.components.server import tcp_rule
 from infra.compose_model import POSTGRES_PORT
 from infra.pgconf import rds_parameters
@@ -47,29 +48,26 @@ class TrackingDbArgs:
         return self.environment == "prod"
 
 
-class TrackingDb(pulumi.ComponentResource):
+class TrackingDb(Component[TrackingDbArgs]):
     endpoint: pulumi.Output[str]
     address: pulumi.Output[str]
     port: pulumi.Output[int]
     master_secret_arn: pulumi.Output[str]
     identifier: pulumi.Output[str]
 
-    def __init__(self, name: str, args: TrackingDbArgs, opts: ResourceOptions | None = None):
-        super().__init__("mlflow:infra:TrackingDb", name, {}, opts)
+    def create(self, name: str, args: TrackingDbArgs) -> dict:
         major = args.engine_version.split(".")[0]
         if major != POSTGRES_MAJOR:
             raise ValueError(
                 f"engine_version must be PostgreSQL {POSTGRES_MAJOR} (what the compose "
                 f"stack runs), got {args.engine_version!r}"
             )
-        child = ResourceOptions(parent=self)
-        tags = {**args.tags, "Name": name}
 
         sg = aws.ec2.SecurityGroup(
             f"{name}-sg",
             vpc_id=args.vpc_id,
-            tags=tags,
-            opts=child,
+            tags=self.tags,
+            opts=self.child,
             description="PostgreSQL: only from the MLflow server",
         )
         tcp_rule(
@@ -82,12 +80,12 @@ class TrackingDb(pulumi.ComponentResource):
             referenced_security_group_id=args.server_security_group_id,
             description="PostgreSQL from the MLflow server",
         )
-        subnets = aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=args.subnet_ids, tags=tags, opts=child)
+        subnets = aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=args.subnet_ids, tags=self.tags, opts=self.child)
         params = aws.rds.ParameterGroup(
             f"{name}-params",
             family=f"postgres{major}",
-            tags=tags,
-            opts=child,
+            tags=self.tags,
+            opts=self.child,
             description=f"postgres/postgresql.conf sized for {args.instance_class}, plus rds.force_ssl",
             parameters=[
                 aws.rds.ParameterGroupParameterArgs(**p)
@@ -96,7 +94,9 @@ class TrackingDb(pulumi.ComponentResource):
         )
 
         # RDS refuses a final snapshot name that exists: a new suffix for every database instance.
-        snapshot_suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4, opts=child) if args.is_prod else None
+        snapshot_suffix = (
+            random.RandomId(f"{name}-final-snapshot", byte_length=4, opts=self.child) if args.is_prod else None
+        )
         backups = max(args.backup_retention_days, 7) if args.is_prod else max(args.backup_retention_days, 1)
         primary = aws.rds.Instance(
             name,
@@ -128,7 +128,7 @@ class TrackingDb(pulumi.ComponentResource):
             performance_insights_enabled=args.is_prod,
             enabled_cloudwatch_logs_exports=["postgresql"],
             apply_immediately=not args.is_prod,
-            tags=tags,
+            tags=self.tags,
             opts=ResourceOptions(parent=self, protect=args.is_prod),
         )
 
@@ -137,4 +137,4 @@ class TrackingDb(pulumi.ComponentResource):
         self.port = primary.port
         self.identifier = primary.identifier
         self.master_secret_arn = primary.master_user_secrets.apply(lambda s: s[0].secret_arn)
-        self.register_outputs({"endpoint": self.endpoint, "master_secret_arn": self.master_secret_arn})
+        return {"endpoint": self.endpoint, "master_secret_arn": self.master_secret_arn}

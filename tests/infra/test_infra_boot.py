@@ -22,7 +22,7 @@ import pytest
 
 from infra.bundle import BUNDLE_PREFIX, MADE_AT_BOOT, REPO_ROOT, bundle_files
 from infra.compose_binary import instance_compose_binary, pinned_version
-from infra.compose_model import AWS_COMPOSE_FILES
+from infra.compose_model import AWS_COMPOSE_FILES, config_command
 from infra.userdata import (
     BOOT_SCRIPT_OBJECT,
     COMPOSE_OBJECT,
@@ -308,30 +308,14 @@ def test_units_start_the_stack_through_the_refresh(tmp_path):
         assert not problems, result.stderr
 
 
-def _compose(*args, env_file):
-    return subprocess.run(
-        [
-            str(VENV_BIN / "docker-compose"),
-            *(a for f in AWS_COMPOSE_FILES for a in ("-f", f)),
-            "--project-directory",
-            str(REPO_ROOT),
-            "--env-file",
-            str(env_file),
-            *args,
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.fixture()
 def aws_model(tmp_path, aws):
     """The compose model the instance runs, from the .env the boot script wrote."""
     assert BASE.exists(), "docker-compose.production.yml is missing"
     _run([_script(tmp_path)], aws)
-    result = _compose("config", "--format", "json", env_file=tmp_path / "opt-mlflow" / ".env")
+    result = subprocess.run(
+        config_command(tmp_path / "opt-mlflow" / ".env"), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -415,17 +399,7 @@ def test_s3_redirect_passes_through_for_offline_runs(tmp_path, aws):
     _run([_script(tmp_path)], aws)
     redirect = {"AWS_ENDPOINT_URL_S3": "http://10.0.0.5:5000", "AWS_ACCESS_KEY_ID": "test"}
     result = subprocess.run(
-        [
-            str(VENV_BIN / "docker-compose"),
-            *(a for f in AWS_COMPOSE_FILES for a in ("-f", f)),
-            "--project-directory",
-            str(REPO_ROOT),
-            "--env-file",
-            str(tmp_path / "opt-mlflow" / ".env"),
-            "config",
-            "--format",
-            "json",
-        ],
+        config_command(tmp_path / "opt-mlflow" / ".env"),
         cwd=REPO_ROOT,
         env={"PATH": os.environ["PATH"], **redirect},
         capture_output=True,

@@ -283,3 +283,23 @@ def test_scale_out_refuses_more_tasks_than_the_database_supports():
 def test_config_refuses_missing_cidrs():
     with pytest.raises(Exception, match="allowedCidrs"):
         run_stack("dev", {"allowedCidrs": []})
+
+
+# A component's type token is part of the URN of every resource under it: a new token would make
+# Pulumi replace them all in existing stacks.
+COMPONENT_TYPES = ["Network", "ArtifactStore", "TrackingDb", "Alarms", "AppSecrets", "ImageRegistry", "ServerIam"]
+
+
+def parent_types(run) -> set[str]:
+    """The types resources are registered under, but the stack's: from the URNs, whose type part
+    is the chain of parent types (pulumi:pulumi:Stack$mlflow:infra:Network$aws:ec2/vpc:Vpc)."""
+    chains = (r.urn.split("::")[2].split("$") for r in run.resources)
+    return {t for chain in chains for t in chain[:-1]} - {"pulumi:pulumi:Stack"}
+
+
+def test_component_type_tokens_stay_the_same(dev_run):
+    ecs_run = run_stack(
+        "prod", {"computeMode": "ecs", "acmCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"}
+    )
+    assert parent_types(dev_run) == {f"mlflow:infra:{c}" for c in [*COMPONENT_TYPES, "Compute"]}
+    assert parent_types(ecs_run) == {f"mlflow:infra:{c}" for c in [*COMPONENT_TYPES, "ScaleOut"]}
