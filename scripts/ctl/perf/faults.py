@@ -86,7 +86,7 @@ def _kill_worker():
     sx.python(KILL_WORKER_CODE, timeout=60)
 
 
-def inspect(service: str) -> dict:
+def service_state(service: str) -> dict:
     """The engine's view of the service's container: state, health, main pid, restart count."""
     eng = sx.eng()
     out = engine.run(
@@ -116,7 +116,7 @@ class Crash:
         self.info: dict = {}
 
     def __call__(self):
-        before = inspect(self.service)
+        before = service_state(self.service)
         t0 = time.monotonic()
         if self.via_engine:
             signal_service(self.service, "SIGKILL")
@@ -130,7 +130,7 @@ class Crash:
         }
         deadline, seen_exit = t0 + ENGINE_RESTART_WAIT_S, False
         while time.monotonic() < deadline:
-            now = inspect(self.service)
+            now = service_state(self.service)
             seen_exit |= now.get("status") != "running" or now.get("pid") != before["pid"]
             if seen_exit and now.get("status") == "running" and now.get("pid") != before["pid"]:
                 # The restart count grows only when the restart policy restarted it; a `start` or
@@ -145,7 +145,7 @@ class Crash:
                 break
             time.sleep(0.2)
         else:
-            now = inspect(self.service)
+            now = service_state(self.service)
             self.info["engine_state_after_wait"] = (
                 f"{now.get('status')} (exit not restarted within "
                 f"{ENGINE_RESTART_WAIT_S} s; restart count {now.get('restarts')})"
@@ -155,7 +155,7 @@ class Crash:
             compose("up", "--detach", "--wait", "--no-deps", "--no-recreate", self.service, timeout=600)
             self.info["brought_back_by_tool_s"] = round(time.monotonic() - t0, 1)
         while time.monotonic() < t0 + 300:  # bounded: healthy again (health checks run on their interval)
-            if inspect(self.service).get("health") in ("healthy", ""):
+            if service_state(self.service).get("health") in ("healthy", ""):
                 self.info["healthy_again_s"] = round(time.monotonic() - t0, 1)
                 break
             time.sleep(0.5)

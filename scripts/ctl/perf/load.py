@@ -63,7 +63,7 @@ def cmd_load(args):
     )
 
 
-def cmd_compare(args):
+def cmd_benchmark(args):
     import platform
 
     settings = Settings.load()
@@ -181,4 +181,4 @@ def register(sub):
         help="plain MLflow on the stack's PostgreSQL (stack-pg: always run, it measures the insert "
         "ceiling) and/or on a PostgreSQL of its own with stock settings (own)",
     )
-    cmp_.set_defaults(func=cmd_compare)
+    cmp_.set_defaults(func=cmd_benchmark)
