@@ -46,6 +46,23 @@ def self_signed_cert(common_name: str, key: Path, cert: Path):
     )  # fmt: skip
 
 
+def poll(what: str, check, deadline_s: float, every_s: float = 0.5):
+    """Call check() every EVERY_S seconds until it returns something truthy, and return that.
+
+    It is tried once more at the deadline; then AssertionError names WHAT and check()'s last (falsy)
+    answer. An exception from check() is not caught: it fails the test at once.
+    """
+    deadline = time.monotonic() + deadline_s
+    while True:
+        last = check()
+        if last:
+            return last
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{what}: not within {deadline_s:g}s (last: {last!r})")
+        time.sleep(min(every_s, left))  # poll interval of a deadline-bounded loop
+
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     try:

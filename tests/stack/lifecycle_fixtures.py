@@ -129,13 +129,3 @@ def trained(teams_setup) -> list:
         run_train(env, "--experiment", teams_setup["experiment_a"], "--seed", str(seed), "--epochs", "20")
         for seed in (1, 2)
     ]
-
-
-def poll(predicate, deadline_s: float, what: str, interval=0.2):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")

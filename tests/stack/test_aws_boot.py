@@ -57,7 +57,7 @@ from ctl.settings import Settings
 from infra.bundle import BUNDLE_PREFIX, REPO_ROOT, bundle_files, bundle_hash
 from infra.compose_binary import instance_compose_binary
 from infra.userdata import BOOT_SCRIPT_OBJECT, COMPOSE_OBJECT, BootSettings, first_boot_user_data, render_boot_script
-from tests.conftest import self_signed_cert
+from tests.conftest import poll, self_signed_cert
 
 REGION, BUCKET = "us-east-1", "mlflow-boot-e2e"
 ARTIFACT_ROLE_ARN = "arn:aws:iam::123456789012:role/mlflow-artifacts"  # moto's STS assumes any role
@@ -161,16 +161,6 @@ def stop(proc: subprocess.Popen):
             continue
 
 
-def poll(what: str, check, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(1)
-    raise TimeoutError(f"{what}: not within {timeout}s")
-
-
 def must(proc: subprocess.CompletedProcess, what: str) -> str:
     assert proc.returncode == 0, f"{what} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout
@@ -225,7 +215,7 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
     ns = Namespace()
     try:
         ns.spawn(["podman", "system", "service", "--time=0", f"unix://{sock}"], base_env, tmp_path / "podman.log")
-        poll("podman's API socket", sock.exists, 60)
+        poll("podman's API socket", sock.exists, 60, every_s=1)
         ns.spawn([sys.executable, "-m", "ctl.engine", "tick"], base_env, tmp_path / "ticker.log")
         dk = lambda *args, **kw: ns.run([docker, *args], base_env, **kw)  # noqa: E731
         must(
@@ -260,7 +250,7 @@ def test_boot_script_on_a_fresh_instance_and_after_master_rotation(tmp_path):
         rds_ip = start_fake_rds(dk, project, label, postgres_image, tmp_path, first)
 
         def seed():
-            poll("moto", lambda: _answers(f"{endpoint}/moto-api/data.json"), 60)
+            poll("moto", lambda: _answers(f"{endpoint}/moto-api/data.json"), 60, every_s=1)
             sm, s3 = aws_clients(endpoint)
             sm.create_secret(Name="mlflow-app", SecretString=json.dumps(app_secret))
             sm.create_secret(Name="rds-master", SecretString=json.dumps({"username": "postgres", "password": first}))
@@ -445,7 +435,7 @@ def start_fake_rds(dk, project: str, label: str, image: str, tmp_path: Path, pas
         ),
         "starting the fake RDS",
     )
-    poll("fake RDS", lambda: dk("exec", name, "pg_isready", "-h", "127.0.0.1").returncode == 0, 120)
+    poll("fake RDS", lambda: dk("exec", name, "pg_isready", "-h", "127.0.0.1").returncode == 0, 120, every_s=1)
     rds_sql(
         dk, name, f"CREATE ROLE postgres LOGIN CREATEDB CREATEROLE PASSWORD {sql_literal(password)}", "the master user"
     )

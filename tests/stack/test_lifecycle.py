@@ -13,7 +13,8 @@ from mlflow.exceptions import MlflowException
 
 from ctl.errors import CommandError
 from ctl.lifecycle.promote import INTENT_TAG, promote
-from tests.stack.lifecycle_fixtures import poll, run_cli
+from tests.conftest import poll
+from tests.stack.lifecycle_fixtures import run_cli
 
 
 def registry_state(mlf, name) -> dict:
@@ -174,11 +175,11 @@ def test_concurrent_reader_always_loads_champion(teams_setup, trained, admin_mlf
         # Rotate the champion v1 -> v2 -> v1 -> v2 (a rollback is a promotion too), a load between each.
         for version in (v2, v1, v2):
             count = len(loads) + len(errors)
-            poll(lambda count=count: len(loads) + len(errors) > count, 60, "the reader to load again")
+            poll("the reader to load again", lambda count=count: len(loads) + len(errors) > count, 60, every_s=0.2)
             promote(admin_mlf, name, version, "challenger")
             promote(admin_mlf, name, version, "champion")
         count = len(loads) + len(errors)
-        poll(lambda: len(loads) + len(errors) > count, 60, "a load after the last promotion")
+        poll("a load after the last promotion", lambda: len(loads) + len(errors) > count, 60, every_s=0.2)
     finally:
         stop.set()
         thread.join(timeout=60)

@@ -16,7 +16,6 @@ packages no Grafana): then only its provisioning files and the dashboard JSON ar
 
 import json
 import re
-import time
 import urllib.parse
 
 import pytest
@@ -25,7 +24,7 @@ from cryptography import x509
 
 from ctl import engine
 from ctl.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, poll
 
 PROFILES = engine.default_profiles() + ("monitoring",)
 RULES = ROOT / "prometheus" / "rules" / "mlflow.rules.yml"
@@ -109,17 +108,6 @@ def value(eng, expr: str) -> float:
     return float(result[0]["value"][1])
 
 
-def poll(check, what: str, deadline_s: float = 180, every_s: float = 3):
-    """Call check() until it returns a truthy value; fail with what and its last answer at the deadline."""
-    deadline, last = time.monotonic() + deadline_s, None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    pytest.fail(f"{what} not seen within {deadline_s:.0f}s (last: {last})")
-
-
 def targets(eng) -> dict:
     return {t["labels"]["job"]: t for t in prometheus_get(eng, "/api/v1/targets")["activeTargets"]}
 
@@ -189,7 +177,7 @@ def test_prometheus_scrapes_every_target(monitoring, eng, compose_services):
             else None
         )
 
-    found = poll(all_scraped, f"targets {sorted(jobs)} up and backup scraped")
+    found = poll(f"targets {sorted(jobs)} up and backup scraped", all_scraped, 180, every_s=3)
     if "backup" not in compose_services:
         # No backup service in this compose model: its target is down, which BackupMetricsMissing reads.
         assert found["backup"]["health"] == "down"
@@ -202,7 +190,7 @@ def test_scrape_password_file_private(monitoring, service_host):
 
 
 def test_series_values_make_sense(monitoring, eng, stack_env):
-    poll(lambda: query(eng, 'pg_database_size_bytes{datname="mlflow"}'), "pg_database_size_bytes")
+    poll("pg_database_size_bytes", lambda: query(eng, 'pg_database_size_bytes{datname="mlflow"}'), 180, every_s=3)
     assert value(eng, 'pg_database_size_bytes{datname="mlflow"}') > 1_000_000  # MLflow's schema alone is MBs
     # PgBouncer's pools (SHOW POOLS) list both of MLflow's databases.
     pools = {r["metric"]["database"] for r in query(eng, "pgbouncer_pools_client_active_connections")}
@@ -227,7 +215,7 @@ def test_mlflow_request_counters_count_every_request_through_nginx(monitoring, e
     series = 'sum(mlflow_bundle_http_requests_total{endpoint="/api/2.0/mlflow/experiments/search", status="200"}) or vector(0)'
     total = 'sum(mlflow_http_request_total{method="GET", status="200"}) or vector(0)'
     scraped = lambda: targets(eng)["mlflow"]["lastScrape"]  # noqa: E731
-    poll(lambda: query(eng, 'up{job="mlflow"} == 1'), "mlflow scraped")
+    poll("mlflow scraped", lambda: query(eng, 'up{job="mlflow"} == 1'), 180, every_s=3)
     before_scrape = scraped()
     before = value(eng, series)
     before_total = value(eng, total)
@@ -238,9 +226,10 @@ def test_mlflow_request_counters_count_every_request_through_nginx(monitoring, e
         )
         assert r.status_code == 200, r.text
     poll(
-        lambda: scraped() != before_scrape and value(eng, series) >= before + n,
         f"{n} more experiments/search requests in Prometheus",
-        deadline_s=120,
+        lambda: scraped() != before_scrape and value(eng, series) >= before + n,
+        120,
+        every_s=3,
     )
     assert value(eng, series) == before + n
     assert value(eng, total) >= before_total + n
@@ -290,7 +279,12 @@ def test_every_metric_used_is_in_live_data(monitoring, eng, compose_services):
         "probe_ssl_earliest_cert_expiry",
     } <= set(used)
     exempt = BACKUP_METRICS if "backup" not in compose_services else set()
-    poll(lambda: query(eng, 'up{job="tls"} == 1') and query(eng, 'up{job="mlflow"} == 1'), "targets scraped")
+    poll(
+        "targets scraped",
+        lambda: query(eng, 'up{job="tls"} == 1') and query(eng, 'up{job="mlflow"} == 1'),
+        180,
+        every_s=3,
+    )
     present = set(prometheus_get(eng, "/api/v1/label/__name__/values"))
     missing = {name: where for name, where in used.items() if name not in present and name not in exempt}
     assert not missing, f"metrics used but not scraped: {missing}"
@@ -300,17 +294,17 @@ def test_stopped_exporter_is_seen_down_and_alert_goes_pending(monitoring, eng, c
     """A real `up == 0`: pgbouncer-exporter stopped, ScrapeTargetDown pending; then restarted."""
     compose("--profile", "monitoring", "stop", "pgbouncer-exporter")
     try:
-        poll(lambda: query(eng, 'up{job="pgbouncer"} == 0'), "up{job=pgbouncer} == 0", deadline_s=90)
+        poll("up{job=pgbouncer} == 0", lambda: query(eng, 'up{job="pgbouncer"} == 0'), 90, every_s=3)
         alerts = lambda: [
             a
             for a in prometheus_get(eng, "/api/v1/alerts")["alerts"]  # noqa: E731
             if a["labels"]["alertname"] == "ScrapeTargetDown" and a["labels"].get("job") == "pgbouncer"
         ]
-        assert poll(alerts, "ScrapeTargetDown pending", deadline_s=60)[0]["state"] in ("pending", "firing")
+        assert poll("ScrapeTargetDown pending", alerts, 60, every_s=3)[0]["state"] in ("pending", "firing")
     finally:
         proc = engine.up(eng, "pgbouncer-exporter", timeout_s=180, capture=True, profiles=PROFILES)
         assert proc.returncode == 0, proc.stderr[-2000:]
-    poll(lambda: query(eng, 'up{job="pgbouncer"} == 1'), "pgbouncer target up again", deadline_s=90)
+    poll("pgbouncer target up again", lambda: query(eng, 'up{job="pgbouncer"} == 1'), 90, every_s=3)
 
 
 def test_nothing_of_the_profile_is_published_but_grafana_on_loopback(monitoring, eng):

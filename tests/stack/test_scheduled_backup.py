@@ -22,7 +22,7 @@ import pytest
 from ctl import backup as ctl_backup
 from ctl import engine
 from ctl import stackexec as sx
-from tests.conftest import ROOT
+from tests.conftest import ROOT, poll
 
 LAST_SUCCESS = "mlflow_backup_last_success_timestamp_seconds"
 SCRAPE = (
@@ -38,17 +38,6 @@ def scrape() -> dict:
     """The service's gauges, fetched by our image in the mlflow container (backend network)."""
     text = sx.python(SCRAPE, timeout=60).stdout
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")}
-
-
-def poll(what: str, check, deadline_s: float, every: float = 2.0):
-    """CHECK() until it returns something true, at most DEADLINE_S seconds."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out after {deadline_s:.0f}s waiting for {what}"
-        time.sleep(every)
 
 
 def at_least(n: int, items: list):
@@ -79,17 +68,19 @@ def test_backups_on_schedule_with_retention(stack, eng):
     started = time.time()
     try:
         restart_backup_service(eng, BACKUP_INTERVAL_SECONDS="20", BACKUP_KEEP="2")
-        assert poll("the new interval in /metrics", lambda: scrape().get("mlflow_backup_interval_seconds") == 20, 120)
+        assert poll(
+            "the new interval in /metrics", lambda: scrape().get("mlflow_backup_interval_seconds") == 20, 120, every_s=2
+        )
         # Two backups the service took by itself, after the restart, one interval apart.
         fresh = poll(
             "two scheduled backups",
             lambda: at_least(2, [b for b in successes() if b["started"] >= started]),
             180,
-            every=3,
+            every_s=3,
         )
         assert fresh[1]["started"] - fresh[0]["started"] >= 19
         # Retention: exactly BACKUP_KEEP successful backups, the newest ones.
-        kept = poll("retention down to 2", lambda: successes() if len(successes()) == 2 else None, 60)
+        kept = poll("retention down to 2", lambda: successes() if len(successes()) == 2 else None, 60, every_s=2)
         assert kept[-1]["name"] == successes()[-1]["name"] and kept[-1]["started"] >= fresh[1]["started"]
         gauges = scrape()
         assert gauges["mlflow_backup_kept"] == 2 and gauges["mlflow_backup_last_run_success"] == 1
@@ -104,7 +95,9 @@ def test_backups_on_schedule_with_retention(stack, eng):
 def test_failed_backup_sets_last_run_success_0(stack):
     if not successes():
         assert mlflowctl("backup", "--now").returncode == 0
-    before = poll("a success in /metrics", lambda: (lambda g: g if g[LAST_SUCCESS] > 0 else None)(scrape()), 60)
+    before = poll(
+        "a success in /metrics", lambda: (lambda g: g if g[LAST_SUCCESS] > 0 else None)(scrape()), 60, every_s=2
+    )
     sx.psql("ALTER ROLE mlflow_backup NOLOGIN")
     try:
         failed = mlflowctl("backup", "--now")

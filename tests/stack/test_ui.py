@@ -20,7 +20,7 @@ import websocket
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, poll
 
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -30,16 +30,6 @@ def spki_pin(cert_file: Path) -> str:
     cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(der).digest()).decode()
-
-
-def poll(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"{what} within {timeout}s")
 
 
 class DevTools:
@@ -89,11 +79,14 @@ def chromium(tmp_path):
     )
     try:
         port_file = profile / "DevToolsActivePort"
-        port = poll(lambda: port_file.exists() and port_file.read_text().split("\n")[0], 30, "DevTools port")
+        port = poll(
+            "DevTools port", lambda: port_file.exists() and port_file.read_text().split("\n")[0], 30, every_s=0.25
+        )
         targets = poll(
+            "a page target",
             lambda: json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5)),
             30,
-            "a page target",
+            every_s=0.25,
         )
         page = next(t for t in targets if t["type"] == "page")
         yield DevTools(page["webSocketDebuggerUrl"])
@@ -135,7 +128,7 @@ def test_ui_for_a_reader_loads_without_403(mlflow_admin, stack, chromium, unique
         for fragment, text in pages:
             chromium.call("Page.navigate", url=f"{stack}/{fragment}")
             try:
-                poll(lambda text=text: text in page_text(chromium), 90, f"{text!r} on {fragment}")
+                poll(f"{text!r} on {fragment}", lambda text=text: text in page_text(chromium), 90, every_s=0.25)
             except AssertionError as exc:
                 failed = [(status, url) for status, url in chromium.responses if status >= 400]
                 raise AssertionError(
@@ -162,7 +155,7 @@ def test_ui_shows_experiment_after_basic_auth(mlflow_admin, stack, admin_auth, c
             "result"
         ].get("value", "")
 
-    poll(lambda: name in page_text(), 90, f"experiment {name} on the experiments page")
+    poll(f"experiment {name} on the experiments page", lambda: name in page_text(), 90, every_s=0.25)
     ARTIFACTS.mkdir(exist_ok=True)
     shot = chromium.call("Page.captureScreenshot", format="png")
     (ARTIFACTS / "ui-experiments.png").write_bytes(base64.b64decode(shot["data"]))
