@@ -100,11 +100,13 @@ def page_text(chromium) -> str:
     return result["result"].get("value", "")
 
 
-def test_ui_for_a_reader_loads_without_403(mlflow_admin, stack, chromium, unique):
-    """A non-admin with READ on one experiment: its runs, a run's metric chart and its artifacts load,
-    and none of the page's API calls gets 403 (bundle-auth's checks, authz.py, must not break the UI)."""
+def test_ui_for_a_reader_loads_without_403(mlflow_admin, stack, chromium, unique, monkeypatch):
+    """A non-admin with READ on one experiment: its runs, a run's metric chart, its artifacts, its
+    logged models (list and page) and its traces (list and one trace) load, and none of the page's
+    API calls gets 403 (bundle-auth's checks, authz.py, must not break the UI)."""
     import os
 
+    import mlflow
     from mlflow.server import get_app_client
 
     auth = get_app_client("basic-auth", tracking_uri=stack)
@@ -116,6 +118,12 @@ def test_ui_for_a_reader_loads_without_403(mlflow_admin, stack, chromium, unique
         for step in range(3):
             mlflow_admin.log_metric(run, "reader_loss", 1.0 / (step + 1), step=step)
         mlflow_admin.log_text(run, "hello", "reader-notes.txt")
+        model = mlflow_admin.create_logged_model(exp, name=f"lm-{unique[:20]}")
+        # The trace's experiment through the environment: set_experiment() is process-wide state.
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)
+        with mlflow.start_span(name=f"span-{unique[:20]}") as span:
+            span.set_inputs({"question": f"q-{unique[:20]}"})
+        mlflow.flush_trace_async_logging()
         auth.grant_user_permission(user, "experiment", exp, "READ")
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         chromium.call("Network.enable")
@@ -124,6 +132,10 @@ def test_ui_for_a_reader_loads_without_403(mlflow_admin, stack, chromium, unique
             (f"#/experiments/{exp}/runs", f"run-{unique[:20]}"),
             (f"#/experiments/{exp}/runs/{run}/model-metrics", "reader_loss"),
             (f"#/experiments/{exp}/runs/{run}/artifacts", "reader-notes.txt"),
+            (f"#/experiments/{exp}/models", f"lm-{unique[:20]}"),
+            (f"#/experiments/{exp}/models/{model.model_id}", f"lm-{unique[:20]}"),
+            (f"#/experiments/{exp}/traces", f"q-{unique[:20]}"),
+            (f"#/experiments/{exp}/traces/{span.trace_id}", f"span-{unique[:20]}"),
         ]
         for fragment, text in pages:
             chromium.call("Page.navigate", url=f"{stack}/{fragment}")
