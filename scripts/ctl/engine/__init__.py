@@ -13,9 +13,10 @@ the lock file. Docker runs health checks itself. With podman:
 Images: each `${NAME_IMAGE:-official:pin}` in the compose file is used if present, else pulled.
 Where the registry cannot be reached, a local stand-in is built from Debian packages, on a
 debootstrap base (docker/standins/NAME, or the stage NAME of a shared Containerfile such as
-docker/standins/exporters), and recorded in var/images.env, which every Compose call reads after .env. Our own image is built from docker/Dockerfile whenever its inputs
-change (their hash is a label of the image). Builds that pip-install get this machine's CA bundle
-in a throw-away build context (Docker's classic builder has no -v and no --secret).
+docker/standins/exporters), and recorded in var/images.env, which every Compose call reads after
+.env. Our own image is built from docker/Dockerfile whenever its inputs change (their hash is a
+label of the image). Builds that pip-install get this machine's CA bundle in a throw-away build
+context (Docker's classic builder has no -v and no --secret).
 
 Modules: core (paths, Engine, daemons), detect (which engine; podman setup), compose, images
 (stand-ins and our images), ticker (podman's health checks).

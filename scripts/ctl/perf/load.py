@@ -162,7 +162,7 @@ def register(sub):
     )
     common(load)
     load.set_defaults(func=cmd_load)
-    cmp_ = sub.add_parser(
+    bench = sub.add_parser(
         "benchmark",
         help="the same load against a plain `mlflow server` and our stack; ratios",
         description="Runs the workload against (a) `plain-mlflow`: `mlflow server` with its "
@@ -172,8 +172,8 @@ def register(sub):
         "through Nginx, plus the raw PostgreSQL insert ceiling measured inside the engine's "
         "network; prints ratios against each baseline and writes JSON + chart.",
     )
-    common(cmp_)
-    cmp_.add_argument(
+    common(bench)
+    bench.add_argument(
         "--baseline",
         nargs="+",
         choices=("stack-pg", "own"),
@@ -181,4 +181,4 @@ def register(sub):
         help="plain MLflow on the stack's PostgreSQL (stack-pg: always run, it measures the insert "
         "ceiling) and/or on a PostgreSQL of its own with stock settings (own)",
     )
-    cmp_.set_defaults(func=cmd_benchmark)
+    bench.set_defaults(func=cmd_benchmark)
