@@ -58,7 +58,7 @@ echo "== python ($PYTHON_IMAGE)"
 check "python: uid" "0:0" "$(run "$PYTHON_IMAGE" sh -c 'echo $(id -u):$(id -g)')"
 check "python: /usr/local/bin first" "/usr/local/bin/python /usr/local/bin/pip C.UTF-8" \
 	"$(run "$PYTHON_IMAGE" sh -c 'echo $(command -v python) $(command -v pip) $LANG')"
-check "python: 3.11" "3.11" "$(run "$PYTHON_IMAGE" python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+check "python: 3.13" "3.13" "$(run "$PYTHON_IMAGE" python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 check "python: CMD" "[python3]" "$($ENGINE image inspect "$PYTHON_IMAGE" --format '{{.Config.Cmd}}')"
 if [ "${CHECK_PIP:-}" = 1 ]; then
 	printf 'ARG BASE\nFROM ${BASE}\nRUN pip install --no-cache-dir psycopg2-binary==2.9.13 && python -c "import psycopg2; print(psycopg2.__version__)"\n' > "$TMP/Containerfile"

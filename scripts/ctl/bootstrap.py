@@ -30,6 +30,10 @@ SECRETS = (
     "MONITORING_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD",
     "BACKUP_DB_PASSWORD",
+    "OIDC_CLIENT_SECRET",
+    "OIDC_USER_PASSWORD",
+    "OIDC_CI_CLIENT_SECRET",
+    "OIDC_COOKIE_KEY",
 )
 # Static keys only for a self-hosted S3-compatible store; on AWS the instance role is used.
 LOCAL_S3_SECRETS = (
@@ -108,12 +112,27 @@ def covers(cert: x509.Certificate, host: str) -> bool:
     return host in san.get_values_for_type(x509.DNSName) or host in map(str, san.get_values_for_type(x509.IPAddress))
 
 
+def _has(cert_file: Path, extension) -> bool:
+    """Whether the certificate in CERT_FILE carries EXTENSION. Python >= 3.13 verifies strictly
+    (VERIFY_X509_STRICT): a CA without a Subject Key Identifier, or a certificate it signed without
+    an Authority Key Identifier, is refused ("Missing Authority Key Identifier")."""
+    try:
+        x509.load_pem_x509_certificate(cert_file.read_bytes()).extensions.get_extension_for_class(extension)
+    except x509.ExtensionNotFound:
+        return False
+    return True
+
+
 def ensure_certs(host: str, certs: Path) -> list[str]:
     """Return the names of the files this call wrote."""
     certs.mkdir(mode=0o755, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     written = []
-    if not (certs / "ca.crt").exists() or not (certs / "ca.key").exists():
+    ca_crt = certs / "ca.crt"
+    if ca_crt.exists() and (certs / "ca.key").exists() and not _has(ca_crt, x509.SubjectKeyIdentifier):
+        print(f"bootstrap: {ca_crt} has no Subject Key Identifier (Python >= 3.13 clients refuse it): a new CA")
+        ca_crt.unlink()
+    if not ca_crt.exists() or not (certs / "ca.key").exists():
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca = (
             x509.CertificateBuilder()
@@ -125,6 +144,7 @@ def ensure_certs(host: str, certs: Path) -> list[str]:
             .not_valid_after(now + datetime.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         write_private(certs / "ca.key", _key_bytes(ca_key))
@@ -136,6 +156,7 @@ def ensure_certs(host: str, certs: Path) -> list[str]:
         server_crt.exists()
         and (certs / "server.key").exists()
         and covers(x509.load_pem_x509_certificate(server_crt.read_bytes()), host)
+        and _has(server_crt, x509.AuthorityKeyIdentifier)
     ):
         return written
     loaded_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
@@ -157,6 +178,8 @@ def ensure_certs(host: str, certs: Path) -> list[str]:
         .add_extension(x509.SubjectAlternativeName(_sans(host)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     write_private(certs / "server.key", _key_bytes(key))

@@ -54,8 +54,14 @@ def compose_up(eng, *services, profiles: tuple = None):
     engine.log(f"stack healthy in {time.monotonic() - started:.0f}s")
 
 
+def _certs_stamp() -> list:
+    return [(f.stat().st_ino, f.stat().st_mtime_ns) if f.exists() else None for f in (ROOT / "certs").glob("*.crt")]
+
+
 def cmd_up(args):
+    certs_before = _certs_stamp()
     env = boot.bootstrap()
+    renewed = _certs_stamp() != certs_before
     settings = Settings.load()
     eng = engine.ensure()
     profiles = engine.default_profiles() + tuple(args.profile)
@@ -68,6 +74,11 @@ def cmd_up(args):
     # render-config re-renders from .env on every `up`, but a running daemon keeps the files it
     # read at start: both reload theirs on SIGHUP (a changed password or auth file, new users).
     engine.compose(eng, "kill", "-s", "SIGHUP", "pgbouncer", "nginx", check=False, capture=True)
+    if renewed:
+        # Nginx mounts each certificate file: a bind mount keeps the file it found at start, and
+        # bootstrap replaces files (a new inode). A stop and start mounts the new ones.
+        engine.compose(eng, "stop", "nginx", check=False, capture=True)
+        engine.compose(eng, "start", "nginx", capture=True)
     wait_for_nginx(settings)
     standins = engine.read_images_env()
     print(

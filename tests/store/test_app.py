@@ -62,7 +62,7 @@ def serve(tracking: str, auth: str, tmp: Path, tmpdir: Path | None = None, worke
         "--workers",
         str(workers),
         "--gunicorn-opts",
-        "--threads 2 --no-control-socket",
+        "--threads 2",
     ]
     log = open(tmp / "server.log", "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -102,3 +102,39 @@ def test_certificate_reissued_for_new_host(project):
     cert = x509.load_pem_x509_certificate((project / "certs" / "server.crt").read_bytes())
     assert bootstrap.covers(cert, "mlflow.example.org") and bootstrap.covers(cert, "localhost")
     assert (project / "certs" / "ca.crt").read_bytes() == ca_before, "the CA clients trust must not change"
+
+
+def _verify(certs: Path, host: str):
+    """RFC 5280 path validation as strict as Python 3.13's default (VERIFY_X509_STRICT): key
+    identifiers on the CA and on the certificate it signs."""
+    from cryptography.x509.verification import PolicyBuilder, Store
+
+    load = lambda name: x509.load_pem_x509_certificate((certs / name).read_bytes())  # noqa: E731
+    PolicyBuilder().store(Store([load("ca.crt")])).build_server_verifier(x509.DNSName(host)).verify(
+        load("server.crt"), []
+    )
+
+
+def test_certificates_pass_strict_verification_and_old_ones_are_reissued(tmp_path):
+    certs = tmp_path / "certs"
+    bootstrap.ensure_certs("mlflow.example.org", certs)
+    _verify(certs, "mlflow.example.org")
+    # A CA from before key identifiers (earlier bootstraps): replaced, with a server cert it signs.
+    key = bootstrap.ec.generate_private_key(bootstrap.ec.SECP256R1())
+    now = bootstrap.datetime.datetime.now(bootstrap.datetime.UTC)
+    name = bootstrap._name("old CA")
+    old = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + bootstrap.datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, bootstrap.hashes.SHA256())
+    )
+    (certs / "ca.crt").write_bytes(old.public_bytes(bootstrap.serialization.Encoding.PEM))
+    bootstrap.write_private(certs / "ca.key", bootstrap._key_bytes(key))
+    assert set(bootstrap.ensure_certs("mlflow.example.org", certs)) == {"ca.key", "ca.crt", "server.key", "server.crt"}
+    _verify(certs, "mlflow.example.org")
