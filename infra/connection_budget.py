@@ -20,6 +20,9 @@ SESSIONS_PER_THREAD = 2
 # model registry store each cache engines in their own class-level map, so the same URI gets two
 # (an auth app, --app-name, adds one on its database).
 BACKEND_ENGINES = 2
+# The OIDC plugin's database (AUTH_MODE=oidc): MLflow's stores never open it, so its pool need not
+# hold MLflow's sessions; its own pool (pgbouncer.ini) still counts towards max_connections.
+PLUGIN_DATABASES = {"mlflow_oidc"}
 # Connections that bypass the pools: the migrate step, backups, admin sessions.
 DIRECT_CONNECTIONS = 15
 # What applies when the files leave a number unset: MLflow's --workers, gunicorn's --threads,
@@ -92,6 +95,7 @@ class Budget:
         checks += [
             (f"workers x threads x 2 <= PgBouncer pool of {pool_name}: {w} x {t} x 2 vs {pool}", self.sessions, pool)
             for pool_name, pool in self.pgbouncer_pools.items()
+            if pool_name.split("/", 1)[0] not in PLUGIN_DATABASES
         ]
         checks += [
             ("connections per server <= PgBouncer max_client_conn", self.connections_per_server, self.max_client_conn),

@@ -84,15 +84,19 @@ class Settings:
 
     def client_env(self, base: dict = None, auth: tuple = None, url: str = None) -> dict:
         """Environment for an MLflow client or child process: BASE (default: this process's
-        environment) with the tracking URI, basic-auth credentials (default: the admin's), our CA,
-        and downloads through the server's artifact proxy (presigned URLs would name the S3 store's
-        internal address)."""
+        environment) with the tracking URI, basic-auth credentials (default: the admin's; none when
+        BASE holds a bearer token, MLFLOW_TRACKING_TOKEN, and no AUTH is given: AUTH_MODE=oidc), our
+        CA, and downloads through the server's artifact proxy (presigned URLs would name the S3
+        store's internal address)."""
+        base = without_ca_overrides(os.environ if base is None else base)
         user, password = auth or self.admin_auth
+        credentials = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+        if auth is None and base.get("MLFLOW_TRACKING_TOKEN"):
+            credentials = {}
         return {
-            **without_ca_overrides(os.environ if base is None else base),
+            **base,
             "MLFLOW_TRACKING_URI": url or self.public_url,
-            "MLFLOW_TRACKING_USERNAME": user,
-            "MLFLOW_TRACKING_PASSWORD": password,
+            **credentials,
             "MLFLOW_TRACKING_SERVER_CERT_PATH": str(self.ca_path),
             "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
         }

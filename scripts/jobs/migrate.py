@@ -1,8 +1,8 @@
 """One-shot database migration (the compose `migrate` service).
 
 Connects DIRECTLY to PostgreSQL (not through PgBouncer in transaction mode), makes sure the
-`mlflow` role and the tracking and auth databases exist (idempotent: also on RDS, where no init
-script runs), then runs `mlflow db upgrade` and the auth DB upgrade once, before the server starts.
+`mlflow` role and the tracking, auth and OIDC plugin databases exist (idempotent: also on RDS, where no init
+script runs), then runs `mlflow db upgrade`, the auth DB upgrade and the OIDC plugin's DB upgrade once, before the server starts.
 Passwords come from the environment (PGPASSWORD for the tools), never from a command line.
 """
 
@@ -14,7 +14,12 @@ import psycopg2
 from psycopg2 import sql
 
 ROLE = "mlflow"
-DATABASES = ("mlflow", "mlflow_auth")
+DATABASES = ("mlflow", "mlflow_auth", "mlflow_oidc")
+# mlflow-oidc-auth 11.0.2 has no command for it (its `db upgrade` is not on any entry point).
+OIDC_DB_UPGRADE = (
+    "import sys, sqlalchemy; from mlflow_oidc_auth.db import utils; "
+    "utils.migrate(sqlalchemy.create_engine(sys.argv[1]), 'head')"
+)
 # The `backup` service's role: reads every table (pg_read_all_data, PostgreSQL 14+), writes nothing.
 BACKUP_ROLE = "mlflow_backup"
 
@@ -73,6 +78,9 @@ def main() -> int:
     steps = [
         ["mlflow", "db", "upgrade", uri + "mlflow"],
         [sys.executable, "-m", "mlflow.server.auth", "db", "upgrade", "--url", uri + "mlflow_auth"],
+        # The OIDC plugin's DB (AUTH_MODE=oidc; upgraded in either mode, so a switch finds it
+        # ready). Here, once: otherwise each server worker runs the same upgrade as it starts.
+        [sys.executable, "-c", OIDC_DB_UPGRADE, uri + "mlflow_oidc"],
     ]
     for step in steps:
         print("migrate: " + " ".join(step), flush=True)

@@ -265,6 +265,7 @@ def test_scale_out_mode_is_one_config_value():
         "PGPASSWORD",
         "MLFLOW_AUTH_ADMIN_PASSWORD",
         "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "SECRET_KEY",  # the OIDC plugin's session key: the same secret, from Secrets Manager too
     }
 
 

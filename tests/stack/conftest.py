@@ -13,6 +13,7 @@ import pytest
 import testinfra
 
 from ctl import engine
+from tests.stack import browser
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +78,12 @@ def run_in_image(eng):
         return json.loads(lines[-1])
 
     return run
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """Headless Chromium's DevTools (tests/stack/browser.py), for one test."""
+    if not browser.CHROMIUM:
+        pytest.fail("chromium not installed: run `./mlflowctl install`")
+    with browser.chromium(tmp_path / "profile") as devtools:
+        yield devtools

@@ -94,3 +94,31 @@ def test_consistent_spellings_pass():
 )
 def test_id_lists_as_written_and_any_other_text(text, values):
     assert authz._listed(text) == values
+
+
+@pytest.mark.parametrize(
+    "path,status,body,expected",
+    [
+        ("/api/2.0/mlflow/experiments/get", 403, {"message": "Permission denied"}, ("PERMISSION_DENIED", 403)),
+        ("/ajax-api/2.0/mlflow/runs/get", 401, {"message": "Authentication required"}, ("UNAUTHENTICATED", 401)),
+        ("/api/2.0/mlflow/runs/get", 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "x"}, None),
+        ("/oidc/ui/auth", 403, {"message": "Permission denied"}, None),
+        ("/api/2.0/mlflow/runs/get", 200, {"message": "fine"}, None),
+    ],
+)
+def test_plugin_refusals_get_mlflow_error_codes(path, status, body, expected):
+    """bundle-oidc: the plugin's {"message": ...} refusals on the API get MLflow's error_code (the
+    mlflow client reads a 403 without one as INTERNAL_ERROR); anything else is left as it is."""
+    from flask import jsonify
+
+    from mlflow_bundle_store import app as bundle_app
+
+    with app.test_request_context(path):
+        response = jsonify(body)
+        response.status_code = status
+        out = bundle_app._mlflow_error_form(response)
+        got = json.loads(out.get_data())
+    if expected is None:
+        assert got == body
+    else:
+        assert (got["error_code"], out.status_code) == expected and got["message"] == body["message"]

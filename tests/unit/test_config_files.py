@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ctl import engine
 from ctl.bootstrap import parse_env
@@ -111,7 +112,7 @@ def test_our_image_has_no_health_check_for_one_shots_to_inherit():
 
 def test_every_image_is_a_variable_with_an_official_default_and_a_standin():
     """Each image but ours: `${NAME_IMAGE:-official}`, and docker/standins/NAME (or a stage NAME of a
-    shared Containerfile) to build offline; Grafana has none (Debian does not package it; `up` leaves
+    shared Containerfile) to build offline (the `sso` provider is one already); Grafana has none (Debian does not package it; `up` leaves
     it out offline)."""
     variables = engine.image_variables((ROOT / "docker-compose.production.yml").read_text())
     assert set(variables) == {
@@ -120,6 +121,7 @@ def test_every_image_is_a_variable_with_an_official_default_and_a_standin():
         "NGINX_IMAGE",
         "S3_IMAGE",
         "PYTHON_IMAGE",
+        "OIDC_IMAGE",
         "PROMETHEUS_IMAGE",
         "POSTGRES_EXPORTER_IMAGE",
         "PGBOUNCER_EXPORTER_IMAGE",
@@ -132,7 +134,8 @@ def test_every_image_is_a_variable_with_an_official_default_and_a_standin():
     variables.pop("GRAFANA_IMAGE")
     standin_tags = {engine.standin_tag(v, o) for v, o in variables.items()}
     for variable, official in variables.items():
-        assert not official.startswith("localhost/"), official
+        # Only the `sso` provider is ours alone (no registry has it): its default is its stand-in.
+        assert official.startswith("localhost/") == (variable == "OIDC_IMAGE"), official
         containerfile, target = engine.standin_containerfile(variable)
         assert containerfile.exists(), f"{variable}: no stand-in at {containerfile}"
         if variable.endswith("_EXPORTER_IMAGE"):
@@ -240,3 +243,41 @@ def test_pgbouncer_standin_parses_database_url_as_edoburu_does(url, parsed):
     )
     out = subprocess.run(["bash", "-c", functions + probe, "-", url], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == parsed, out.stderr
+
+
+def _entrypoint(tmp_path, env: dict) -> subprocess.CompletedProcess:
+    """docker/entrypoint.sh, run by sh, with an `mlflow` on PATH that prints its arguments and
+    MLFLOW_GUNICORN_OPTS instead of serving."""
+    (tmp_path / "mlflow").write_text('#!/bin/sh\necho "$*"\necho "$MLFLOW_GUNICORN_OPTS"\n')
+    (tmp_path / "mlflow").chmod(0o755)
+    compose = yaml.safe_load((ROOT / "docker-compose.production.yml").read_text())["services"]["mlflow"]
+    base = {"PATH": f"{tmp_path}:/usr/bin:/bin", "MLFLOW_GUNICORN_OPTS": compose["environment"]["MLFLOW_GUNICORN_OPTS"]}
+    return subprocess.run(
+        ["sh", str(ROOT / "docker" / "entrypoint.sh"), *compose["command"]],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_entrypoint_switches_the_app_and_worker_class_for_oidc(tmp_path):
+    """AUTH_MODE=oidc: the compose command's bundle-auth becomes bundle-oidc, gunicorn's gthread
+    worker and --threads give way to uvicorn's worker, and every other option stays; basic: as is."""
+    basic = _entrypoint(tmp_path, {"AUTH_MODE": "basic"})
+    args, opts = basic.stdout.splitlines()
+    assert "--app-name bundle-auth" in args and "--worker-class gthread --threads 4" in opts
+    oidc = _entrypoint(
+        tmp_path, {"AUTH_MODE": "oidc", "OIDC_ISSUER": "https://idp", "OIDC_CLIENT_ID": "m", "OIDC_CLIENT_SECRET": "s"}
+    )
+    args, opts = oidc.stdout.splitlines()
+    assert "--app-name bundle-oidc" in args and "bundle-auth" not in args and "--workers 2" in args
+    assert opts.split()[:2] == ["--worker-class", "uvicorn.workers.UvicornWorker"]
+    assert "gthread" not in opts and "--threads" not in opts and "--max-requests 5000" in opts
+
+
+def test_entrypoint_refuses_oidc_without_its_settings_or_an_unknown_mode(tmp_path):
+    missing = _entrypoint(tmp_path, {"AUTH_MODE": "oidc", "OIDC_ISSUER": "https://idp", "OIDC_CLIENT_ID": "m"})
+    assert missing.returncode == 2 and "needs OIDC_CLIENT_SECRET" in missing.stderr and not missing.stdout
+    unknown = _entrypoint(tmp_path, {"AUTH_MODE": "ldap"})
+    assert unknown.returncode == 2 and "basic or oidc" in unknown.stderr

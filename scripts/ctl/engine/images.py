@@ -14,6 +14,7 @@ from ctl.errors import CommandError
 from ctl.settings import parse_env
 
 STANDINS = ROOT / "docker" / "standins"
+LOCAL_PREFIX = "localhost/mlflow-bundle/"
 # Inputs of our image: what docker/Dockerfile copies (kept in step with .dockerignore).
 IMAGE_INPUTS = (
     "docker/Dockerfile",
@@ -121,15 +122,15 @@ def ensure_standin(engine: Engine, variable: str, official: str) -> str:
     else:  # another stand-in, e.g. the S3 store on the python stand-in
         variable_of = {standin_tag(v, o): (v, o) for v, o in image_variables().items()}
         ensure_standin(engine, *variable_of[base])
-    # On a debootstrap base the build needs only the Debian mirror; on another stand-in, PyPI. A
-    # shared Containerfile learns its target as STANDIN too.
+    # A build needs this machine's CA (PyPI, npm) where its Containerfile copies build-ca.crt;
+    # otherwise only the Debian mirror. A shared Containerfile learns its target as STANDIN too.
     engine.build(
         tag,
         containerfile.parent,
         containerfile,
         {"BASE": base, **({"STANDIN": target} if target else {})},
         {INPUTS_LABEL: digest},
-        pypi=not base.startswith(BASE_PREFIX),
+        pypi="build-ca.cr" in containerfile.read_text(),
         target=target,
     )
     return tag
@@ -180,13 +181,19 @@ def ensure_images(engine: Engine, env: dict, profiles: tuple = None) -> dict:
         wanted = env.get(variable) or official
         if (recorded.get(variable) or wanted) not in in_use:
             continue  # e.g. the local S3 store when artifacts go to AWS S3
-        if engine.image_exists(wanted) or pull(engine, wanted):
+        # A default under localhost/mlflow-bundle/ (the `sso` profile's provider) is never pulled:
+        # no registry has it, it is always the stand-in.
+        built_here = wanted == official and official.startswith(LOCAL_PREFIX)
+        if not built_here and (engine.image_exists(wanted) or pull(engine, wanted)):
             chosen[variable] = wanted
             continue
         if not standin_containerfile(variable)[0].exists():
             log(f"{wanted} cannot be pulled (no registry reachable?) and has no stand-in: its services are left out")
             continue
-        log(f"{wanted} cannot be pulled (no registry reachable?): using a local stand-in built from Debian packages")
+        if not built_here:
+            log(
+                f"{wanted} cannot be pulled (no registry reachable?): using a local stand-in built from Debian packages"
+            )
         chosen[variable] = ensure_standin(engine, variable, official)
     standins = {k: v for k, v in chosen.items() if v != (env.get(k) or officials[k])}
     # Stand-ins of profiles not in use this time (e.g. monitoring) stay recorded for the next `up` that uses them.

@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from ctl.errors import CommandError
-from ctl.lifecycle.common import MODEL_NAME_RE, PREFIX_RE, TEAM_RE, auth_client, client, error_code
+from ctl.lifecycle.common import MODEL_NAME_RE, PREFIX_RE, TEAM_RE, auth_client, client, error_code, tracking_uri
+from ctl.settings import setting
 
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE")
 DEFAULT_EXPERIMENT_TYPES = ("training", "tuning", "evaluation")
@@ -20,6 +21,8 @@ class Team:
     name: str
     prefixes: list
     members: dict = field(default_factory=dict)  # username -> permission
+    group: str = ""  # AUTH_MODE=oidc: the provider group whose members get group_permission
+    group_permission: str = "EDIT"
 
     def experiments(self, types) -> list:
         return [f"{self.name}/{prefix}/{kind}" for prefix in self.prefixes for kind in types]
@@ -60,7 +63,10 @@ def load_teams(path) -> TeamsFile:
                     f"{path}: team {name}: member {m.get('username')}: permission must be one of {PERMISSIONS}"
                 )
             members[str(m["username"])] = perm
-        teams.append(Team(name, prefixes, members))
+        group_permission = str(raw.get("group_permission", "EDIT")).upper()
+        if group_permission not in PERMISSIONS:
+            raise CommandError(f"{path}: team {name}: group_permission must be one of {PERMISSIONS}")
+        teams.append(Team(name, prefixes, members, str(raw.get("group") or name), group_permission))
     names = [t.name for t in teams]
     if len(set(names)) != len(names):
         raise CommandError(f"{path}: duplicate team names")
@@ -113,6 +119,8 @@ def cmd_teams(args):
     Needs an admin user in MLFLOW_TRACKING_USERNAME/PASSWORD.
     """
     spec = load_teams(args.file)
+    if setting("AUTH_MODE", "basic") == "oidc":
+        return _teams_oidc(spec, args)
     mlf, auth = client(), auth_client()
     changes = Changes(args.dry_run)
 
@@ -139,25 +147,79 @@ def cmd_teams(args):
 
     models = _all_model_names(mlf)
     for team in spec.teams:
-        for exp_name in team.experiments(spec.experiment_types):
-            exp = mlf.get_experiment_by_name(exp_name)
-            if exp is None:
-                tags = {"team": team.name, "project": exp_name.split("/")[1]}
-                changes(f"create experiment {exp_name}", lambda n=exp_name, t=tags: mlf.create_experiment(n, tags=t))
-                exp = None if args.dry_run else mlf.get_experiment_by_name(exp_name)
-            elif exp.lifecycle_stage != "active":
-                raise CommandError(
-                    f"experiment {exp_name} is deleted: restore it (mlflow experiments restore) or purge it"
-                )
+        for exp_name, exp in _ensure_experiments(mlf, team, spec, changes, args.dry_run):
             for username, perm in sorted(team.members.items()):
                 grant(username, perm, "experiment", exp and exp.experiment_id, exp_name)
         for model in sorted(m for m in models if team.owns_model(m)):
             for username, perm in sorted(team.members.items()):
                 grant(username, perm, "registered_model", model, model)
+    return _summary(changes, args.dry_run)
 
-    verb = "would make" if args.dry_run else "made"
+
+def _summary(changes: Changes, dry_run: bool) -> int:
+    verb = "would make" if dry_run else "made"
     print(f"teams: {verb} {len(changes.items)} change(s)" if changes.items else "teams: no changes")
     return 0
+
+
+def _ensure_experiments(mlf, team: Team, spec: TeamsFile, changes: Changes, dry_run: bool) -> list:
+    """(name, experiment or None in a dry run) of each of TEAM's experiments, created where missing."""
+    found = []
+    for exp_name in team.experiments(spec.experiment_types):
+        exp = mlf.get_experiment_by_name(exp_name)
+        if exp is None:
+            tags = {"team": team.name, "project": exp_name.split("/")[1]}
+            changes(f"create experiment {exp_name}", lambda n=exp_name, t=tags: mlf.create_experiment(n, tags=t))
+            exp = None if dry_run else mlf.get_experiment_by_name(exp_name)
+        elif exp.lifecycle_stage != "active":
+            raise CommandError(f"experiment {exp_name} is deleted: restore it (mlflow experiments restore) or purge it")
+        found.append((exp_name, exp))
+    return found
+
+
+def _teams_oidc(spec: TeamsFile, args) -> int:
+    """AUTH_MODE=oidc: users and their groups live at the provider. Each team's provider group
+    (`group`, default the team's name) is created in the plugin's database (so it can be granted
+    before its first member signs in) and gets `group_permission` (default EDIT) on the team's
+    experiments and models. `members` are not used: membership is the provider's."""
+    mlf, changes = client(), Changes(args.dry_run)
+    groups = set(_plugin("GET", "").json())
+    models = _all_model_names(mlf)
+    for team in spec.teams:
+        group, perm = team.group, team.group_permission
+        if group not in groups:
+            changes(f"create group {group}", lambda g=group: _plugin("POST", "", {"group_name": g}))
+        have = {}  # kind -> {experiment id or model name: the group's permission}
+        for kind in ("experiments", "registered-models") if group in groups else ():
+            items = _plugin("GET", f"/{group}/{kind}").json()
+            have[kind] = {str(item.get("id") or item.get("name")): item["permission"] for item in items}
+        targets = [
+            ("experiments", exp and exp.experiment_id, name)
+            for name, exp in _ensure_experiments(mlf, team, spec, changes, args.dry_run)
+        ]
+        targets += [("registered-models", model, model) for model in sorted(m for m in models if team.owns_model(m))]
+        for kind, key, label in targets:
+            current = have.get(kind, {}).get(key)
+            if current == perm:
+                continue
+            method = "PATCH" if current else "POST"
+            changes(
+                f"grant group {group} {perm} on {kind[:-1]} {label} (was {current or 'NO_PERMISSIONS'})",
+                lambda m=method, path=f"/{group}/{kind}/{key}", body={"permission": perm}: _plugin(m, path, body),
+            )
+    return _summary(changes, args.dry_run)
+
+
+def _plugin(method: str, path: str, body: dict = None):
+    """A call to the OIDC plugin's group API, as the caller of MLFLOW_TRACKING_TOKEN (an admin)."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(tracking_uri())
+    response = http_request(creds, f"/api/2.0/mlflow/permissions/groups{path}", method, json=body, max_retries=0)
+    if not response.ok:
+        raise CommandError(f"{method} groups{path}: HTTP {response.status_code}: {response.text[:300]}")
+    return response
 
 
 def _all_model_names(mlf) -> list:

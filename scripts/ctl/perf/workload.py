@@ -109,6 +109,8 @@ def _raw_session(env):
     session.mount("https://", HTTPAdapter(max_retries=0, pool_maxsize=4))
     user, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
     session.auth = (user, password) if user else None
+    if not user and env.get("MLFLOW_TRACKING_TOKEN"):  # AUTH_MODE=oidc: a bearer token, as the mlflow client sends it
+        session.headers["Authorization"] = f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"
     session.verify = env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
     return session
 

@@ -59,6 +59,36 @@ def create_app(app: Flask | None = None):
     return app
 
 
+def create_oidc_app():
+    """`--app-name bundle-oidc` (AUTH_MODE=oidc): the mlflow-oidc-auth plugin's FastAPI app, which
+    mounts MLflow's Flask app, with the same JSON errors and request counter on that Flask app.
+    ASGI: gunicorn serves it with uvicorn's worker class (docker/entrypoint.sh)."""
+    from mlflow.server import app as mlflow_app
+
+    install_json_errors(mlflow_app)
+    mlflow_app.after_request(_count_request)
+    mlflow_app.after_request(_mlflow_error_form)
+    # Importing the module builds the app (its module-level `app = create_app()`), which adds the
+    # plugin's before_request on the Flask app: after _reject_malformed_json, which goes first.
+    from mlflow_oidc_auth.app import app
+
+    return app
+
+
+def _mlflow_error_form(response: Response) -> Response:
+    """The plugin answers its refusals {"message": ...} with no error_code: on the API, MLflow's
+    form instead, so clients see the status's code (the mlflow client reads a 403 without one as
+    INTERNAL_ERROR, HTTP 500)."""
+    if response.status_code < 400 or not API_PATH.match(request.path) or not response.is_json:
+        return response
+    body = response.get_json(silent=True)
+    if not isinstance(body, dict) or "error_code" in body or "message" not in body:
+        return response
+    code = HTTP_STATUS_TO_ERROR_CODE.get(response.status_code, "INTERNAL_ERROR")
+    response.set_data(json.dumps({"error_code": code, "message": body["message"]}))
+    return response
+
+
 def install_json_errors(app: Flask) -> None:
     # First in line: the auth app's before_request parses the body too, and crashes on a list.
     app.before_request_funcs.setdefault(None, []).insert(0, _reject_malformed_json)
