@@ -1,8 +1,9 @@
 """One-shot database migration (the compose `migrate` service).
 
 Connects DIRECTLY to PostgreSQL (not through PgBouncer in transaction mode), makes sure the
-`mlflow` role and the tracking, auth and OIDC plugin databases exist (idempotent: also on RDS, where no init
-script runs), then runs `mlflow db upgrade`, the auth DB upgrade and the OIDC plugin's DB upgrade once, before the server starts.
+`mlflow` role and the tracking, auth and OIDC plugin databases exist (idempotent: also on RDS,
+where no init script runs), then runs `mlflow db upgrade`, the auth DB upgrade and the plugin's
+DB upgrade once, before the server starts.
 Passwords come from the environment (PGPASSWORD for the tools), never from a command line.
 """
 
