@@ -40,8 +40,8 @@ SEARCH = "/api/2.0/mlflow/experiments/search"
 
 @pytest.fixture(scope="module")
 def basic_user(stack, settings, admin_auth):
-    """A basic-auth user with READ on an experiment, made before the switch to oidc: README
-    ("Switching modes") says both work again after the switch back."""
+    """A basic-auth user with READ on an experiment, made before the switch to oidc:
+    docs/authentication.md ("Switching modes") says both work again after the switch back."""
     from ctl.lifecycle.common import auth_client, client
 
     user, password = f"sso-basic-{time.time_ns()}", secrets.token_urlsafe(16)
