@@ -3,6 +3,7 @@
 Connection: the standard MLflow variables, as every MLflow client reads them:
   MLFLOW_TRACKING_URI                     e.g. https://mlflow.example.com
   MLFLOW_TRACKING_USERNAME / _PASSWORD    basic-auth user (admin for `teams` and `cleanup`)
+  MLFLOW_TRACKING_TOKEN                   AUTH_MODE=oidc: the provider's access token instead
   MLFLOW_TRACKING_SERVER_CERT_PATH        CA bundle of the server (certs/ca.crt)
 See docs/lifecycle.md for the naming convention, the promotion state machine and cleanup.
 """
