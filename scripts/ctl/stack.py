@@ -55,7 +55,7 @@ def compose_up(eng, *services, profiles: tuple = None):
 
 
 def _certs_stamp() -> list:
-    return [(f.stat().st_ino, f.stat().st_mtime_ns) if f.exists() else None for f in (ROOT / "certs").glob("*.crt")]
+    return [(s.st_ino, s.st_mtime_ns) for s in (f.stat() for f in sorted((ROOT / "certs").glob("*.crt")))]
 
 
 def cmd_up(args):

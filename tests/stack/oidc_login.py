@@ -174,13 +174,3 @@ def client_credentials(
     if scope:
         data["scope"] = scope
     return _token_request(http, conf, issuer, base_url, data, client_id, client_secret)
-
-
-def refresh(
-    issuer: str, client_id: str, refresh_token: str, client_secret: str | None = None, base_url: str | None = None
-) -> dict:
-    """refresh_token grant; returns the token response (raises OIDCError on failure)."""
-    http = requests.Session()
-    conf = discover(issuer, base_url, http)
-    data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-    return _token_request(http, conf, issuer, base_url, data, client_id, client_secret)
