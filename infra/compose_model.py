@@ -27,6 +27,10 @@ SECRET_ENV = {
     "MLFLOW_ADMIN_PASSWORD": ("app", "MLFLOW_ADMIN_PASSWORD"),
     "MLFLOW_FLASK_SERVER_SECRET_KEY": ("app", "MLFLOW_FLASK_SERVER_SECRET_KEY"),
 }
+# oidc mode only: the client secret the operator got from the provider (Pulumi config
+# oidcClientSecret), in the app secret too. Basic mode has no such key at all: ECS cannot inject a
+# JSON key the secret lacks, and basic mode's secret and task definitions stay as they were.
+OIDC_SECRET_ENV = {"OIDC_CLIENT_SECRET": ("app", "OIDC_CLIENT_SECRET")}
 # Secrets only the local monitoring profile uses (PgBouncer's stats user is in every stack's auth
 # file): not in Secrets Manager; the boot script generates them once, as `./mlflowctl bootstrap` does.
 BOOT_GENERATED = ("MONITORING_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
@@ -41,9 +45,18 @@ def compose_binary() -> str:
     return found
 
 
-def aws_env(*, public_host: str, bucket: str, region: str, db_host: str, image: str) -> dict[str, str]:
+def secret_env(auth_mode: str) -> dict[str, tuple[str, str]]:
+    """SECRET_ENV of a deployment in auth_mode (basic or oidc)."""
+    return SECRET_ENV | (OIDC_SECRET_ENV if auth_mode == "oidc" else {})
+
+
+def aws_env(
+    *, public_host: str, bucket: str, region: str, db_host: str, image: str, auth: dict[str, str] | None = None
+) -> dict[str, str]:
     """The variables the AWS deployment sets (the boot script writes the same into .env); each
-    secret is a reference that derive_container turns into an ECS secret."""
+    secret is a reference that derive_container turns into an ECS secret. auth: the sign-in
+    settings (StackConfig.auth_env; none: the compose defaults, basic mode)."""
+    auth = auth or {}
     return {
         "MLFLOW_PUBLIC_HOST": public_host,
         "MLFLOW_ARTIFACT_BUCKET": bucket,
@@ -52,7 +65,8 @@ def aws_env(*, public_host: str, bucket: str, region: str, db_host: str, image: 
         "POSTGRES_PORT": str(POSTGRES_PORT),
         "PGBOUNCER_SERVER_TLS_SSLMODE": "require",
         "MLFLOW_IMAGE": image,
-        **{key: _SECRET_REF + key for key in SECRET_ENV},
+        **auth,
+        **{key: _SECRET_REF + key for key in secret_env(auth.get("AUTH_MODE", ""))},
         **{key: "generated-at-boot" for key in BOOT_GENERATED},
     }
 

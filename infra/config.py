@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pulumi
 import yaml
@@ -15,6 +16,22 @@ from infra import REPO_ROOT
 PULUMI_YAML = REPO_ROOT / "Pulumi.yaml"
 ENVIRONMENTS = ("dev", "prod")
 COMPUTE_MODES = ("ec2", "ecs")
+AUTH_MODES = ("basic", "oidc")
+# The sign-in settings, each the compose variable of its upper-cased name (AUTH_MODE, OIDC_ISSUER...).
+AUTH_FIELDS = (
+    "auth_mode",
+    "oidc_issuer",
+    "oidc_client_id",
+    "oidc_audience",
+    "oidc_groups_attribute",
+    "oidc_group_name",
+    "oidc_admin_group_name",
+    "oidc_scope",
+)
+# Read with get_secret, and refused unless set with `pulumi config set --secret`. Not declared
+# `secret: true` in Pulumi.yaml: the CLI refuses a secret key with a (plain) default, and basic
+# mode needs none.
+SECRET_CONFIG = ("oidcClientSecret",)
 MAX_VPC_PREFIX = 17  # /24 subnets up to offset 101 (see infra/components/network.py)
 # Declared type in Pulumi.yaml -> pulumi.Config getter and the Python type it returns.
 GETTERS = {
@@ -47,6 +64,22 @@ def check_vpc_cidr(cidr: str) -> None:
         raise ValueError(f"vpcCidr {cidr!r} is too narrow: use a /{MAX_VPC_PREFIX} or wider (the default is a /16)")
 
 
+def check_issuer(issuer: str) -> None:
+    """The server fetches ISSUER/.well-known/openid-configuration and the JWKS over the internet:
+    a real provider's https URL, not a loopback or plain-HTTP one (the trial `sso` provider)."""
+    parts = urlsplit(issuer)
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or any(c.isspace() for c in issuer)
+    ):
+        raise ValueError(
+            f"oidcIssuer must be the provider's https:// issuer URL (the `iss` of its tokens), got {issuer!r}"
+        )
+
+
 @dataclass(frozen=True)
 class StackConfig:
     """Everything __main__ needs, read once from `pulumi config` (project namespace). No defaults
@@ -77,6 +110,15 @@ class StackConfig:
     ecs_max_tasks: int
     ecs_requests_per_ip_per_minute: int
     alarm_email: str
+    auth_mode: str
+    oidc_issuer: str
+    oidc_client_id: str
+    oidc_client_secret: pulumi.Output[str] | None  # None: not set (basic mode needs none)
+    oidc_audience: str
+    oidc_groups_attribute: str
+    oidc_group_name: str
+    oidc_admin_group_name: str
+    oidc_scope: str
 
     @property
     def is_prod(self) -> bool:
@@ -91,6 +133,12 @@ class StackConfig:
             "owner": self.owner,
             "managed-by": "pulumi",
         }
+
+    @property
+    def auth_env(self) -> dict[str, str]:
+        """The plain sign-in settings as compose variables (an empty value: the compose default).
+        The client secret is not among them: it reaches the server from Secrets Manager."""
+        return {name.upper(): getattr(self, name) for name in AUTH_FIELDS}
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -118,6 +166,20 @@ class StackConfig:
             raise ValueError(
                 f"ecsRequestsPerIpPerMinute must be 10..2000000000, got {self.ecs_requests_per_ip_per_minute}"
             )
+        if self.auth_mode not in AUTH_MODES:
+            raise ValueError(f"authMode must be one of {AUTH_MODES}, got {self.auth_mode!r}")
+        if any(c in value for value in self.auth_env.values() for c in "\r\n"):
+            raise ValueError("authMode and oidc* values are one line each (they become lines of .env)")
+        if self.auth_mode == "oidc":
+            required = {
+                "oidcIssuer": self.oidc_issuer,
+                "oidcClientId": self.oidc_client_id,
+                "oidcClientSecret": self.oidc_client_secret,
+            }
+            missing = [key for key, value in required.items() if not value]
+            if missing:
+                raise ValueError(f"authMode oidc needs {', '.join(missing)}: your provider's (docs/authentication.md)")
+            check_issuer(self.oidc_issuer)
 
     @classmethod
     def load(cls) -> StackConfig:
@@ -130,6 +192,9 @@ class StackConfig:
             if f.name == "region":
                 continue
             key = config_key(f.name)
+            if key in SECRET_CONFIG:
+                values[f.name] = read_secret(c, key)
+                continue
             spec = declared[key]
             value = getattr(c, GETTERS[spec["type"]][0])(key)
             if value is None:
@@ -139,3 +204,14 @@ class StackConfig:
             values[f.name] = value
         values["region"] = pulumi.Config("aws").require("region")
         return cls(**values)
+
+
+def read_secret(c: pulumi.Config, key: str) -> pulumi.Output[str] | None:
+    """A secret config value, or None when unset or empty. A value set without --secret sits in
+    plain text in Pulumi.<stack>.yaml: refused."""
+    value = c.get(key)
+    if not value:
+        return None
+    if not pulumi.runtime.is_config_secret(c.full_key(key)):
+        raise ValueError(f"{key} must be set with `pulumi config set --secret {key}`: it is in plain text now")
+    return pulumi.Output.secret(value)

@@ -209,12 +209,19 @@ class MockRun:
 
 
 def run_stack(
-    stack: str, overrides: dict | None = None, *, ami_id: str = DEFAULT_AMI, pushed_tags: list[str] | None = None
+    stack: str,
+    overrides: dict | None = None,
+    *,
+    ami_id: str = DEFAULT_AMI,
+    pushed_tags: list[str] | None = None,
+    plaintext: bool = False,
 ) -> MockRun:
     """Build the program for a stack under mocks, drive the loop, return what it registered.
     ami_id: what the AMI lookup answers. pushed_tags: image tags in ECR (default: the configured
-    mlflowImageTag, i.e. the image was pushed)."""
-    from infra.config import StackConfig
+    mlflowImageTag, i.e. the image was pushed). Secret config keys that are set are handed over as
+    `pulumi config set --secret` leaves them (plaintext: as a plain `config set` does), and their
+    values count as secret values (MockRun.secret_values)."""
+    from infra.config import SECRET_CONFIG, StackConfig
     from infra.program import build
 
     mocks = ensure_mocks()
@@ -226,7 +233,9 @@ def run_stack(
     mocks.pushed_tags = (
         pushed_tags if pushed_tags is not None else [json_or_str(config[f"{project_name()}:mlflowImageTag"])]
     )
-    pulumi.runtime.set_all_config(config)
+    secret_keys = [f"{project_name()}:{key}" for key in SECRET_CONFIG if config.get(f"{project_name()}:{key}")]
+    mocks.secret_values.extend(config[key] for key in secret_keys)
+    pulumi.runtime.set_all_config(config, [] if plaintext else secret_keys)
     resolved: dict = {}
 
     @pulumi.runtime.test

@@ -60,7 +60,12 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input]:
     )
     alarms = Alarms(f"{prefix}-alarms", AlarmsArgs(tags=tags, db_identifier=db.identifier, email=cfg.alarm_email))
     secrets = AppSecrets(
-        f"{prefix}-app-secrets", AppSecretsArgs(tags=tags, recovery_window_days=30 if cfg.is_prod else 0)
+        f"{prefix}-app-secrets",
+        AppSecretsArgs(
+            tags=tags,
+            oidc_client_secret=cfg.oidc_client_secret if cfg.auth_mode == "oidc" else None,
+            recovery_window_days=30 if cfg.is_prod else 0,
+        ),
     )
     registry = ImageRegistry(f"{prefix}-mlflow", ImageRegistryArgs(tags=tags, force_delete=not cfg.is_prod))
     secret_arns = [secrets.secret_arn, db.master_secret_arn]
@@ -96,6 +101,7 @@ def build(cfg: StackConfig) -> dict[str, pulumi.Input]:
         mlflow_image=image,
         image_present=image_present(registry.repository_name, cfg.mlflow_image_tag),
         alarm_topic_arn=alarms.topic_arn,
+        auth_env=cfg.auth_env,
     )
     outputs: dict[str, pulumi.Input] = {}
     if ecs:

@@ -102,7 +102,7 @@ write_env() {
   db_user=$(jq -er .username <<<"$db")  # -e: a missing key fails instead of writing "null"
   db_password=$(jq -er .password <<<"$db")
   declare -A values
-  for key in MLFLOW_DB_PASSWORD MLFLOW_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY; do
+  for key in $APP_SECRET_KEYS; do  # OIDC_CLIENT_SECRET too in oidc mode
     values[$key]=$(jq -er --arg k "$key" '.[$k]' <<<"$app")
   done
   tmp=$(mktemp "${APP_DIR}/.env.XXXXXX")  # mktemp creates it 0600
@@ -117,6 +117,11 @@ write_env() {
     echo "PGBOUNCER_SERVER_TLS_SSLMODE=require"
     echo "MLFLOW_ARTIFACT_BUCKET=$(env_quote "$ARTIFACT_BUCKET")"
     echo "AWS_DEFAULT_REGION=$(env_quote "$REGION")"
+    # The sign-in settings (authMode, oidc*), empty ones too: .env.example's are the trial `sso`
+    # provider's (http://idp.localhost:9000), which must never reach AWS.
+    while IFS='=' read -r key value; do
+      if [[ -n "$key" ]]; then echo "${key}=$(env_quote "$value")"; fi
+    done <<<"$AUTH_ENV"
     for key in "${!values[@]}"; do
       echo "${key}=$(env_quote "${values[$key]}")"
     done

@@ -118,6 +118,7 @@ class Compute(Component[ComputeArgs]):
                     image_present=bool(a[6]),
                     tls_secret_arn=args.tls_secret_arn,
                     artifact_role_arn=a[7],
+                    auth_env=args.auth_env,
                 )
             )
         )

@@ -20,7 +20,6 @@ from infra.components.base import Component
 from infra.components.runner import logs_statement, waiting_lambda
 from infra.components.server import ServerArgs, front_door, internet_load_balancer, tcp_rule
 from infra.compose_model import (
-    SECRET_ENV,
     aws_env,
     bind_mounts,
     derive_container,
@@ -28,6 +27,7 @@ from infra.compose_model import (
     option,
     placeholder_model,
     resolve,
+    secret_env,
 )
 from infra.connection_budget import Budget
 
@@ -348,10 +348,17 @@ class ScaleOut(Component[ScaleOutArgs]):
             image, db_host, bucket, app_secret, db_secret, log_group = a
             secrets = {
                 key: f"{app_secret if where == 'app' else db_secret}:{json_key}::"
-                for key, (where, json_key) in SECRET_ENV.items()
+                for key, (where, json_key) in secret_env(args.auth_env["AUTH_MODE"]).items()
             }  # one JSON key of a secret
             model = resolve(
-                aws_env(public_host=args.public_host, bucket=bucket, region=args.region, db_host=db_host, image=image)
+                aws_env(
+                    public_host=args.public_host,
+                    bucket=bucket,
+                    region=args.region,
+                    db_host=db_host,
+                    image=image,
+                    auth=args.auth_env,
+                )
             )
             return json.dumps(
                 task_definitions(

@@ -16,7 +16,8 @@ class ServerArgs:
     """tags: merged into every resource. environment: 'prod' adds deletion/termination protection.
     allowed_cidrs: who may reach 443/80 (no default). public_host: the DNS name clients use.
     image_present: the image is in ECR (else the server does not start yet). alarm_topic_arn:
-    where alarms notify. The rest comes from the other components."""
+    where alarms notify. auth_env: the plain sign-in settings (StackConfig.auth_env). The rest
+    comes from the other components."""
 
     tags: dict[str, str]
     environment: str
@@ -34,6 +35,7 @@ class ServerArgs:
     mlflow_image: pulumi.Input[str]
     image_present: pulumi.Input[bool]
     alarm_topic_arn: pulumi.Input[str]
+    auth_env: dict[str, str]
 
 
 def tcp_rule(rule, name: str, sg_id, ports, tags: dict, parent, **peer) -> None:

@@ -82,10 +82,11 @@ def _script(tmp_path, **overrides) -> Path:
     return path
 
 
-@pytest.mark.parametrize("tls", ["", "arn:tls"])
-def test_user_data_passes_shellcheck(tmp_path, tls):
+@pytest.mark.parametrize("tls, oidc", [("", False), ("arn:tls", False), ("", True)])
+def test_user_data_passes_shellcheck(tmp_path, tls, oidc):
+    script = _script(tmp_path, tls_secret_arn=tls, auth_env=OIDC_AUTH if oidc else {})
     result = subprocess.run(
-        [str(VENV_BIN / "shellcheck"), "--severity=style", str(_script(tmp_path, tls_secret_arn=tls))],
+        [str(VENV_BIN / "shellcheck"), "--severity=style", str(script)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -254,6 +255,56 @@ def test_missing_secret_key_fails_without_touching_env(tmp_path, aws):
         ["bash", str(app_dir / "mlflow-boot"), "refresh"], env=aws["env"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0
+    assert (app_dir / ".env").read_text() == before
+
+
+OIDC_SECRET = 'client$secret"from\\the#provider'  # a provider's secret may hold any of these
+OIDC_AUTH = {  # StackConfig.auth_env in oidc mode: empty ones are the compose defaults
+    "AUTH_MODE": "oidc",
+    "OIDC_ISSUER": "https://login.example.com/tenant/v2.0",
+    "OIDC_CLIENT_ID": "mlflow-prod",
+    "OIDC_AUDIENCE": "api://mlflow",
+    "OIDC_GROUPS_ATTRIBUTE": "",
+    "OIDC_GROUP_NAME": "",
+    "OIDC_ADMIN_GROUP_NAME": "",
+    "OIDC_SCOPE": "",
+}
+
+
+def test_oidc_mode_writes_the_client_secret_from_secrets_manager_into_env(tmp_path, aws):
+    """The real boot script, the real aws CLI and jq against moto, then the real Compose binary
+    on the .env it wrote: the client secret comes from the app secret (it is not in the script),
+    survives .env quoting, and the trial `sso` values of .env.example do not reach AWS."""
+    aws["sm"].put_secret_value(SecretId="app", SecretString=json.dumps({**APP, "OIDC_CLIENT_SECRET": OIDC_SECRET}))
+    script = _script(tmp_path, auth_env=OIDC_AUTH)
+    assert OIDC_SECRET not in script.read_text()
+    _run([script], aws)
+    app_dir = tmp_path / "opt-mlflow"
+    env = _env_file(app_dir)
+    assert env["AUTH_MODE"] == '"oidc"' and env["OIDC_GROUP_NAME"] == '""'  # not .env.example's team-a,...
+    result = subprocess.run(
+        config_command(app_dir / ".env"), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    mlflow = json.loads(result.stdout)["services"]["mlflow"]["environment"]
+    assert mlflow["OIDC_CLIENT_SECRET"] == OIDC_SECRET.replace("$", "$$")  # the model writes $ as $$
+    assert mlflow["AUTH_MODE"] == "oidc" and mlflow["OIDC_ISSUER"] == OIDC_AUTH["OIDC_ISSUER"]
+    assert mlflow["OIDC_DISCOVERY_URL"] == OIDC_AUTH["OIDC_ISSUER"] + "/.well-known/openid-configuration"
+    assert mlflow["OIDC_AUDIENCE"] == "api://mlflow" and mlflow["OIDC_ADMIN_GROUP_NAME"] == "mlflow-admins"
+
+
+def test_oidc_mode_without_the_client_secret_in_the_app_secret_fails_without_touching_env(tmp_path, aws):
+    _run([_script(tmp_path)], aws)  # basic mode: the app secret needs no such key
+    app_dir = tmp_path / "opt-mlflow"
+    before = (app_dir / ".env").read_text()
+    result = subprocess.run(
+        ["bash", str(_script(tmp_path, auth_env=OIDC_AUTH))],
+        env=aws["env"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode != 0 and "mlflow-boot: failed" in result.stderr
     assert (app_dir / ".env").read_text() == before
 
 

@@ -269,6 +269,79 @@ def test_scale_out_mode_is_one_config_value():
     }
 
 
+ACM = {"acmCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"}
+OIDC = {
+    "authMode": "oidc",
+    "oidcIssuer": "https://login.example.com/tenant/v2.0",
+    "oidcClientId": "mlflow-prod",
+    "oidcClientSecret": "Provider-Given-Client-Secret-1",
+    "oidcAudience": "api://mlflow",
+    "oidcGroupName": "team-a,team-b",
+}
+
+
+def _mlflow_container(run) -> dict:
+    task = next(r for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition") if r.name.endswith("-service"))
+    return next(c for c in json.loads(task.inputs["containerDefinitions"]) if c["name"] == "mlflow")
+
+
+def test_ecs_oidc_client_secret_is_an_ecs_secret_from_the_app_secret():
+    """Under mocks: the task definition asks ECS to inject OIDC_CLIENT_SECRET from the app
+    secret's JSON key; the value itself is in the (Pulumi-secret) secret version only, never in
+    a task definition, the plan, or an output. Whether ECS resolves the key is AWS's to prove."""
+    run = run_stack("prod", {"computeMode": "ecs", **ACM, **OIDC})
+    mlflow = _mlflow_container(run)
+    app_arn = run.one("aws:secretsmanager/secret:Secret").outputs["arn"]
+    assert {"name": "OIDC_CLIENT_SECRET", "valueFrom": f"{app_arn}:OIDC_CLIENT_SECRET::"} in mlflow["secrets"]
+    env = {e["name"]: e["value"] for e in mlflow["environment"]}
+    assert "OIDC_CLIENT_SECRET" not in env
+    task_text = json.dumps([r.inputs for r in run.of_type("aws:ecs/taskDefinition:TaskDefinition")])
+    assert OIDC["oidcClientSecret"] in run.secret_values and OIDC["oidcClientSecret"] not in task_text
+    envelope = inputs(run, "aws:secretsmanager/secretVersion:SecretVersion")["secretString"]
+    assert envelope.get(SECRET_SIG) and json.loads(envelope["value"])["OIDC_CLIENT_SECRET"] == OIDC["oidcClientSecret"]
+    assert all(secret or OIDC["oidcClientSecret"] not in json.dumps(v) for v, secret in run.outputs.values())
+
+
+def test_ecs_oidc_settings_reach_the_task_environment_through_the_compose_model():
+    """The plain settings go through aws_env and the compose file's own expressions: the
+    discovery URL and redirect URI are derived there, unset ones take the compose defaults."""
+    env = {
+        e["name"]: e["value"]
+        for e in _mlflow_container(run_stack("prod", {"computeMode": "ecs", **ACM, **OIDC}))["environment"]
+    }
+    assert env["AUTH_MODE"] == "oidc" and env["OIDC_ISSUER"] == OIDC["oidcIssuer"]
+    assert env["OIDC_DISCOVERY_URL"] == OIDC["oidcIssuer"] + "/.well-known/openid-configuration"
+    assert env["OIDC_CLIENT_ID"] == "mlflow-prod" and env["OIDC_AUDIENCE"] == "api://mlflow"
+    assert env["OIDC_GROUP_NAME"] == "team-a,team-b" and env["OIDC_ADMIN_GROUP_NAME"] == "mlflow-admins"
+    assert env["OIDC_REDIRECT_URI"] == "https://mlflow.example.com:443/callback"
+
+
+def test_basic_mode_injects_no_client_secret_and_oidc_mode_grants_nothing_new():
+    """basic (the default): no OIDC_CLIENT_SECRET key to inject (test_secrets_never_exported_in_plain_text
+    holds the secret's keys; test_ecs_mlflow_container_is_the_compose_service the task env). oidc
+    mode changes no IAM policy: the app secret's ARN was already readable."""
+    basic = run_stack("prod", {"computeMode": "ecs", **ACM})
+    oidc = run_stack("prod", {"computeMode": "ecs", **ACM, **OIDC})
+    assert "OIDC_CLIENT_SECRET" not in json.dumps(_mlflow_container(basic)["secrets"])
+    assert {e["name"]: e["value"] for e in _mlflow_container(basic)["environment"]}["AUTH_MODE"] == "basic"
+    policies = lambda run: sorted(r.inputs["policy"] for r in run.of_type("aws:iam/rolePolicy:RolePolicy"))  # noqa: E731
+    assert policies(basic) == policies(oidc)
+
+
+def test_ec2_oidc_boot_script_reads_the_client_secret_from_secrets_manager():
+    """Under mocks: the uploaded boot script names the key it reads from the app secret and
+    carries the plain settings; the secret value is not in it, nor in the user-data."""
+    run = run_stack("prod", OIDC)
+    script, user_data = run.boot_script(), inputs(run, "aws:ec2/instance:Instance")["userData"]
+    assert (
+        "readonly APP_SECRET_KEYS='MLFLOW_DB_PASSWORD MLFLOW_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY OIDC_CLIENT_SECRET'"
+        in script
+    )
+    assert f"OIDC_ISSUER={OIDC['oidcIssuer']}\n" in script and "AUTH_MODE=oidc\n" in script
+    assert OIDC["oidcClientSecret"] in run.secret_values
+    assert not any(s in script + user_data for s in run.secret_values)
+
+
 def test_scale_out_refuses_more_tasks_than_the_database_supports():
     with pytest.raises(Exception, match="connections"):
         run_stack(

@@ -12,16 +12,17 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pulumi
+import pytest
 import yaml
 
 import infra.program
-from infra.config import GETTERS, StackConfig, config_key, declared_config
-from infra.mockrun import project_name, stack_config
+from infra.config import GETTERS, SECRET_CONFIG, StackConfig, config_key, declared_config
+from infra.mockrun import project_name, run_stack, stack_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Keys the checks in StackConfig refuse empty: they keep the dev stack's values.
 # Keys StackConfig refuses empty or zero: a mode, who may connect, a VPC range, at least one task.
-REQUIRED_NON_EMPTY = {"environment", "computeMode", "allowedCidrs", "vpcCidr", "ecsMinTasks", "ecsMaxTasks"}
+REQUIRED_NON_EMPTY = {"environment", "computeMode", "authMode", "allowedCidrs", "vpcCidr", "ecsMinTasks", "ecsMaxTasks"}
 FALSY = {"string": "", "integer": 0, "boolean": False, "array": []}
 
 
@@ -53,7 +54,13 @@ def test_every_field_has_its_declared_type_and_no_default_of_its_own():
     for f in fields(StackConfig):
         if f.name == "region":
             continue
-        assert GETTERS[declared[config_key(f.name)]["type"]][1].__name__ == str(f.type).split("[")[0], f.name
+        # A secret comes back as a secret Output (or None when unset).
+        expected = (
+            "pulumi.Output"
+            if config_key(f.name) in SECRET_CONFIG
+            else GETTERS[declared[config_key(f.name)]["type"]][1].__name__
+        )
+        assert expected == str(f.type).split("[")[0], f.name
         assert f.default is MISSING and f.default_factory is MISSING, (
             f"{f.name} has a default in config.py: defaults live in Pulumi.yaml only"
         )
@@ -71,7 +78,11 @@ def test_configured_zero_false_empty_and_empty_list_round_trip():
     """Every key set to its type's falsy value comes back as that value, not as the default."""
     name, declared = project_name(), declared_config()
     dev = stack_config("dev")
-    values = {key: FALSY[spec["type"]] for key, spec in declared.items() if key not in REQUIRED_NON_EMPTY}
+    values = {
+        key: FALSY[spec["type"]]
+        for key, spec in declared.items()
+        if key not in REQUIRED_NON_EMPTY and key not in SECRET_CONFIG  # an empty secret is None: see below
+    }
     # The engine hands every value over as a string (JSON for non-strings).
     pulumi.runtime.set_all_config(
         {**dev, **{f"{name}:{key}": v if isinstance(v, str) else json.dumps(v) for key, v in values.items()}}
@@ -90,7 +101,9 @@ def test_unset_keys_take_their_pulumi_yaml_default():
     cfg = StackConfig.load()
     for f in fields(StackConfig):
         key = config_key(f.name)
-        if f"{name}:{key}" not in given and f.name != "region":
+        if key in SECRET_CONFIG:
+            assert getattr(cfg, f.name) is None and declared[key]["default"] == "", key
+        elif f"{name}:{key}" not in given and f.name != "region":
             assert getattr(cfg, f.name) == declared[key]["default"], key
 
 
@@ -119,3 +132,40 @@ def test_components_take_configured_values_without_a_default_of_their_own():
                 )
                 checked += 1
     assert checked >= len(config_fields) // 2, checked
+
+
+OIDC = {
+    "authMode": "oidc",
+    "oidcIssuer": "https://idp.example.com/realms/mlflow",
+    "oidcClientId": "mlflow-prod",
+    "oidcClientSecret": "Provider-Given-Client-Secret-1",
+}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"authMode": "sso"}, "authMode must be one of"),
+        ({**OIDC, "oidcIssuer": ""}, "authMode oidc needs oidcIssuer"),
+        ({**OIDC, "oidcClientId": ""}, "authMode oidc needs oidcClientId"),
+        ({**OIDC, "oidcClientSecret": ""}, "authMode oidc needs oidcClientSecret"),
+        ({"authMode": "oidc"}, "needs oidcIssuer, oidcClientId, oidcClientSecret"),
+        ({**OIDC, "oidcIssuer": "http://idp.localhost:9000"}, "https:// issuer URL"),
+        ({**OIDC, "oidcIssuer": "https:///realms/x"}, "https:// issuer URL"),
+        ({**OIDC, "oidcIssuer": "https://idp.example.com/?x=1"}, "https:// issuer URL"),
+        ({**OIDC, "oidcGroupName": "team-a\nAUTH_MODE=basic"}, "one line each"),
+    ],
+)
+def test_oidc_mode_refuses_what_cannot_work(overrides, message):
+    """Under mocks: the message `pulumi up` would stop with, before any resource is created."""
+    with pytest.raises(ValueError, match=message):
+        run_stack("prod", overrides)
+
+
+def test_a_client_secret_set_in_plain_text_is_refused():
+    """`pulumi config set oidcClientSecret X` (without --secret) leaves it readable in
+    Pulumi.<stack>.yaml. Under mocks the engine's list of secret keys is handed over as the
+    language host hands it (pulumi.runtime.set_all_config); not run with the Pulumi CLI here."""
+    with pytest.raises(ValueError, match="pulumi config set --secret oidcClientSecret"):
+        run_stack("dev", OIDC, plaintext=True)
+    run_stack("dev", OIDC)  # the same value set with --secret

@@ -26,6 +26,14 @@ def test_plan_json_masks_secret_inputs(capsys):
     assert plan["outputs"]["tracking_url"] == "https://mlflow-dev.example.com"
 
 
+def test_plan_masks_the_oidc_client_secret(capsys):
+    """`--set oidcClientSecret=...` is handed over as `pulumi config set --secret` would."""
+    sets = ["authMode=oidc", "oidcIssuer=https://idp.example.com", "oidcClientId=c", "oidcClientSecret=Plan-Secret-9"]
+    assert main(["--stack", "dev", "--json", *(a for s in sets for a in ("--set", s))]) == 0
+    out = capsys.readouterr().out
+    assert "Plan-Secret-9" not in out and "OIDC_CLIENT_SECRET" in out
+
+
 def test_plan_command_line_help():
     result = subprocess.run(
         [sys.executable, "-m", "infra.plan", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
