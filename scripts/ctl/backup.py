@@ -282,9 +282,18 @@ def count_mismatches(target: Target, databases: dict, manifest: dict) -> list:
     return out
 
 
+def in_backup(databases: dict, manifest: dict) -> dict:
+    """DATABASES (kind -> database) the backup has a dump of; the others are said and left as they are."""
+    for kind in databases.keys() - manifest["databases"].keys():
+        log(
+            f"restore: the backup has no {kind} database (taken before it was backed up): {databases[kind]} left as it is"
+        )
+    return {kind: db for kind, db in databases.items() if kind in manifest["databases"]}
+
+
 def restore_into(target: Target, backup: Path, manifest: dict, databases: dict, force: bool, owner: str):
-    """pg_restore into DATABASES (kind -> database) and upload into the target's bucket; refuses
-    databases holding tables or a bucket holding objects unless FORCE."""
+    """pg_restore into DATABASES (kind -> database; see in_backup) and upload into the target's
+    bucket; refuses databases holding tables or a bucket holding objects unless FORCE."""
     tables = {kind: table_count(target, db) for kind, db in databases.items()}  # every target checked first
     state = target.bucket_op("state")
     objects = None if state == "none" else int(state)
@@ -316,7 +325,7 @@ def cmd_restore(args) -> int:
     backup = fetch_from_volume(args.from_volume, Path(args.dir)) if args.from_volume else Path(args.backup).resolve()
     with step(f"restore: checking the checksums of {backup}"):
         manifest = fmt.verify(backup)
-    databases = {"tracking": args.tracking_db, "auth": args.auth_db}
+    databases = in_backup({"tracking": args.tracking_db, "auth": args.auth_db, "oidc": args.oidc_db}, manifest)
     restore_into(target, backup, manifest, databases, args.force, args.owner)
     if count_mismatches(target, databases, manifest):  # the rows are back: same counts as when the dump was taken
         raise CommandError("restored databases have other row counts than the backup (listed above)")
@@ -338,6 +347,7 @@ def _connection_options(p):
     )
     p.add_argument("--tracking-db", default="mlflow", help="tracking database (default %(default)s)")
     p.add_argument("--auth-db", default="mlflow_auth", help="basic-auth database (default %(default)s)")
+    p.add_argument("--oidc-db", default="mlflow_oidc", help="the OIDC plugin's database (default %(default)s)")
     p.add_argument("--bucket", help="artifact bucket (default: MLFLOW_ARTIFACT_BUCKET from .env)")
     p.add_argument(
         "--s3-endpoint",

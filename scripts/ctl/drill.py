@@ -74,7 +74,7 @@ def cmd_drill(args) -> int:
         problems += [f"file {p.relative_to(copy)} does not match its sha256 in the manifest" for p in bad]
         with step("drill: dropping what an earlier drill left"):
             drop_scratch(target, scratch, live_bucket)
-        databases = {kind: scratch[kind] for kind in fmt.DATABASES}
+        databases = backup.in_backup({kind: scratch[kind] for kind in fmt.DATABASES}, manifest)
         backup.restore_into(target, copy, manifest, databases, force=False, owner=args.owner)
         with step("drill: comparing row counts with the manifest"):
             problems += [

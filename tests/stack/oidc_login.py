@@ -1,4 +1,5 @@
-"""Browserless OpenID Connect helpers for the test OIDC provider (docker/standins/oidc).
+"""Browserless OpenID Connect helpers for the test OIDC provider (docker/standins/oidc), and
+`oidc_mode`, which switches the running stack to AUTH_MODE=oidc with the `sso` profile.
 
 ``base_url`` (e.g. ``http://127.0.0.1:19000``) replaces the issuer's scheme://host:port in
 every URL requested, for when the issuer host name does not resolve on the test host.
@@ -7,13 +8,26 @@ every URL requested, for when the issuer host name does not resolve on the test 
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import hashlib
+import json
 import re
 import secrets
 from html import unescape
+from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import requests
+
+from ctl import engine
+from tests.conftest import ROOT
+
+PROFILES = engine.default_profiles() + ("sso",)
+SEED = ROOT / "docker" / "standins" / "oidc" / "seed.example.json"
+IDP = "http://127.0.0.1:9000"  # the provider, from this host (the issuer's name does not resolve here)
+CLI_CLIENT, CLI_REDIRECT = "mlflow-cli", "http://127.0.0.1:8765/callback"  # a public client (PKCE)
 
 TIMEOUT = 15
 MAX_HOPS = 12
@@ -174,3 +188,47 @@ def client_credentials(
     if scope:
         data["scope"] = scope
     return _token_request(http, conf, issuer, base_url, data, client_id, client_secret)
+
+
+class Bearer(requests.auth.AuthBase):
+    """requests' auth= for an access token."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __call__(self, r):
+        r.headers["Authorization"] = f"Bearer {self.token}"
+        return r
+
+
+@contextlib.contextmanager
+def oidc_mode(eng, settings, workdir: Path, cli_token_ttl: int):
+    """The running stack in AUTH_MODE=oidc (Compose's environment, over .env) with the `sso`
+    profile, its seed the example's with the mlflow-cli client's tokens living CLI_TOKEN_TTL
+    seconds; back in basic mode after. Yields what user_token needs."""
+    seed = workdir / "seed.json"
+    spec = json.loads(SEED.read_text())
+    for client in spec["clients"]:
+        if client["client_id"] == CLI_CLIENT:
+            client["access_token_ttl"] = cli_token_ttl
+    seed.write_text(json.dumps(spec))
+    seed.chmod(0o644)  # read by the provider's uid in the container
+    env = {**eng.env, "AUTH_MODE": "oidc", "OIDC_SEED_FILE": str(seed)}
+    oidc_eng = dataclasses.replace(eng, env=env)
+    engine.ensure_images(oidc_eng, settings.env, PROFILES)
+    proc = engine.up(oidc_eng, timeout_s=300, capture=True, profiles=PROFILES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        yield SimpleNamespace(seed=seed, issuer=settings.env["OIDC_ISSUER"], env=settings.env, http=settings.http())
+    finally:
+        engine.compose(eng, "rm", "--stop", "--force", "oidc", capture=True, profiles=PROFILES)
+        proc = engine.up(eng, timeout_s=300, capture=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def user_token(sso, username: str) -> str:
+    """An access token of USERNAME (a seeded user) from the provider's login form (code flow, PKCE)."""
+    tokens = login_code_flow(
+        sso.issuer, CLI_CLIENT, CLI_REDIRECT, username, sso.env["OIDC_USER_PASSWORD"], base_url=IDP
+    )
+    return tokens["access_token"]

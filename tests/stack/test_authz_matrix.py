@@ -19,6 +19,12 @@ Confusions per route (B's requests, A's ids; `*` = each field family at once):
 
 Every value A owns contains SECRET, a token B never sends: a response to B that contains it is a
 leak. A's state (via the admin) is compared before and after; B's writes carry `written-by-B`.
+
+Every test runs in both auth modes (the `mode` fixture). In AUTH_MODE=oidc (the `sso` profile's real
+provider) A is the seeded user alice, B is bob, the admin is carol, each with a bearer token from
+the provider's login form. The routes are then those of `--app-name bundle-oidc`: MLflow's Flask
+routes, plus the FastAPI routes the plugin serves (its permission, user and UI routes, and MLflow's
+OTLP, jobs, gateway and assistant routers), which are probed with A's ids in their path parameters.
 """
 
 import concurrent.futures
@@ -32,6 +38,7 @@ import pytest
 import requests
 
 from ctl import engine
+from tests.stack import oidc_login
 
 # Runs inside the mlflow container (compose exec): the routes of the app the server runs.
 ENUMERATE = """
@@ -47,6 +54,24 @@ for name in dir(fa):
         routes |= {("fastapi:" + r.path, m) for r in router.routes for m in (getattr(r, "methods", None) or ())}
 print(json.dumps(sorted(routes)))
 """
+# The same in AUTH_MODE=oidc: MLflow's Flask routes and every route of the plugin's FastAPI app.
+ENUMERATE_OIDC = """
+import json, logging
+logging.disable(logging.WARNING)
+from mlflow.server import app as flask_app
+from mlflow_bundle_store.app import create_oidc_app
+app = create_oidc_app()
+routes = {(r.rule, m) for r in flask_app.url_map.iter_rules() for m in r.methods - {"HEAD", "OPTIONS"}}
+def served(routes):  # FastAPI 0.165 keeps an included router whole: its routes with their prefix
+    for r in routes:
+        if hasattr(r, "effective_route_contexts"):
+            yield from ((c.path, c.methods) for c in r.effective_route_contexts())
+        elif getattr(r, "methods", None):
+            yield r.path, r.methods
+routes |= {("fastapi:" + path, m) for path, methods in served(app.routes) for m in methods - {"HEAD", "OPTIONS"}}
+print(json.dumps(sorted(routes)))
+"""
+TOKEN_TTL_S = 3600  # the matrix outlasts the provider's default 300 s tokens
 
 # Normalised route (API prefix and version removed, ajax-api folded into api) -> verdict:
 #   probe  - B must get nothing of A's whatever the confusion (the matrix runs on it);
@@ -66,10 +91,13 @@ def normalise(rule: str, method: str) -> str:
     return f"{VERSION_PREFIX.sub('', rule)} {method}"
 
 
-def verdict(route: str) -> str | None:
+def verdict(route: str, oidc: bool = False) -> str | None:
+    """In oidc mode the FastAPI routes are served (uvicorn) and authorized by the plugin: probed."""
     path = route.split(" ")[0].removeprefix("fastapi:")
     if route.removeprefix("fastapi:") in _PUBLIC.split(", "):
         return "public"
+    if oidc and route.startswith("fastapi:"):
+        return "probe"
     if path.startswith(_OFF_PREFIXES) or route.startswith("fastapi:"):
         return "off"
     return "probe" if route in KNOWN else None
@@ -193,15 +221,20 @@ def _alias_body(a: dict, b: dict, variant: dict, route: str) -> dict:
 
 
 def _path(rule: str, team: dict) -> str:
+    """RULE (Flask's <param> or FastAPI's {param}) with TEAM's objects in its path parameters."""
+
     def sub(m):
-        name = m.group(1).split(":")[-1]
+        name = (m.group(1) or m.group(2)).split(":")[-1]
         if name in PATH_PARAM:
             return team[PATH_PARAM[name]]
-        if name == "artifact_path":
+        if name in ("artifact_path", "path"):
             return f"{team['experiment_id']}/{team['run_id']}/artifacts/secret.txt"
-        return {"assessment_id": team["assessment_id"], "tag_key": "k", "key": "k"}.get(name, "x")
+        named = {"assessment_id": team["assessment_id"], "tag_key": "k", "key": "k", "username": team["username"],
+                 "experiment_id": team["experiment_id"], "run_id": team["run_id"], "group_name": team["group"],
+                 "name": team["name"], "model_name": team["name"], "prompt_name": team["name"]}  # fmt: skip
+        return str(named.get(name, "x"))
 
-    return re.sub(r"<([^>]+)>", sub, rule)
+    return re.sub(r"<([^>]+)>|\{([^}]+)\}", sub, rule)
 
 
 def _requests(rule: str, method: str, a: dict, b: dict):
@@ -263,39 +296,71 @@ SPECIAL = {
 }
 
 
+@pytest.fixture(scope="module", params=["basic", "oidc"])
+def mode(request, stack, eng, settings, tmp_path_factory):
+    """The auth mode the module's tests run in: the stack as it is, or switched to oidc (and back)."""
+    if request.param == "basic":
+        yield None
+        return
+    with oidc_login.oidc_mode(eng, settings, tmp_path_factory.mktemp("authz-sso"), TOKEN_TTL_S) as sso:
+        yield sso
+
+
 @pytest.fixture(scope="module")
-def routes(eng) -> list:
-    proc = engine.compose(eng, "exec", "-T", "mlflow", "python", "-c", ENUMERATE, capture=True, timeout=300)
+def routes(mode, eng) -> list:
+    script = ENUMERATE_OIDC if mode else ENUMERATE
+    proc = engine.compose(eng, "exec", "-T", "mlflow", "python", "-c", script, capture=True, timeout=300)
     lines = proc.stdout.strip().splitlines()
     assert lines and lines[-1].startswith("["), proc.stderr[-2000:]
     return [tuple(r) for r in json.loads(lines[-1])]
 
 
-def test_every_route_has_a_verdict(routes):
+@pytest.fixture(scope="module")
+def admin(mode, admin_auth):
+    """The admin's requests auth: basic-auth's admin, or carol (of the admin group) with a token."""
+    return oidc_login.Bearer(oidc_login.user_token(mode, "carol")) if mode else admin_auth
+
+
+def test_every_route_has_a_verdict(mode, routes):
     assert ("fastapi:/v1/traces", "POST") in routes, "FastAPI routers not enumerated"
-    missing = sorted({normalise(r, m) for r, m in routes if verdict(normalise(r, m)) is None})
+    missing = sorted({normalise(r, m) for r, m in routes if verdict(normalise(r, m), bool(mode)) is None})
     assert not missing, f"routes with no verdict in {__name__}.KNOWN: {missing}"
 
 
+# oidc mode: the seeded users (docker/standins/oidc/seed.example.json) of each team, and their group.
+OIDC_USERS = {"a": ("alice", "team-a"), "b": ("bob", "team-b")}
+CLIENT_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 @pytest.fixture(scope="module")
-def teams(stack, settings, http):
+def teams(mode, stack, settings, http):
     """Two users; each owns (MANAGE) an experiment with a run (params, metrics, tags, an artifact), a
-    registered model with a version, an alias and a tag, a logged model and a trace with an assessment."""
+    registered model with a version, an alias and a tag, a logged model and a trace with an assessment.
+    Basic mode: new users, granted MANAGE by the admin, who creates the objects. Oidc mode: alice and
+    bob create their own (the plugin grants a creator MANAGE)."""
     import mlflow
     from mlflow.server import get_app_client
 
-    env = settings.client_env(base={})
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    auth = get_app_client("basic-auth", tracking_uri=stack)
-    client = mlflow.MlflowClient(tracking_uri=stack, registry_uri=stack)
+    saved = {k: os.environ.get(k) for k in {*settings.client_env(base={}), *CLIENT_ENV}}
+    auth = None if mode else get_app_client("basic-auth", tracking_uri=stack)
     bucket = settings.env["MLFLOW_ARTIFACT_BUCKET"]
     out = {}
     try:
         for team in ("a", "b"):
+            for key in CLIENT_ENV:
+                os.environ.pop(key, None)
             secret = f"SECRET-{uuid.uuid4().hex}" if team == "a" else f"b-{uuid.uuid4().hex[:8]}"
-            user, password = f"authz-{team}-{time.time_ns()}", os.urandom(12).hex()
-            auth.create_user(user, password)
+            if mode:
+                user, group = OIDC_USERS[team]
+                token = oidc_login.user_token(mode, user)
+                os.environ.update(settings.client_env(base={"MLFLOW_TRACKING_TOKEN": token}))
+                caller = oidc_login.Bearer(token)
+            else:
+                os.environ.update(settings.client_env(base={}))
+                user, password, group = f"authz-{team}-{time.time_ns()}", os.urandom(12).hex(), ""
+                auth.create_user(user, password)
+                caller = (user, password)
+            client = mlflow.MlflowClient(tracking_uri=stack, registry_uri=stack)
             label = f"authz-{team}-{uuid.uuid4().hex[:12]}"  # names are ids B sends: they carry no secret
             exp = client.create_experiment(label, tags={"t": secret})
             run = client.create_run(exp, run_name=secret, tags={"t": secret}).info.run_id
@@ -318,23 +383,25 @@ def teams(stack, settings, http):
             mlflow.flush_trace_async_logging()
             client.set_trace_tag(trace_id, "t", secret)
             assessment = mlflow.log_feedback(trace_id=trace_id, name="quality", value=secret).assessment_id
-            auth.grant_user_permission(user, "experiment", exp, "MANAGE")
-            auth.grant_user_permission(user, "registered_model", name, "MANAGE")
-            out[team] = {"user": (user, password), "secret": secret, "experiment_id": exp, "run_id": run,
+            if not mode:
+                auth.grant_user_permission(user, "experiment", exp, "MANAGE")
+                auth.grant_user_permission(user, "registered_model", name, "MANAGE")
+            out[team] = {"user": caller, "username": user, "group": group, "secret": secret,
+                         "experiment_id": exp, "run_id": run,
                          "name": name, "model_id": lm.model_id, "trace_id": trace_id, "assessment_id": assessment,
                          "dataset_id": f"d-{uuid.uuid4().hex}", "experiment_name": label,
                          "bucket": bucket}  # fmt: skip
         yield out
     finally:
-        for team in out.values():
-            auth.delete_user(team["user"][0])
+        for team in out.values() if auth else ():
+            auth.delete_user(team["username"])
         mlflow.set_tracking_uri(None)
         for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def snapshot(http, stack, admin_auth, a) -> dict:
-    """A's objects as the admin sees them."""
+def snapshot(http, stack, admin_auth, a, oidc: bool = False) -> dict:
+    """A's objects, and who may use them, as the admin sees them."""
     api, api3 = f"{stack}/api/2.0/mlflow", f"{stack}/api/3.0/mlflow"
     calls = {
         "experiment": f"{api}/experiments/get?experiment_id={a['experiment_id']}",
@@ -345,8 +412,14 @@ def snapshot(http, stack, admin_auth, a) -> dict:
         "logged_model": f"{api}/logged-models/{a['model_id']}",
         "trace": f"{api3}/traces/{a['trace_id']}",
         "runs": f"{api}/runs/search",
-        "experiment_perms": f"{api}/users/permissions/list?username={a['user'][0]}",
+        "experiment_perms": f"{api}/users/permissions/list?username={a['username']}",
     }
+    if oidc:  # the plugin's permission routes instead of basic-auth's
+        perms = f"{api}/permissions"
+        calls["experiment_perms"] = f"{perms}/experiments/{a['experiment_id']}/users"
+        calls["experiment_groups"] = f"{perms}/experiments/{a['experiment_id']}/groups"
+        calls["model_perms"] = f"{perms}/registered-models/{a['name']}/users"
+        calls["user_perms"] = f"{perms}/users/{a['username']}/experiments"
     state = {}
     for key, url in calls.items():
         if key == "runs":
@@ -357,20 +430,20 @@ def snapshot(http, stack, admin_auth, a) -> dict:
     return state
 
 
-def test_team_b_cannot_touch_team_a(routes, teams, http, stack, admin_auth):
+def test_team_b_cannot_touch_team_a(mode, routes, teams, http, stack, admin):
     a, b = teams["a"], teams["b"]
     probes = []
     for rule, method in routes:
         route = normalise(rule, method)
-        if verdict(route) == "public":
+        if verdict(route, bool(mode)) == "public":
             continue
-        if rule.startswith("fastapi:"):  # not served under gunicorn: Flask must answer 404
-            path = re.sub(r"\{[^}]+\}", "x", rule[8:])
+        if rule.startswith("fastapi:"):  # basic mode: not served under gunicorn, Flask must answer 404
+            path = _path(rule[8:], a)
             if path.startswith("/") and not path.startswith("/api/2.0/mlflow-artifacts"):
                 probes.append((route, "direct", method, path, {"json": _values(a, route)} if method != "GET" else {}))
             continue
         probes += [(route, *p) for p in _requests(rule, method, a, b)]
-    before = snapshot(http, stack, admin_auth, a)
+    before = snapshot(http, stack, admin, a, bool(mode))
     deadline = time.monotonic() + DEADLINE_S
     leaks, served, errors = [], [], []
 
@@ -398,9 +471,9 @@ def test_team_b_cannot_touch_team_a(routes, teams, http, stack, admin_auth):
                 continue
             if a["secret"] in r.text:
                 leaks.append(f"{route} [{label}] {r.status_code}: {r.text[:160]}")
-            if verdict(route) == "off" and r.status_code not in (403, 404):
+            if verdict(route, bool(mode)) == "off" and r.status_code not in (403, 404):
                 served.append(f"{route} [{label}] {r.status_code}")
-    after = snapshot(http, stack, admin_auth, a)
+    after = snapshot(http, stack, admin, a, bool(mode))
     changed = {k: (before[k][1][:300], after[k][1][:300]) for k in before if before[k] != after[k]}
     print(f"{len(probes)} probes over {len({p[0] for p in probes})} routes")
     assert not leaks and not changed and not served and not errors, (
@@ -445,7 +518,7 @@ def _ghost(a: dict) -> dict:
     }
 
 
-def test_existence_of_team_a_objects_is_not_revealed(routes, teams, http, stack):
+def test_existence_of_team_a_objects_is_not_revealed(mode, routes, teams, http, stack):
     """B's request naming A's objects gets the same status and error code as the same request
     naming objects nobody holds: on every route (the matrix's direct request) and for the minimal
     by-id requests clients send. MLflow alone answers 404 for a free run id and 403 for A's on
@@ -455,7 +528,7 @@ def test_existence_of_team_a_objects_is_not_revealed(routes, teams, http, stack)
     requests_ = [
         (normalise(rule, method), method, *next(_requests(rule, method, team, b))[2:])
         for rule, method in routes
-        if verdict(normalise(rule, method)) == "probe" and not rule.startswith("fastapi:")
+        if verdict(normalise(rule, method), bool(mode)) == "probe" and not rule.startswith("fastapi:")
         and normalise(rule, method) not in NAMESPACE
         for team in (a, ghost)
     ] + [

@@ -53,10 +53,11 @@ def scratch(stack):
     names = {
         "tracking": f"mlflow_restore_{tag}",
         "auth": f"mlflow_auth_restore_{tag}",
+        "oidc": f"mlflow_oidc_restore_{tag}",
         "bucket": f"mlflow-restore-{tag.replace('_', '-')}",
     }
     yield names
-    for db in (names["tracking"], names["auth"]):
+    for db in (names["tracking"], names["auth"], names["oidc"]):
         stackexec.psql('DROP DATABASE IF EXISTS :"db" WITH (FORCE)', "postgres", {"db": db})
     bucket_objects(names["bucket"], delete=True)
 
@@ -92,6 +93,8 @@ def test_backup_and_restore_round_trip(mlflow_admin, stack, stack_env, unique, s
     user = f"backup-{time.time_ns()}"
     auth_client = get_app_client("basic-auth", tracking_uri=stack)
     auth_client.create_user(user, os.urandom(12).hex())
+    # And a group in the OIDC plugin's database (as a sign-in in AUTH_MODE=oidc makes one).
+    query("mlflow_oidc", "INSERT INTO groups (group_name) VALUES (:'group')", group=unique)
 
     try:
         made = mlflowctl("backup", "--out", str(tmp_path / "backups"))
@@ -110,12 +113,15 @@ def test_backup_and_restore_round_trip(mlflow_admin, stack, stack_env, unique, s
         # The copy is exactly the live bucket at that time (our new object included), byte for byte.
         assert (backup / "artifacts" / key).read_bytes() == artifact.read_bytes()
 
-        target = ["--tracking-db", scratch["tracking"], "--auth-db", scratch["auth"], "--bucket", scratch["bucket"]]
+        target = [f"--{kind}-db={scratch[kind]}" for kind in ("tracking", "auth", "oidc")] + [
+            "--bucket",
+            scratch["bucket"],
+        ]
         restored = mlflowctl("restore", str(backup), *target)
         assert restored.returncode == 0, restored.stderr
 
         # The same rows as in the dump's snapshot, our run's metrics and our user included...
-        for kind in ("tracking", "auth"):
+        for kind in ("tracking", "auth", "oidc"):
             for name, text in COUNTS[kind].items():
                 assert int(query(scratch[kind], text)[0][0]) == manifest["databases"][kind]["counts"][name], name
         steps = query(
@@ -125,6 +131,7 @@ def test_backup_and_restore_round_trip(mlflow_admin, stack, stack_env, unique, s
         )
         assert [(int(s), float(v)) for s, v in steps] == [(s, 1.0 / (s + 1)) for s in range(5)]
         assert query(scratch["auth"], "SELECT count(*) FROM users WHERE username = :'user'", user=user) == [("1",)]
+        assert query(scratch["oidc"], "SELECT count(*) FROM groups WHERE group_name = :'g'", g=unique) == [("1",)]
         # ...and the same bytes in the scratch bucket as in the live one.
         restored_objects = bucket_objects(scratch["bucket"])
         assert restored_objects == {k: v["sha256"] for k, v in manifest["bucket"]["objects"].items()}
@@ -144,3 +151,4 @@ def test_backup_and_restore_round_trip(mlflow_admin, stack, stack_env, unique, s
         assert damaged.returncode == 1 and "checksum" in damaged.stderr
     finally:
         auth_client.delete_user(user)
+        query("mlflow_oidc", "DELETE FROM groups WHERE group_name = :'group'", group=unique)

@@ -9,7 +9,6 @@ so the browserless flows here send their requests to http://127.0.0.1:9000 (oidc
 """
 
 import base64
-import dataclasses
 import html
 import json
 import re
@@ -24,16 +23,12 @@ import yaml
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from ctl import engine
-from tests.conftest import ROOT, poll
+from tests.conftest import poll
 from tests.stack import oidc_login
 from tests.stack.browser import page_text
 from tests.stack.lifecycle_fixtures import client_env, environment, run_cli
 
-PROFILES = engine.default_profiles() + ("sso",)
-SEED = ROOT / "docker" / "standins" / "oidc" / "seed.example.json"
-IDP = "http://127.0.0.1:9000"  # the provider, from this host
-CLI_CLIENT, CLI_REDIRECT = "mlflow-cli", "http://127.0.0.1:8765/callback"  # a public client (PKCE)
+IDP = oidc_login.IDP
 TTL = 30  # lifetime of the mlflow-cli client's access tokens here, seconds: short, so expiry is seen
 SEARCH = "/api/2.0/mlflow/experiments/search"
 
@@ -54,43 +49,19 @@ def basic_user(stack, settings, admin_auth):
 
 @pytest.fixture(scope="module")
 def sso(stack, eng, settings, tmp_path_factory, basic_user):
-    seed = tmp_path_factory.mktemp("sso") / "seed.json"
-    spec = json.loads(SEED.read_text())
-    for client in spec["clients"]:
-        if client["client_id"] == CLI_CLIENT:
-            client["access_token_ttl"] = TTL
-    seed.write_text(json.dumps(spec))
-    seed.chmod(0o644)  # read by the provider's uid in the container
-    env = {**eng.env, "AUTH_MODE": "oidc", "OIDC_SEED_FILE": str(seed)}
-    oidc_eng = dataclasses.replace(eng, env=env)
-    engine.ensure_images(oidc_eng, settings.env, PROFILES)
-    proc = engine.up(oidc_eng, timeout_s=300, capture=True, profiles=PROFILES)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    http = settings.http()
-    try:
-        yield SimpleNamespace(seed=seed, issuer=settings.env["OIDC_ISSUER"], env=settings.env, http=http, stack=stack)
-    finally:
-        engine.compose(eng, "rm", "--stop", "--force", "oidc", capture=True, profiles=PROFILES)
-        proc = engine.up(eng, timeout_s=300, capture=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        # Back in basic mode: the basic-auth user and their grant work as before the switch.
-        get = f"{stack}/api/2.0/mlflow/experiments/get"
-        r = http.get(get, params={"experiment_id": basic_user.experiment_id}, auth=basic_user.auth, timeout=30)
-        assert r.status_code == 200, r.text
+    with oidc_login.oidc_mode(eng, settings, tmp_path_factory.mktemp("sso"), TTL) as sso:
+        sso.stack = stack
+        yield sso
+    # Back in basic mode: the basic-auth user and their grant work as before the switch.
+    get = f"{stack}/api/2.0/mlflow/experiments/get"
+    r = sso.http.get(get, params={"experiment_id": basic_user.experiment_id}, auth=basic_user.auth, timeout=30)
+    assert r.status_code == 200, r.text
 
 
 def test_basic_auth_credentials_open_nothing_in_oidc_mode(sso, stack, basic_user, admin_auth):
     for auth in (basic_user.auth, admin_auth):
         r = sso.http.get(f"{stack}{SEARCH}", params={"max_results": 1}, auth=auth, timeout=30)
         assert r.status_code == 401 and r.json()["error_code"] == "UNAUTHENTICATED", r.text
-
-
-def user_token(sso, username: str) -> str:
-    """An access token of USERNAME from the provider's login form (code flow, PKCE)."""
-    tokens = oidc_login.login_code_flow(
-        sso.issuer, CLI_CLIENT, CLI_REDIRECT, username, sso.env["OIDC_USER_PASSWORD"], base_url=IDP
-    )
-    return tokens["access_token"]
 
 
 def service_token(sso) -> str:
@@ -141,7 +112,11 @@ def teams(sso, settings, tmp_path_factory):
     }
     teams_file = tmp_path_factory.mktemp("sso-teams") / "teams.yaml"
     teams_file.write_text(yaml.safe_dump(spec))
-    env = {**client_env(settings, "", ""), "AUTH_MODE": "oidc", "MLFLOW_TRACKING_TOKEN": user_token(sso, "carol")}
+    env = {
+        **client_env(settings, "", ""),
+        "AUTH_MODE": "oidc",
+        "MLFLOW_TRACKING_TOKEN": oidc_login.user_token(sso, "carol"),
+    }
     env = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     out = run_cli(env, "teams", "--file", str(teams_file), in_process=False)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -177,6 +152,23 @@ def test_browser_signs_in_through_the_provider(sso, stack, chromium):
     sign_in(chromium, stack, "alice", sso.env["OIDC_USER_PASSWORD"])
     poll("the experiments page", lambda: "Experiments" in page_text(chromium), 90, every_s=0.25)
     assert "Alice" in page_text(chromium)
+
+
+def test_browser_logout_asks_for_the_password_again(sso, stack, chromium):
+    """In Chromium: /logout, the provider's sign-out form (submitted by its page's script), back at
+    the plugin's page; the next visit to the UI shows the provider's login form, not the UI."""
+    sign_in(chromium, stack, "bob", sso.env["OIDC_USER_PASSWORD"])
+    poll("the experiments page", lambda: "Experiments" in page_text(chromium), 90, every_s=0.25)
+    on_form = "location.host === 'idp.localhost:9000' && !!document.querySelector('[name=password]')"
+    evaluate(chromium, "window.signedIn = true")  # the signed-in page's mark: a later page has none
+    chromium.call("Page.navigate", url=f"{stack}/logout")
+    # The provider redirects to the plugin's page only after its confirm POST ended its session
+    # (which may send the browser on to the login form). The plugin's own pages (/oidc/ui/user
+    # shows "Experiments" too) may be where sign-in landed: hence the mark.
+    back = f"!window.signedIn && (location.href.startsWith({json.dumps(stack + '/oidc/ui')}) || ({on_form}))"
+    poll("back at the plugin's page", lambda: evaluate(chromium, back), 60, every_s=0.25)
+    chromium.call("Page.navigate", url=f"{stack}/")
+    poll("the provider's login form again", lambda: evaluate(chromium, on_form), 60, every_s=0.25)
 
 
 def browse(sso, http, url: str, method: str = "GET", data: dict = None):
@@ -235,7 +227,7 @@ def test_team_a_sees_team_a_not_team_b_in_the_ui(sso, stack, teams, chromium):
 def test_team_a_member_with_a_token_reads_team_a_not_team_b(sso, teams, client_as):
     from mlflow.exceptions import MlflowException
 
-    client = client_as(user_token(sso, "alice"))
+    client = client_as(oidc_login.user_token(sso, "alice"))
     assert client.get_experiment(teams.ids["team-a"]).name == teams.names["team-a"]
     with pytest.raises(MlflowException) as denied:
         client.get_experiment(teams.ids["team-b"])
@@ -295,13 +287,13 @@ def test_bad_tokens_get_401_json(sso, stack):
 
 
 def test_expired_token_gets_401_and_a_removed_user_loses_access(sso, stack):
-    token = user_token(sso, "alice")
+    token = oidc_login.user_token(sso, "alice")
     assert api(sso, stack, token).status_code == 200
     seed = json.loads(sso.seed.read_text())
     seed["users"] = [u for u in seed["users"] if u["username"] != "alice"]
     sso.seed.write_text(json.dumps(seed))  # in place: the bind mount sees the same file
     with pytest.raises(oidc_login.OIDCError):
-        user_token(sso, "alice")  # the provider no longer knows her: no new token
+        oidc_login.user_token(sso, "alice")  # the provider no longer knows her: no new token
     assert api(sso, stack, token).status_code == 200  # her token lives until it expires
     exp = claims(token)["exp"]
     error = poll(

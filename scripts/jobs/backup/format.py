@@ -1,7 +1,8 @@
 """The backup format: one backup, its verification, and pg_restore of its dumps.
 
-A backup is a directory `mlflow-backup-YYYYmmddTHHMMSSZ/`: `tracking.dump` and `auth.dump`
-(pg_dump, custom format), `artifacts/KEY` for every object of the bucket, and `manifest.json`: row
+A backup is a directory `mlflow-backup-YYYYmmddTHHMMSSZ/`: `tracking.dump`, `auth.dump` (basic-auth)
+and `oidc.dump` (the OIDC plugin's users, groups and grants; backups before it have none), all
+pg_dump custom format, `artifacts/KEY` for every object of the bucket, and `manifest.json`: row
 counts taken in the dump's own snapshot, size and sha256 of every file, start, end and
 `"success": true`. It is written as `NAME.partial` and renamed when complete. A failed attempt
 becomes `NAME.failed` holding only its manifest (`"success": false` and the error). Files 0600,
@@ -23,7 +24,7 @@ from pathlib import Path
 from jobs.backup.tools import TOOL_TIMEOUT, BackupError, Interrupted, Stream, copy_digest, log, psql_argv, sha256
 
 PREFIX = "mlflow-backup-"
-DATABASES = {"tracking": "mlflow", "auth": "mlflow_auth"}
+DATABASES = {"tracking": "mlflow", "auth": "mlflow_auth", "oidc": "mlflow_oidc"}
 # What the manifest counts, per database: proves a restore brought the rows back.
 COUNTS = {
     "tracking": {
@@ -33,6 +34,7 @@ COUNTS = {
         "params": "SELECT count(*) FROM params",
     },
     "auth": {"users": "SELECT count(*) FROM users"},
+    "oidc": {"users": "SELECT count(*) FROM users", "groups": "SELECT count(*) FROM groups"},
 }
 PROGRESS_EVERY = 5.0  # seconds between progress lines of a long copy
 PIPES = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}

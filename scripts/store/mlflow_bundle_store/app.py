@@ -61,7 +61,8 @@ def create_app(app: Flask | None = None):
 
 def create_oidc_app():
     """`--app-name bundle-oidc` (AUTH_MODE=oidc): the mlflow-oidc-auth plugin's FastAPI app, which
-    mounts MLflow's Flask app, with the same JSON errors and request counter on that Flask app.
+    mounts MLflow's Flask app, with the same JSON errors, request counter and team-isolation checks
+    (authz.py) on that Flask app.
     ASGI: gunicorn serves it with uvicorn's worker class (docker/entrypoint.sh)."""
     from mlflow.server import app as mlflow_app
 
@@ -72,6 +73,7 @@ def create_oidc_app():
     # plugin's before_request on the Flask app: after _reject_malformed_json, which goes first.
     from mlflow_oidc_auth.app import app
 
+    authz.install(mlflow_app, oidc=True)  # after the plugin's before_request: see authz.py
     return app
 
 

@@ -25,6 +25,11 @@ other. Here:
   name reveals anyway, and `mlflow.set_experiment` needs the 404 of a free name;
 - route groups the bundle does not use are switched off (404) unless named in
   MLFLOW_BUNDLE_ENABLE_ROUTES (comma-separated group names, see OPTIONAL_ROUTES).
+
+The same checks run in AUTH_MODE=oidc (`bundle-oidc`, install(app, oidc=True)), after the
+mlflow-oidc-auth plugin's before_request: the caller, their admin flag and their experiment
+permissions then come from the plugin (the identity its ASGI middleware put in the WSGI environ,
+and its permission resolver). The role routes exist in basic mode only.
 """
 
 import json
@@ -37,6 +42,8 @@ from flask import Response, request
 from mlflow.exceptions import MlflowException
 
 API = re.compile(r"^(?:/[^/]+)*?/(?:ajax-)?api/\d+\.\d+/?mlflow(?P<rest>/.*)$")
+# The UI's artifact download, outside the API prefix: it names a run by id too.
+GET_ARTIFACT = re.compile(r"^(?:/[^/]+)*?/get-artifact$")
 # Group -> routes (after the /api/X.Y/mlflow prefix). Off unless MLFLOW_BUNDLE_ENABLE_ROUTES names it.
 OPTIONAL_ROUTES = {
     "webhooks": re.compile(r"^/webhooks\b"),
@@ -64,8 +71,14 @@ OWN_ROLE = {"/roles/get", "/roles/permissions/list"}
 ADMIN_ONLY = {"/roles/list", "/roles/users/list"}
 
 
-def install(app) -> None:
-    """Called once, after MLflow's auth app has registered its before_request."""
+_oidc = False  # set by install: where the caller and their permissions come from
+
+
+def install(app, oidc: bool = False) -> None:
+    """Called once, after the auth app (MLflow's basic-auth, or the OIDC plugin's) has registered
+    its before_request."""
+    global _oidc
+    _oidc = oidc
     # Switched-off routes are refused before anything else: MLflow's validators for them may look
     # the caller's ids up and answer for them.
     app.before_request_funcs.setdefault(None, []).insert(0, refuse_switched_off)
@@ -87,6 +100,47 @@ def _error(status: int, code: str, message: str) -> Response:
 
 def _bad(message: str) -> Response:
     return _error(400, "INVALID_PARAMETER_VALUE", message)
+
+
+def _caller() -> str | None:
+    """The signed-in caller's name; None when there is none (the auth app's hook answered)."""
+    if _oidc:
+        from mlflow_oidc_auth.bridge import get_fastapi_username
+
+        try:
+            return get_fastapi_username()
+        except Exception:
+            return None
+    return request.authorization.username if request.authorization else None
+
+
+def _is_admin(username: str) -> bool:
+    if _oidc:
+        from mlflow_oidc_auth.bridge import get_fastapi_admin_status
+
+        return get_fastapi_admin_status()
+    from mlflow.server import auth
+
+    return auth.store.get_user(username).is_admin
+
+
+def _permission(experiment_id: str, username: str):
+    """USERNAME's permission on the experiment (can_read, can_update...)."""
+    if _oidc:
+        from mlflow_oidc_auth.utils.permissions import effective_experiment_permission
+
+        return effective_experiment_permission(experiment_id, username).permission
+    from mlflow.server import auth
+
+    return auth._get_experiment_permission(experiment_id, username)
+
+
+def _forbidden() -> Response:
+    if _oidc:  # the plugin's own refusal (app._mlflow_error_form adds MLflow's error_code on the API)
+        return Response(json.dumps({"message": "Permission denied"}), status=403, mimetype="application/json")
+    from mlflow.server import auth
+
+    return auth.make_forbidden_response()
 
 
 def _canonical(key: str) -> str:
@@ -118,7 +172,8 @@ def switched_off(rest: str) -> str | None:
 
 def check():
     match = API.match(request.path)
-    if not match or request.authorization is None:
+    username = _caller() if match else None
+    if username is None:
         return None
     rest = match.group("rest")
     has_body = request.method in JSON_METHODS and bool(request.get_data(cache=True).strip())
@@ -129,12 +184,9 @@ def check():
     twice = sorted(k for k, values in seen.items() if len(values) > 1)
     if twice:
         return _bad(f"Request names {', '.join(twice)} more than once with different values")
-    from mlflow.server import auth
-
-    username = request.authorization.username
-    if auth.store.get_user(username).is_admin:
+    if _is_admin(username):
         return None
-    return _roles(rest, username, auth) or _locations(rest, body, username, auth)
+    return (None if _oidc else _roles(rest, username)) or _locations(rest, body, username)
 
 
 def _named(body: dict) -> dict[str, set]:
@@ -151,8 +203,9 @@ def _named(body: dict) -> dict[str, set]:
 def hide_existence(response):
     """After the handler: for a non-admin, a 404 RESOURCE_DOES_NOT_EXIST on a request naming by id an
     object they may not read (a free id included) becomes the 403 another team's object gets."""
-    match = API.match(request.path)
-    if response.status_code != 404 or not match or request.authorization is None:
+    match = API.match(request.path) or GET_ARTIFACT.match(request.path)
+    username = _caller() if match and response.status_code == 404 else None
+    if username is None:
         return response
     if (response.get_json(silent=True) or {}).get("error_code") != "RESOURCE_DOES_NOT_EXIST":
         return response
@@ -166,17 +219,14 @@ def hide_existence(response):
     ]
     if not ids:
         return response
-    from mlflow.server import auth
-
-    username = request.authorization.username
     try:
-        if auth.store.get_user(username).is_admin:
+        if _is_admin(username):
             return response
     except MlflowException:
         return response
-    if all(_readable(key, str(value), username, auth) for key, value in ids):
+    if all(_readable(key, str(value), username) for key, value in ids):
         return response  # the caller's own object lacks something: MLflow's 404 stands
-    return auth.make_forbidden_response()
+    return _forbidden()
 
 
 def _listed(text: str) -> list:
@@ -188,7 +238,7 @@ def _listed(text: str) -> list:
     return values if isinstance(values, list) else [text]
 
 
-def _readable(key: str, value: str, username: str, auth) -> bool:
+def _readable(key: str, value: str, username: str) -> bool:
     """Whether USERNAME may read the experiment the object KEY=VALUE lies in (False: no such object)."""
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
     from mlflow.server.handlers import _get_tracking_store
@@ -201,26 +251,28 @@ def _readable(key: str, value: str, username: str, auth) -> bool:
         "model_id": lambda: store.get_logged_model(value).experiment_id,
     }
     try:
-        return auth._get_experiment_permission(str(experiment_of[key]()), username).can_read
+        return _permission(str(experiment_of[key]()), username).can_read
     except MlflowException as exc:
         return exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
     except Exception:
         return True  # any other failure: MLflow's answer stays as it is
 
 
-def _roles(rest: str, username: str, auth):
+def _roles(rest: str, username: str):
+    from mlflow.server import auth
+
     if rest in ADMIN_ONLY:
-        return auth.make_forbidden_response()
+        return _forbidden()
     if rest in SELF_ONLY and request.args.get("username", username) != username:
-        return auth.make_forbidden_response()
+        return _forbidden()
     if rest in OWN_ROLE:
         own = {str(r.id) for r in auth.store.list_user_roles(auth.store.get_user(username).id)}
         if request.args.get("role_id") not in own:
-            return auth.make_forbidden_response()
+            return _forbidden()
     return None
 
 
-def _locations(rest: str, body: dict, username: str, auth):
+def _locations(rest: str, body: dict, username: str):
     uris = []
     if rest == "/experiments/create":
         uris.append(body.get("artifact_location") or body.get("artifactLocation"))
@@ -234,9 +286,7 @@ def _locations(rest: str, body: dict, username: str, auth):
         uris.append((info.get("tags") or {}).get("mlflow.artifactLocation"))
     for uri in filter(None, uris):
         experiment_id = _experiment_of(str(uri))
-        if experiment_id == "" or (
-            experiment_id and not auth._get_experiment_permission(experiment_id, username).can_update
-        ):
+        if experiment_id == "" or (experiment_id and not _permission(experiment_id, username).can_update):
             return _bad("Storage location lies in the artifact store of an experiment you may not edit")
     return None
 
