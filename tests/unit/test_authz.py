@@ -122,3 +122,42 @@ def test_plugin_refusals_get_mlflow_error_codes(path, status, body, expected):
         assert got == body
     else:
         assert (got["error_code"], out.status_code) == expected and got["message"] == body["message"]
+
+
+@pytest.mark.parametrize(
+    "path,group",
+    [
+        ("/ajax-api/3.0/jobs/search", "jobs"),  # MLflow's FastAPI routers, served in oidc mode
+        ("/gateway/mlflow/v1/chat/completions", "gateway"),
+        ("/ajax-api/3.0/mlflow/assistant/message", "assistant"),
+        ("/api/2.0/mlflow/webhooks", "webhooks"),
+        ("/v1/traces", None),
+        ("/api/2.0/mlflow/permissions/gateways/endpoints", None),  # the plugin's own permission routes
+        ("/api/2.0/mlflow/runs/get", None),
+    ],
+)
+def test_switched_off_groups_are_refused_before_the_asgi_app(monkeypatch, path, group):
+    import asyncio
+
+    monkeypatch.delenv(authz.ENABLE_ENV, raising=False)
+    reached, sent = [], []
+
+    async def inner(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(authz.switched_off_asgi(inner)({"type": "http", "path": path}, None, send))
+    if group is None:
+        assert reached == [path] and not sent
+    else:
+        assert not reached and sent[0]["status"] == 404
+        assert json.loads(sent[1]["body"]) == {
+            "error_code": "ENDPOINT_NOT_FOUND",
+            "message": f"Switched off here (enable with {authz.ENABLE_ENV}={group})",
+        }
+    monkeypatch.setenv(authz.ENABLE_ENV, "jobs,gateway,assistant,webhooks")
+    reached.clear()
+    asyncio.run(authz.switched_off_asgi(inner)({"type": "http", "path": path}, None, send))
+    assert reached == [path]

@@ -74,7 +74,7 @@ def create_oidc_app():
     from mlflow_oidc_auth.app import app
 
     authz.install(mlflow_app, oidc=True)  # after the plugin's before_request: see authz.py
-    return app
+    return authz.switched_off_asgi(app)
 
 
 def _mlflow_error_form(response: Response) -> Response:

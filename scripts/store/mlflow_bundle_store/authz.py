@@ -164,6 +164,29 @@ def _body() -> dict:
     return body if isinstance(body, dict) else {}
 
 
+# Any path, with the API prefix of the Flask routes or of MLflow's FastAPI routers
+# (/ajax-api/3.0/jobs, /gateway, /ajax-api/3.0/mlflow/assistant) or none.
+ANY_PREFIX = re.compile(r"^(?:/(?:ajax-)?api/\d+\.\d+(?:/mlflow)?)?(?P<rest>/.*)$")
+
+
+def switched_off_asgi(app):
+    """APP (ASGI) with the OPTIONAL_ROUTES groups refused as refuse_switched_off does. For oidc
+    mode: the plugin's FastAPI app serves MLflow's FastAPI routers (jobs, gateway, assistant)
+    itself, before any Flask hook, where gunicorn's WSGI workers in basic mode serve none."""
+
+    async def asgi(scope, receive, send):
+        match = ANY_PREFIX.match(scope.get("path", "")) if scope["type"] == "http" else None
+        group = match and switched_off(match.group("rest"))
+        if not group:
+            return await app(scope, receive, send)
+        body = _error(404, "ENDPOINT_NOT_FOUND", f"Switched off here (enable with {ENABLE_ENV}={group})").get_data()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 404, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return asgi
+
+
 def switched_off(rest: str) -> str | None:
     """The OPTIONAL_ROUTES group REST (the path after /api/X.Y/mlflow) is in, unless enabled."""
     enabled = {g.strip() for g in os.environ.get(ENABLE_ENV, "").split(",") if g.strip()}
