@@ -162,3 +162,13 @@ def test_rollback_advice_names_the_restore_and_the_previous_image(step, serving)
     assert "  ./mlflowctl upgrade --image mlflow:old" in advice
     assert ("previous server (mlflow:old) is still serving" in advice) is serving
     assert ("migrated for mlflow:new" in advice) is not serving
+
+
+def test_a_backup_from_before_the_oidc_dump_restores_what_it_has(capsys):
+    from ctl.backup import in_backup
+
+    targets = {"tracking": "t", "auth": "a", "oidc": "o"}
+    old = {"databases": {"tracking": {}, "auth": {}}}
+    assert in_backup(targets, old) == {"tracking": "t", "auth": "a"}
+    assert "the backup has no oidc database" in capsys.readouterr().out
+    assert in_backup(targets, {"databases": dict.fromkeys(fmt.DATABASES, {})}) == targets
