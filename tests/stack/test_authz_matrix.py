@@ -18,7 +18,8 @@ Confusions per route (B's requests, A's ids; `*` = each field family at once):
   `artifact_location` that are raw store URIs inside A's run, a trace created with A's trace id.
 
 Every value A owns contains SECRET, a token B never sends: a response to B that contains it is a
-leak. A's state (via the admin) is compared before and after; B's writes carry `written-by-B`.
+leak. A's state (via the admin) and every user's admin flag are compared before and after; B's
+writes carry `written-by-B`.
 
 Every test runs in both auth modes (the `mode` fixture). In AUTH_MODE=oidc (the `sso` profile's real
 provider) A is the seeded user alice, B is bob, the admin is carol, each with a bearer token from
@@ -38,7 +39,7 @@ import uuid
 import pytest
 import requests
 
-from ctl import engine
+from ctl import engine, stackexec
 from tests.stack import oidc_login
 
 # Runs inside the mlflow container (compose exec): the routes of the app the server runs.
@@ -227,7 +228,7 @@ def _path(rule: str, team: dict) -> str:
     """RULE (Flask's <param> or FastAPI's {param}) with TEAM's objects in its path parameters."""
 
     def sub(m):
-        name = (m.group(1) or m.group(2)).split(":")[-1]
+        name = m.group(1).split(":")[-1] if m.group(1) else m.group(2).split(":")[0]  # <conv:name>, {name:conv}
         if name in PATH_PARAM:
             return team[PATH_PARAM[name]]
         if name in ("artifact_path", "path"):
@@ -403,8 +404,17 @@ def teams(mode, stack, settings, http):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def snapshot(http, stack, admin_auth, a, oidc: bool = False) -> dict:
-    """A's objects, and who may use them, as the admin sees them."""
+# Every user's admin flag (and, in oidc mode, whether they are active and how many access tokens
+# they hold, B's own tokens aside: B may make those), read in the auth database itself.
+USERS = {
+    "mlflow_auth": "SELECT username, is_admin FROM users ORDER BY username",
+    "mlflow_oidc": "SELECT username, is_admin, active, (SELECT count(*) FROM user_tokens t WHERE t.user_id = u.id"
+    " AND u.username <> :'b') FROM users u ORDER BY username",
+}
+
+
+def snapshot(http, stack, admin_auth, a, oidc: bool = False, b: dict = None) -> dict:
+    """A's objects, who may use them, and every user's rights, as the admin sees them."""
     api, api3 = f"{stack}/api/2.0/mlflow", f"{stack}/api/3.0/mlflow"
     calls = {
         "experiment": f"{api}/experiments/get?experiment_id={a['experiment_id']}",
@@ -430,6 +440,8 @@ def snapshot(http, stack, admin_auth, a, oidc: bool = False) -> dict:
         else:
             r = http.get(url, auth=admin_auth, timeout=60)
         state[key] = (r.status_code, r.text)
+    db = "mlflow_oidc" if oidc else "mlflow_auth"
+    state["users"] = (db, str(stackexec.psql(USERS[db], db, {"b": b["username"] if b else ""})))
     return state
 
 
@@ -446,7 +458,7 @@ def test_team_b_cannot_touch_team_a(mode, routes, teams, http, stack, admin):
                 probes.append((route, "direct", method, path, {"json": _values(a, route)} if method != "GET" else {}))
             continue
         probes += [(route, *p) for p in _requests(rule, method, a, b)]
-    before = snapshot(http, stack, admin, a, bool(mode))
+    before = snapshot(http, stack, admin, a, bool(mode), b)
     deadline = time.monotonic() + DEADLINE_S
     leaks, served, errors = [], [], []
 
@@ -476,7 +488,7 @@ def test_team_b_cannot_touch_team_a(mode, routes, teams, http, stack, admin):
                 leaks.append(f"{route} [{label}] {r.status_code}: {r.text[:160]}")
             if verdict(route, bool(mode)) == "off" and r.status_code not in (403, 404):
                 served.append(f"{route} [{label}] {r.status_code}")
-    after = snapshot(http, stack, admin, a, bool(mode))
+    after = snapshot(http, stack, admin, a, bool(mode), b)
     changed = {k: (before[k][1][:300], after[k][1][:300]) for k in before if before[k] != after[k]}
     print(f"{len(probes)} probes over {len({p[0] for p in probes})} routes")
     assert not leaks and not changed and not served and not errors, (
