@@ -325,7 +325,8 @@ def cmd_restore(args) -> int:
     backup = fetch_from_volume(args.from_volume, Path(args.dir)) if args.from_volume else Path(args.backup).resolve()
     with step(f"restore: checking the checksums of {backup}"):
         manifest = fmt.verify(backup)
-    databases = in_backup({"tracking": args.tracking_db, "auth": args.auth_db, "oidc": args.oidc_db}, manifest)
+    # Every kind of the format (a --KIND-db option each): a kind left out here would not be restored.
+    databases = in_backup({kind: getattr(args, f"{kind}_db") for kind in fmt.DATABASES}, manifest)
     restore_into(target, backup, manifest, databases, args.force, args.owner)
     if count_mismatches(target, databases, manifest):  # the rows are back: same counts as when the dump was taken
         raise CommandError("restored databases have other row counts than the backup (listed above)")
@@ -345,9 +346,8 @@ def _connection_options(p):
         default="postgres",
         help="with TCP: superuser; password from POSTGRES_PASSWORD (default %(default)s)",
     )
-    p.add_argument("--tracking-db", default="mlflow", help="tracking database (default %(default)s)")
-    p.add_argument("--auth-db", default="mlflow_auth", help="basic-auth database (default %(default)s)")
-    p.add_argument("--oidc-db", default="mlflow_oidc", help="the OIDC plugin's database (default %(default)s)")
+    for kind, what in (("tracking", "tracking"), ("auth", "basic-auth"), ("oidc", "the OIDC plugin's")):
+        p.add_argument(f"--{kind}-db", default=fmt.DATABASES[kind], help=f"{what} database (default %(default)s)")
     p.add_argument("--bucket", help="artifact bucket (default: MLFLOW_ARTIFACT_BUCKET from .env)")
     p.add_argument(
         "--s3-endpoint",

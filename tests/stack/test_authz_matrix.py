@@ -100,10 +100,10 @@ def verdict(route: str, oidc: bool = False) -> str | None:
     path = route.split(" ")[0].removeprefix("fastapi:")
     if route.removeprefix("fastapi:") in _PUBLIC.split(", "):
         return "public"
-    if path.startswith(_OFF_PREFIXES) or (route.startswith("fastapi:") and not oidc):
+    if path.startswith(_OFF_PREFIXES):
         return "off"
-    if oidc and route.startswith("fastapi:"):
-        return "probe"
+    if route.startswith("fastapi:"):
+        return "probe" if oidc else "off"
     return "probe" if route in KNOWN else None
 
 
